@@ -1,0 +1,233 @@
+//! The CPU f32 CLIP encoder: a preallocated, fused forward pass built on
+//! [`crate::cpu_ops`]. Numerically the same model as [`super::generic`].
+
+use rayon::prelude::*;
+
+use super::config::{ClipConfig, ClipTextConfig, ClipVisionConfig};
+use super::Activation;
+use crate::cpu_ops::{activate, attention, dense, l2_normalize_rows, layer_norm, DenseT};
+use crate::error::Result;
+use crate::weights::CheckedWeights;
+
+struct Norm {
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+}
+
+struct Layer {
+    ln1: Norm,
+    qkv: DenseT,
+    out: DenseT,
+    ln2: Norm,
+    fc1: DenseT,
+    fc2: DenseT,
+}
+
+/// A stack of pre-norm transformer layers.
+struct Encoder {
+    layers: Vec<Layer>,
+    width: usize,
+    heads: usize,
+    mlp: usize,
+    act: Activation,
+    eps: f32,
+}
+
+fn norm(w: &CheckedWeights, prefix: &str, width: usize) -> Result<Norm> {
+    Ok(Norm {
+        gamma: w.get_f32(&format!("{prefix}.weight"), &[width])?,
+        beta: w.get_f32(&format!("{prefix}.bias"), &[width])?,
+    })
+}
+
+fn linear(w: &CheckedWeights, prefix: &str, out: usize, inp: usize, bias: bool) -> Result<DenseT> {
+    let weight = w.get_f32(&format!("{prefix}.weight"), &[out, inp])?;
+    let b = if bias { Some(w.get_f32(&format!("{prefix}.bias"), &[out])?) } else { None };
+    Ok(DenseT::from_torch(&weight, b, out, inp))
+}
+
+impl Encoder {
+    #[allow(clippy::too_many_arguments)]
+    fn load(w: &CheckedWeights, prefix: &str, layers: usize, width: usize, heads: usize, mlp: usize, act: Activation, eps: f64) -> Result<Self> {
+        let mut out = Vec::with_capacity(layers);
+        for i in 0..layers {
+            let p = format!("{prefix}.encoder.layers.{i}");
+            let a = format!("{p}.self_attn");
+            // q, k and v fused into one (3·width × width) product.
+            let mut qkv_w = Vec::with_capacity(3 * width * width);
+            let mut qkv_b = Vec::with_capacity(3 * width);
+            for n in ["q_proj", "k_proj", "v_proj"] {
+                qkv_w.extend(w.get_f32(&format!("{a}.{n}.weight"), &[width, width])?);
+                qkv_b.extend(w.get_f32(&format!("{a}.{n}.bias"), &[width])?);
+            }
+            out.push(Layer {
+                ln1: norm(w, &format!("{p}.layer_norm1"), width)?,
+                qkv: DenseT::from_torch(&qkv_w, Some(qkv_b), 3 * width, width),
+                out: linear(w, &format!("{a}.out_proj"), width, width, true)?,
+                ln2: norm(w, &format!("{p}.layer_norm2"), width)?,
+                fc1: linear(w, &format!("{p}.mlp.fc1"), mlp, width, true)?,
+                fc2: linear(w, &format!("{p}.mlp.fc2"), width, mlp, true)?,
+            });
+        }
+        Ok(Encoder { layers: out, width, heads, mlp, act, eps: eps as f32 })
+    }
+
+    /// Runs every layer over `x` (`batch·seq × width`) in place.
+    fn forward(&self, x: &mut [f32], batch: usize, seq: usize, causal: bool) {
+        let rows = batch * seq;
+        let d = self.width;
+        let mut normed = vec![0f32; rows * d];
+        let mut qkv = vec![0f32; rows * 3 * d];
+        let mut attn = vec![0f32; rows * d];
+        let mut hidden = vec![0f32; rows * self.mlp];
+        for l in &self.layers {
+            layer_norm(x, d, &l.ln1.gamma, &l.ln1.beta, self.eps, &mut normed);
+            dense(&normed, rows, &l.qkv, &mut qkv, false);
+            attention(&qkv, batch, seq, d, self.heads, causal, &mut attn);
+            dense(&attn, rows, &l.out, x, true);
+            layer_norm(x, d, &l.ln2.gamma, &l.ln2.beta, self.eps, &mut normed);
+            dense(&normed, rows, &l.fc1, &mut hidden, false);
+            activate(&mut hidden, self.act);
+            dense(&hidden, rows, &l.fc2, x, true);
+        }
+    }
+}
+
+/// The vision tower on the fast path.
+pub(crate) struct FastVision {
+    cfg: ClipVisionConfig,
+    patch: DenseT,
+    class_embedding: Vec<f32>,
+    positions: Vec<f32>,
+    pre_norm: Norm,
+    encoder: Encoder,
+    post_norm: Norm,
+    projection: DenseT,
+}
+
+impl FastVision {
+    pub fn load(w: &CheckedWeights, cfg: &ClipConfig) -> Result<Self> {
+        let v = cfg.vision_config.clone();
+        let d = v.hidden_size;
+        let p = v.patch_size;
+        let tokens = cfg.vision_tokens();
+        let pre = "vision_model";
+        let conv = w.get_f32(&format!("{pre}.embeddings.patch_embedding.weight"), &[d, v.num_channels, p, p])?;
+        Ok(FastVision {
+            patch: DenseT::from_torch(&conv, None, d, v.num_channels * p * p),
+            class_embedding: w.get_f32(&format!("{pre}.embeddings.class_embedding"), &[d])?,
+            positions: w.get_f32(&format!("{pre}.embeddings.position_embedding.weight"), &[tokens, d])?,
+            pre_norm: norm(w, &format!("{pre}.pre_layrnorm"), d)?,
+            encoder: Encoder::load(w, pre, v.num_hidden_layers, d, v.num_attention_heads, v.intermediate_size, v.hidden_act, v.layer_norm_eps)?,
+            post_norm: norm(w, &format!("{pre}.post_layernorm"), d)?,
+            projection: linear(w, "visual_projection", cfg.projection_dim, d, false)?,
+            cfg: v,
+        })
+    }
+
+    /// `pixels`: `batch × 3 × size × size`, CHW. Returns `batch × projection_dim`, L2-normalised.
+    pub fn forward(&self, pixels: &[f32], batch: usize) -> Vec<f32> {
+        let (s, p, d) = (self.cfg.image_size, self.cfg.patch_size, self.cfg.hidden_size);
+        let g = s / p;
+        let np = g * g;
+        let seq = np + 1;
+        let kdim = 3 * p * p;
+        // im2col: one row per patch in (channel, ky, kx) order, the conv weight's order.
+        let mut cols = vec![0f32; batch * np * kdim];
+        cols.par_chunks_mut(kdim).enumerate().for_each(|(r, row)| {
+            let (b, pi) = (r / np, r % np);
+            let (gy, gx) = (pi / g, pi % g);
+            let img = &pixels[b * 3 * s * s..(b + 1) * 3 * s * s];
+            for c in 0..3 {
+                for ky in 0..p {
+                    let src = &img[c * s * s + (gy * p + ky) * s + gx * p..][..p];
+                    row[(c * p + ky) * p..][..p].copy_from_slice(src);
+                }
+            }
+        });
+        let mut patches = vec![0f32; batch * np * d];
+        dense(&cols, batch * np, &self.patch, &mut patches, false);
+        drop(cols);
+        let mut x = vec![0f32; batch * seq * d];
+        x.par_chunks_mut(d).enumerate().for_each(|(r, row)| {
+            let (b, t) = (r / seq, r % seq);
+            let pos = &self.positions[t * d..(t + 1) * d];
+            let src = if t == 0 { &self.class_embedding[..] } else { &patches[(b * np + t - 1) * d..][..d] };
+            for i in 0..d {
+                row[i] = src[i] + pos[i];
+            }
+        });
+        drop(patches);
+        let mut h = vec![0f32; x.len()];
+        layer_norm(&x, d, &self.pre_norm.gamma, &self.pre_norm.beta, self.encoder.eps, &mut h);
+        self.encoder.forward(&mut h, batch, seq, false);
+        let mut cls = vec![0f32; batch * d];
+        for b in 0..batch {
+            cls[b * d..(b + 1) * d].copy_from_slice(&h[b * seq * d..b * seq * d + d]);
+        }
+        let mut pooled = vec![0f32; batch * d];
+        layer_norm(&cls, d, &self.post_norm.gamma, &self.post_norm.beta, self.encoder.eps, &mut pooled);
+        let mut out = vec![0f32; batch * self.projection.out];
+        dense(&pooled, batch, &self.projection, &mut out, false);
+        l2_normalize_rows(&mut out, self.projection.out);
+        out
+    }
+}
+
+/// The text tower on the fast path.
+pub(crate) struct FastText {
+    cfg: ClipTextConfig,
+    tokens: Vec<f32>,
+    positions: Vec<f32>,
+    encoder: Encoder,
+    final_norm: Norm,
+    projection: DenseT,
+}
+
+impl FastText {
+    pub fn load(w: &CheckedWeights, cfg: &ClipConfig) -> Result<Self> {
+        let t = cfg.text_config.clone();
+        let d = t.hidden_size;
+        let pre = "text_model";
+        Ok(FastText {
+            tokens: w.get_f32(&format!("{pre}.embeddings.token_embedding.weight"), &[t.vocab_size, d])?,
+            positions: w.get_f32(&format!("{pre}.embeddings.position_embedding.weight"), &[t.max_position_embeddings, d])?,
+            encoder: Encoder::load(w, pre, t.num_hidden_layers, d, t.num_attention_heads, t.intermediate_size, t.hidden_act, t.layer_norm_eps)?,
+            final_norm: norm(w, &format!("{pre}.final_layer_norm"), d)?,
+            projection: linear(w, "text_projection", cfg.projection_dim, d, false)?,
+            cfg: t,
+        })
+    }
+
+    /// `ids`: one token sequence per text (BOS … EOS), each at most the context
+    /// length; `pool_at`: the index of each sequence's pooled (EOS) token.
+    pub fn forward(&self, ids: &[Vec<u32>], pool_at: &[usize], pad: u32) -> Vec<f32> {
+        let d = self.cfg.hidden_size;
+        let batch = ids.len();
+        // Causal attention and EOS pooling make padding invisible, so the batch
+        // only needs to be as long as its longest sequence.
+        let seq = ids.iter().map(Vec::len).max().unwrap_or(1).max(1);
+        let mut x = vec![0f32; batch * seq * d];
+        x.par_chunks_mut(d).enumerate().for_each(|(r, row)| {
+            let (b, t) = (r / seq, r % seq);
+            let id = ids[b].get(t).copied().unwrap_or(pad) as usize;
+            let tok = &self.tokens[id * d..(id + 1) * d];
+            let pos = &self.positions[t * d..(t + 1) * d];
+            for i in 0..d {
+                row[i] = tok[i] + pos[i];
+            }
+        });
+        self.encoder.forward(&mut x, batch, seq, true);
+        let mut pooled_in = vec![0f32; batch * d];
+        for b in 0..batch {
+            let t = pool_at[b];
+            pooled_in[b * d..(b + 1) * d].copy_from_slice(&x[(b * seq + t) * d..][..d]);
+        }
+        let mut pooled = vec![0f32; batch * d];
+        layer_norm(&pooled_in, d, &self.final_norm.gamma, &self.final_norm.beta, self.encoder.eps, &mut pooled);
+        let mut out = vec![0f32; batch * self.projection.out];
+        dense(&pooled, batch, &self.projection, &mut out, false);
+        l2_normalize_rows(&mut out, self.projection.out);
+        out
+    }
+}

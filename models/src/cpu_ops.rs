@@ -1,0 +1,239 @@
+//! Fused, multi-threaded f32 building blocks for transformer encoders on the
+//! CPU: matrix products with bias and residual folded in, layer norm,
+//! activations and multi-head attention over preallocated buffers.
+//!
+//! These exist because the generic tensor path allocates a fresh tensor per
+//! elementwise op and runs those ops on one thread; here each step is one
+//! pass over memory on every core.
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use crate::clip::Activation;
+
+/// A dense layer with its weight stored transposed (`in × out`, row-major),
+/// the layout the matrix kernel streams best.
+pub(crate) struct DenseT {
+    pub w_t: Vec<f32>,
+    pub bias: Option<Vec<f32>>,
+    pub inp: usize,
+    pub out: usize,
+}
+
+impl DenseT {
+    /// Builds from a PyTorch-layout weight (`out × in`, row-major).
+    pub fn from_torch(w: &[f32], bias: Option<Vec<f32>>, out: usize, inp: usize) -> Self {
+        let mut w_t = vec![0f32; w.len()];
+        for o in 0..out {
+            for i in 0..inp {
+                w_t[i * out + o] = w[o * inp + i];
+            }
+        }
+        DenseT { w_t, bias, inp, out }
+    }
+}
+
+fn threads() -> Parallelism {
+    let n = rayon::current_num_threads();
+    if n > 1 {
+        Parallelism::Rayon(n)
+    } else {
+        Parallelism::None
+    }
+}
+
+/// `dst (rows × out) = x (rows × in) · W + b`, or `dst += x · W + b` when
+/// `accumulate` is set (the residual connection, fused).
+pub(crate) fn dense(x: &[f32], rows: usize, layer: &DenseT, dst: &mut [f32], accumulate: bool) {
+    let (k, n) = (layer.inp, layer.out);
+    debug_assert_eq!(x.len(), rows * k);
+    debug_assert_eq!(dst.len(), rows * n);
+    let read_dst = accumulate || layer.bias.is_some();
+    if let Some(b) = &layer.bias {
+        if accumulate {
+            dst.par_chunks_mut(n).for_each(|row| row.iter_mut().zip(b).for_each(|(d, &bv)| *d += bv));
+        } else {
+            dst.par_chunks_mut(n).for_each(|row| row.copy_from_slice(b));
+        }
+    }
+    // SAFETY: all pointers cover rows×k, k×n and rows×n elements with the strides given.
+    unsafe {
+        gemm::gemm(
+            rows,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            read_dst,
+            x.as_ptr(),
+            1,
+            k as isize,
+            layer.w_t.as_ptr(),
+            1,
+            n as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            threads(),
+        );
+    }
+}
+
+/// Row-wise layer norm: `dst = (x − mean) / sqrt(var + eps) · γ + β`.
+pub(crate) fn layer_norm(x: &[f32], width: usize, gamma: &[f32], beta: &[f32], eps: f32, dst: &mut [f32]) {
+    dst.par_chunks_mut(width).zip(x.par_chunks(width)).for_each(|(d, row)| {
+        let n = width as f32;
+        let mean = row.iter().sum::<f32>() / n;
+        let var = row.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / n;
+        let inv = 1.0 / (var + eps).sqrt();
+        for i in 0..width {
+            d[i] = (row[i] - mean) * inv * gamma[i] + beta[i];
+        }
+    });
+}
+
+/// Applies the activation in place.
+pub(crate) fn activate(x: &mut [f32], act: Activation) {
+    const CHUNK: usize = 16 * 1024;
+    x.par_chunks_mut(CHUNK).for_each(|c| match act {
+        Activation::QuickGelu => c.iter_mut().for_each(|v| *v /= 1.0 + (-1.702 * *v).exp()),
+        Activation::Gelu => c.iter_mut().for_each(|v| *v = 0.5 * *v * (1.0 + erf(*v * std::f32::consts::FRAC_1_SQRT_2))),
+        Activation::GeluTanh => c.iter_mut().for_each(|v| {
+            let x = *v;
+            let inner = 0.797_884_6 * (x + 0.044_715 * x * x * x);
+            *v = 0.5 * x * (1.0 + inner.tanh());
+        }),
+    });
+}
+
+/// The error function, to about 1e-7 absolute (W. J. Cody's rational
+/// approximations are overkill here; this is Abramowitz & Stegun 7.1.26
+/// refined in f64).
+fn erf(x: f32) -> f32 {
+    let x = x as f64;
+    let s = x.signum();
+    let a = x.abs();
+    // Numerical Recipes erfc approximation (fractional error < 1.2e-7).
+    let t = 1.0 / (1.0 + 0.5 * a);
+    let y = t
+        * (-a * a - 1.265_512_23
+            + t * (1.000_023_68
+                + t * (0.374_091_96
+                    + t * (0.096_784_18
+                        + t * (-0.186_288_06
+                            + t * (0.278_868_07
+                                + t * (-1.135_203_98 + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
+            .exp();
+    (s * (1.0 - y)) as f32
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: each task writes a disjoint region (its own batch item and head).
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+/// Multi-head self-attention over packed `qkv` rows (`batch·seq × 3·width`,
+/// the q, k and v projections side by side), writing `out` (`batch·seq × width`).
+/// With `causal`, position i attends to positions ≤ i only.
+pub(crate) fn attention(qkv: &[f32], batch: usize, seq: usize, width: usize, heads: usize, causal: bool, out: &mut [f32]) {
+    let dh = width / heads;
+    let scale = 1.0 / (dh as f32).sqrt();
+    let stride = 3 * width;
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    (0..batch * heads).into_par_iter().for_each_init(
+        || vec![0f32; seq * seq],
+        |scores, bh| {
+            let out_ptr = out_ptr;
+            let (b, h) = (bh / heads, bh % heads);
+            let base = b * seq * stride;
+            let q = qkv[base + h * dh..].as_ptr();
+            let k = qkv[base + width + h * dh..].as_ptr();
+            let v = qkv[base + 2 * width + h * dh..].as_ptr();
+            // SAFETY: q/k/v index rows base + i·stride + [0, dh) for i < seq, inside qkv;
+            // the output block rows b·seq.., columns h·dh.. are written by this task only.
+            unsafe {
+                gemm::gemm(
+                    seq, seq, dh, scores.as_mut_ptr(), 1, seq as isize, false,
+                    q, 1, stride as isize, k, stride as isize, 1, 0.0, scale,
+                    false, false, false, Parallelism::None,
+                );
+            }
+            for i in 0..seq {
+                let row = &mut scores[i * seq..(i + 1) * seq];
+                let valid = if causal { i + 1 } else { seq };
+                let m = row[..valid].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0.0;
+                for r in row[..valid].iter_mut() {
+                    *r = (*r - m).exp();
+                    sum += *r;
+                }
+                let inv = 1.0 / sum;
+                row[..valid].iter_mut().for_each(|r| *r *= inv);
+                row[valid..].iter_mut().for_each(|r| *r = 0.0);
+            }
+            unsafe {
+                let dst = out_ptr.0.add(b * seq * width + h * dh);
+                gemm::gemm(
+                    seq, dh, seq, dst, 1, width as isize, false,
+                    scores.as_ptr(), 1, seq as isize, v, 1, stride as isize, 0.0, 1.0,
+                    false, false, false, Parallelism::None,
+                );
+            }
+        },
+    );
+}
+
+/// L2-normalises each row in place (a zero row stays zero).
+pub(crate) fn l2_normalize_rows(x: &mut [f32], width: usize) {
+    for row in x.chunks_mut(width) {
+        let n = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+        if n > 0.0 {
+            row.iter_mut().for_each(|v| *v /= n);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn erf_matches_known_values() {
+        for (x, e) in [(0.0f32, 0.0f32), (0.5, 0.520_499_9), (1.0, 0.842_700_8), (-2.0, -0.995_322_3), (3.0, 0.999_977_9)] {
+            assert!((erf(x) - e).abs() < 1e-6, "erf({x}) = {} vs {e}", erf(x));
+        }
+    }
+
+    #[test]
+    fn dense_matches_naive_product() {
+        let (rows, inp, out) = (5, 7, 3);
+        let x: Vec<f32> = (0..rows * inp).map(|i| (i as f32 * 0.37).sin()).collect();
+        let w: Vec<f32> = (0..out * inp).map(|i| (i as f32 * 0.11).cos()).collect();
+        let b = vec![0.5, -1.0, 2.0];
+        let layer = DenseT::from_torch(&w, Some(b.clone()), out, inp);
+        let mut dst = vec![1.0f32; rows * out];
+        dense(&x, rows, &layer, &mut dst, true);
+        for r in 0..rows {
+            for o in 0..out {
+                let want: f32 = 1.0 + b[o] + (0..inp).map(|i| x[r * inp + i] * w[o * inp + i]).sum::<f32>();
+                assert!((dst[r * out + o] - want).abs() < 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn causal_attention_first_row_copies_first_value() {
+        // With a causal mask, position 0 attends only to itself: output = v_0.
+        let (seq, width, heads) = (4, 4, 2);
+        let qkv: Vec<f32> = (0..seq * 3 * width).map(|i| (i as f32 * 0.3).sin()).collect();
+        let mut out = vec![0f32; seq * width];
+        attention(&qkv, 1, seq, width, heads, true, &mut out);
+        for c in 0..width {
+            assert!((out[c] - qkv[2 * width + c]).abs() < 1e-6);
+        }
+    }
+}

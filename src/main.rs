@@ -1,0 +1,49 @@
+//! `squire`: multimodal image retrieval from the command line.
+//!
+//! This binary only parses arguments and calls the library crates.
+
+mod cmd;
+
+use clap::{Parser, Subcommand};
+
+/// Squire: composed, text-to-image and image-to-image search with MLLM reranking.
+#[derive(Parser)]
+#[command(name = "squire", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    /// Log verbosity (error, warn, info, debug, trace); also RUST_LOG.
+    #[arg(long, global = true, default_value = "warn")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List known models and inspect checkpoints.
+    #[command(subcommand)]
+    Models(cmd::models::ModelsCommand),
+    /// Print L2-normalised embeddings of images or texts.
+    Embed(cmd::embed::EmbedArgs),
+    /// Measure throughput (release builds only give meaningful numbers).
+    #[command(subcommand)]
+    Bench(cmd::bench::BenchCommand),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let result = match cli.command {
+        Command::Models(c) => cmd::models::run(c),
+        Command::Embed(a) => cmd::embed::run(a),
+        Command::Bench(c) => cmd::bench::run(c),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
