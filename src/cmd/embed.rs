@@ -14,7 +14,7 @@ use squire_models::{image_io, ImageEncoder, TextEncoder};
 ///   squire embed --model clip-vit-b32 --image cat.jpg dog.png --json
 ///   squire embed --model ./my-clip-checkpoint --text "a red dress" "a blue shirt"
 #[derive(Args)]
-#[command(group(ArgGroup::new("input").required(true).args(["image", "text"])))]
+#[command(group(ArgGroup::new("input").required(true).multiple(true).args(["image", "text"])))]
 pub struct EmbedArgs {
     /// Model name (see `squire models list`) or checkpoint directory (Hugging Face CLIPModel layout).
     #[arg(long, short)]
