@@ -34,7 +34,11 @@ pub fn clip_text_flops(c: &ClipConfig, tokens: usize) -> f64 {
 /// that dominates ViT-B inference (1600×768 · 768×3072), using the same
 /// kernel as the encoders. Runs for about `seconds`.
 pub fn matmul_peak_gflops(seconds: f64) -> f64 {
-    let (m, k, n) = (1600usize, 768usize, 3072usize);
+    matmul_gflops(1600, 768, 3072, seconds)
+}
+
+/// Measures f32 `m×k · k×n` throughput (GFLOP/s) of the encoders' dense kernel.
+pub fn matmul_gflops(m: usize, k: usize, n: usize, seconds: f64) -> f64 {
     let x: Vec<f32> = (0..m * k).map(|i| ((i % 97) as f32 - 48.0) * 0.01).collect();
     let w: Vec<f32> = (0..n * k).map(|i| ((i % 89) as f32 - 44.0) * 0.01).collect();
     let layer = DenseT::from_torch(&w, None, n, k);
