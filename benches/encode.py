@@ -59,6 +59,7 @@ def main():
     ap.add_argument("--workdir", default="/tmp/squire-bench-vit-b32")
     ap.add_argument("--squire", default=str(ROOT / "target" / "release" / "squire"))
     ap.add_argument("--skip-torch", action="store_true")
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--json")
     a = ap.parse_args()
     batches = [int(b) for b in a.batches.split(",")]
@@ -111,36 +112,49 @@ def main():
     s_txt = ort.InferenceSession(str(txt_onnx), so, providers=["CPUExecutionProvider"])
     results["machine"]["onnxruntime"] = ort.__version__
 
-    for b in batches:
-        px = np.random.default_rng(0).standard_normal((b, 3, 224, 224)).astype(np.float32)
-        ids = np.random.default_rng(1).integers(300, 40000, (b, text_tokens)).astype(np.int64)
-        ids[:, 0], ids[:, -1] = 49406, 49407
-        add("onnxruntime", "image", b, timeit(lambda: s_img.run(None, {"px": px}), a.seconds))
-        add("onnxruntime", "text", b, timeit(lambda: s_txt.run(None, {"ids": ids}), a.seconds))
-        if not a.skip_torch:
-            tpx, tids = torch.from_numpy(px), torch.from_numpy(ids)
-            with torch.inference_mode():
-                add("pytorch", "image", b, timeit(lambda: model.get_image_features(pixel_values=tpx), a.seconds))
-                add("pytorch", "text", b, timeit(lambda: model.get_text_features(input_ids=tids), a.seconds))
-
-    for impl in ["fast", "stock"]:
+    def run_squire(impl):
         cmd = [a.squire, "bench", "encode", "--model", str(model_dir), "--impl", impl, "--json",
                "--seconds", str(a.seconds), "--text-tokens", str(text_tokens)]
         for b in batches:
             cmd += ["--batch", str(b)]
-        if impl == "stock":
+        if impl == "stock" or "squire" in results:
             cmd.append("--no-probe")
         env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads))
         out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout)
         name = "squire" if impl == "fast" else "candle-stock"
         for r in out["results"]:
             add(name, r["tower"], r["batch"], r["seconds_per_batch"])
-        if impl == "fast":
+        if impl == "fast" and "squire" not in results:
             results["squire"] = {k: out[k] for k in ["matmul_peak_gflops", "image_gflop_per_item", "peak_rss_bytes"]}
 
+    # Rounds interleave the runtimes so that slow phases of a shared machine hit all of them alike;
+    # each figure reported is the median over rounds.
+    for rnd in range(a.rounds):
+        for b in batches:
+            px = np.random.default_rng(0).standard_normal((b, 3, 224, 224)).astype(np.float32)
+            ids = np.random.default_rng(1).integers(300, 40000, (b, text_tokens)).astype(np.int64)
+            ids[:, 0], ids[:, -1] = 49406, 49407
+            add("onnxruntime", "image", b, timeit(lambda: s_img.run(None, {"px": px}), a.seconds))
+            add("onnxruntime", "text", b, timeit(lambda: s_txt.run(None, {"ids": ids}), a.seconds))
+            if not a.skip_torch:
+                tpx, tids = torch.from_numpy(px), torch.from_numpy(ids)
+                with torch.inference_mode():
+                    add("pytorch", "image", b, timeit(lambda: model.get_image_features(pixel_values=tpx), a.seconds))
+                    add("pytorch", "text", b, timeit(lambda: model.get_text_features(input_ids=tids), a.seconds))
+        run_squire("fast")
+        if rnd == 0:
+            run_squire("stock")
+        print(f"round {rnd + 1}/{a.rounds} done", file=sys.stderr)
+
     rows = results["rows"]
-    get = lambda rt, tw, b: next((r["per_second"] for r in rows if r["runtime"] == rt and r["tower"] == tw and r["batch"] == b), None)
-    print(f"# CLIP ViT-B/32 (random weights), {results['machine']['cpu']}, {a.threads} threads")
+    def get(rt, tw, b):
+        v = [r["per_second"] for r in rows if r["runtime"] == rt and r["tower"] == tw and r["batch"] == b]
+        return float(np.median(v)) if v else None
+
+    results["median"] = {f"{rt}/{tw}/{b}": get(rt, tw, b) for rt in ["squire", "onnxruntime", "pytorch", "candle-stock"]
+                         for tw in ["image", "text"] for b in batches}
+    print(f"# CLIP ViT-B/32 (random weights), {results['machine']['cpu']}, {a.threads} threads, "
+          f"items/s, median of {a.rounds} interleaved rounds of {a.seconds:.0f} s")
     print(f"{'tower':<6} {'batch':>5} {'squire':>9} {'ORT':>9} {'PyTorch':>9} {'candle':>9} {'vs ORT':>7} {'vs PT':>7}")
     for tw in ["image", "text"]:
         for b in batches:

@@ -52,13 +52,13 @@ fn models_list_runs_offline_and_marks_weights_absent() {
     let o = env.squire(&["models", "list"]);
     assert!(o.status.success(), "{}", text(&o));
     let out = text(&o);
-    for name in ["clip-vit-b32", "clip-vit-b16", "clip-vit-l14"] {
+    for name in ["lite", "clip-vit-b32", "clip-vit-b16", "clip-vit-l14"] {
         let line = out.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name} missing:\n{out}"));
         assert!(line.contains("absent"), "{line}");
     }
     let o = env.squire(&["models", "list", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
-    assert_eq!(v.as_array().map(Vec::len), Some(3));
+    assert_eq!(v.as_array().map(Vec::len), Some(4));
     assert_eq!(v[0]["present"], serde_json::json!(false));
 }
 

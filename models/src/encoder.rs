@@ -41,3 +41,8 @@ pub trait TextEncoder: Send + Sync {
     /// Embeds a batch of texts; returns `texts.len() × text_dim` values.
     fn embed_texts(&self, texts: &[&str]) -> Result<Vec<f32>>;
 }
+
+/// A model that embeds both images and texts into one space.
+pub trait DualEncoder: ImageEncoder + TextEncoder {}
+
+impl<T: ImageEncoder + TextEncoder> DualEncoder for T {}

@@ -16,9 +16,12 @@
 
 pub mod clip;
 mod cpu_ops;
+pub mod efficientnet;
 pub mod encoder;
 pub mod error;
 pub mod image_io;
+pub mod lite;
+pub mod minilm;
 pub mod perf;
 pub mod preprocess;
 pub mod registry;
@@ -26,5 +29,5 @@ pub mod resample;
 pub mod tokenize;
 pub mod weights;
 
-pub use encoder::{ImageEncoder, TextEncoder};
+pub use encoder::{DualEncoder, ImageEncoder, TextEncoder};
 pub use error::{ModelError, Result};

@@ -43,11 +43,11 @@ pub fn matmul_gflops(m: usize, k: usize, n: usize, seconds: f64) -> f64 {
     let w: Vec<f32> = (0..n * k).map(|i| ((i % 89) as f32 - 44.0) * 0.01).collect();
     let layer = DenseT::from_torch(&w, None, n, k);
     let mut out = vec![0f32; m * n];
-    dense(&x, m, &layer, &mut out, false);
+    dense(&x, m, &layer, &mut out, false, None);
     let start = Instant::now();
     let mut reps = 0u32;
     while start.elapsed().as_secs_f64() < seconds || reps < 3 {
-        dense(&x, m, &layer, &mut out, false);
+        dense(&x, m, &layer, &mut out, false, None);
         reps += 1;
     }
     2.0 * (m * k * n) as f64 * reps as f64 / start.elapsed().as_secs_f64() / 1e9

