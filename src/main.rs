@@ -22,6 +22,13 @@ enum Command {
     /// List known models and inspect checkpoints.
     #[command(subcommand)]
     Models(cmd::models::ModelsCommand),
+    /// Index a folder of images into a collection (incremental, resumable).
+    Index(cmd::index::IndexArgs),
+    /// Search a collection by text, image, or both (composed).
+    Search(cmd::search::SearchArgs),
+    /// Run evaluations.
+    #[command(subcommand)]
+    Eval(cmd::eval::EvalCommand),
     /// Print L2-normalised embeddings of images or texts.
     Embed(cmd::embed::EmbedArgs),
     /// Measure throughput (release builds only give meaningful numbers).
@@ -36,6 +43,9 @@ fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let result = match cli.command {
         Command::Models(c) => cmd::models::run(c),
+        Command::Index(a) => cmd::index::run(a),
+        Command::Search(a) => cmd::search::run(a),
+        Command::Eval(c) => cmd::eval::run(c),
         Command::Embed(a) => cmd::embed::run(a),
         Command::Bench(c) => cmd::bench::run(c),
     };

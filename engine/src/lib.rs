@@ -1,5 +1,8 @@
 //! Squire's search engine: query encoding and fusion (SQAF), first-stage
-//! search, SuperGlobal refinement and MLLM reranking, as a pipeline of stages.
+//! search, SuperGlobal refinement and MLLM reranking as a pipeline of stages,
+//! and the evaluation harness that measures them.
 //!
-//! Depends on `squire-indexer` and `squire-models`. Its contents arrive with
-//! the search and reranking issues; until then this crate exports nothing.
+//! Depends on `squire-indexer` and `squire-models`. Today it holds the
+//! text-to-image evaluation ([`eval`]); the stages arrive with their issues.
+
+pub mod eval;

@@ -256,6 +256,7 @@ fn activate_slice(c: &mut [f32], act: Activation) {
             }
             quick_gelu(c)
         }
+        Activation::Relu6 => c.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0)),
         Activation::Gelu => c.iter_mut().for_each(|v| *v = 0.5 * *v * (1.0 + erf(*v * std::f32::consts::FRAC_1_SQRT_2))),
         Activation::GeluTanh => c.iter_mut().for_each(|v| {
             let x = *v;

@@ -12,6 +12,10 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, D};
 
+use rayon::prelude::*;
+
+use crate::clip::Activation;
+use crate::cpu_ops::{dense, DenseT};
 use crate::error::{ModelError, Result};
 use crate::weights::CheckedWeights;
 
@@ -84,6 +88,89 @@ struct Block {
     residual: bool,
 }
 
+/// A 1×1 convolution as a dense layer over NHWC pixels.
+fn pointwise(c: &ConvBn) -> Result<DenseT> {
+    let (out, inp) = (c.weight.dim(0)?, c.weight.dim(1)?);
+    let w = c.weight.flatten_all()?.to_vec1::<f32>()?;
+    Ok(DenseT::from_torch(&w, Some(c.bias.to_vec1::<f32>()?), out, inp))
+}
+
+/// A depthwise convolution with weights laid out `[ky][kx][channel]`.
+struct Depthwise {
+    w: Vec<f32>,
+    bias: Vec<f32>,
+    k: usize,
+    stride: usize,
+    channels: usize,
+}
+
+impl Depthwise {
+    fn from(c: &ConvBn) -> Result<Self> {
+        let (ch, k) = (c.weight.dim(0)?, c.kernel);
+        let src = c.weight.flatten_all()?.to_vec1::<f32>()?; // (ch, 1, k, k)
+        let mut w = vec![0f32; ch * k * k];
+        for o in 0..ch {
+            for t in 0..k * k {
+                w[t * ch + o] = src[o * k * k + t];
+            }
+        }
+        Ok(Depthwise { w, bias: c.bias.to_vec1::<f32>()?, k, stride: c.stride, channels: ch })
+    }
+
+    /// NHWC `x` (`b × h × w × c`) → NHWC output with TF "same" padding and ReLU6.
+    fn forward(&self, x: &[f32], b: usize, h: usize, w: usize) -> (Vec<f32>, usize, usize) {
+        let (k, s, c) = (self.k, self.stride, self.channels);
+        let (oh, ow) = (h.div_ceil(s), w.div_ceil(s));
+        let pad_h = ((oh - 1) * s + k).saturating_sub(h) / 2;
+        let pad_w = ((ow - 1) * s + k).saturating_sub(w) / 2;
+        let mut out = vec![0f32; b * oh * ow * c];
+        out.par_chunks_mut(ow * c).enumerate().for_each(|(row, orow)| {
+            let (bi, oy) = (row / oh, row % oh);
+            let img = &x[bi * h * w * c..(bi + 1) * h * w * c];
+            for ox in 0..ow {
+                let acc = &mut orow[ox * c..(ox + 1) * c];
+                acc.copy_from_slice(&self.bias);
+                for ky in 0..k {
+                    let iy = (oy * s + ky) as isize - pad_h as isize;
+                    if iy < 0 || iy >= h as isize {
+                        continue;
+                    }
+                    for kx in 0..k {
+                        let ix = (ox * s + kx) as isize - pad_w as isize;
+                        if ix < 0 || ix >= w as isize {
+                            continue;
+                        }
+                        let src = &img[(iy as usize * w + ix as usize) * c..][..c];
+                        let wt = &self.w[(ky * k + kx) * c..][..c];
+                        for ((a, &v), &g) in acc.iter_mut().zip(src).zip(wt) {
+                            *a += v * g;
+                        }
+                    }
+                }
+                acc.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0));
+            }
+        });
+        (out, oh, ow)
+    }
+}
+
+struct FastBlock {
+    expand: Option<DenseT>,
+    depthwise: Depthwise,
+    project: DenseT,
+    residual: bool,
+}
+
+/// The CPU forward pass in NHWC: 1×1 convolutions on the packed matrix kernel
+/// (bias and ReLU6 fused), direct depthwise convolutions vectorised over channels.
+struct FastNet {
+    stem: DenseT,
+    stem_k: usize,
+    blocks: Vec<FastBlock>,
+    head: DenseT,
+    fc: DenseT,
+}
+
 /// The outputs of one forward pass.
 #[derive(Debug)]
 pub struct EfficientNetOutput {
@@ -101,6 +188,7 @@ pub struct EfficientNetLite {
     fc_w: Tensor,
     fc_b: Tensor,
     device: Device,
+    fast: FastNet,
 }
 
 impl EfficientNetLite {
@@ -132,7 +220,26 @@ impl EfficientNetLite {
         let classes = fc_shape.first().copied().unwrap_or(0);
         let fc_w = w.get("_fc.weight", &[classes, feat], DType::F32, &dev)?;
         let fc_b = w.get("_fc.bias", &[classes], DType::F32, &dev)?;
-        Ok(EfficientNetLite { stem, blocks, head, fc_w, fc_b, device: dev })
+        let stem_w = stem.weight.flatten_all()?.to_vec1::<f32>()?;
+        let (stem_out, stem_k) = (stem.weight.dim(0)?, stem.kernel);
+        let fast = FastNet {
+            stem: DenseT::from_torch(&stem_w, Some(stem.bias.to_vec1::<f32>()?), stem_out, 3 * stem_k * stem_k),
+            stem_k,
+            blocks: blocks
+                .iter()
+                .map(|b| {
+                    Ok(FastBlock {
+                        expand: b.expand.as_ref().map(pointwise).transpose()?,
+                        depthwise: Depthwise::from(&b.depthwise)?,
+                        project: pointwise(&b.project)?,
+                        residual: b.residual,
+                    })
+                })
+                .collect::<Result<_>>()?,
+            head: pointwise(&head)?,
+            fc: DenseT::from_torch(&fc_w.flatten_all()?.to_vec1::<f32>()?, Some(fc_b.to_vec1::<f32>()?), classes, feat),
+        };
+        Ok(EfficientNetLite { stem, blocks, head, fc_w, fc_b, device: dev, fast })
     }
 
     /// Channels of the final feature map (1280).
@@ -140,16 +247,88 @@ impl EfficientNetLite {
         self.head.weight.dim(0).unwrap_or(0)
     }
 
-    /// Runs the network on preprocessed pixels (`batch × 3 × h × w`, CHW).
+    /// Runs the network on preprocessed pixels (`batch × 3 × h × w`, CHW) on
+    /// the fast CPU path.
     pub fn forward_pixels(&self, pixels: &[f32], batch: usize, h: usize, w: usize) -> Result<EfficientNetOutput> {
-        if pixels.len() != batch * 3 * h * w {
+        if pixels.len() != batch * 3 * h * w || h == 0 || w == 0 {
             return Err(ModelError::InvalidRequest(format!("{} values for {batch}×3×{h}×{w}", pixels.len())));
         }
-        let x = Tensor::from_slice(pixels, (batch, 3, h, w), &self.device)?;
-        self.forward(&x)
+        let f = &self.fast;
+        // Stem: im2col in the weight's (channel, ky, kx) order, stride 2, "same" padding.
+        let (k, s) = (f.stem_k, 2usize);
+        let (mut ch, mut cw) = (h.div_ceil(s), w.div_ceil(s));
+        let pad_h = ((ch - 1) * s + k).saturating_sub(h) / 2;
+        let pad_w = ((cw - 1) * s + k).saturating_sub(w) / 2;
+        let kd = 3 * k * k;
+        let mut cols = vec![0f32; batch * ch * cw * kd];
+        cols.par_chunks_mut(kd).enumerate().for_each(|(r, row)| {
+            let (bi, p) = (r / (ch * cw), r % (ch * cw));
+            let (oy, ox) = (p / cw, p % cw);
+            for c in 0..3 {
+                for ky in 0..k {
+                    let iy = (oy * s + ky) as isize - pad_h as isize;
+                    for kx in 0..k {
+                        let ix = (ox * s + kx) as isize - pad_w as isize;
+                        if iy >= 0 && (iy as usize) < h && ix >= 0 && (ix as usize) < w {
+                            row[(c * k + ky) * k + kx] = pixels[((bi * 3 + c) * h + iy as usize) * w + ix as usize];
+                        }
+                    }
+                }
+            }
+        });
+        let mut x = vec![0f32; batch * ch * cw * f.stem.out];
+        dense(&cols, batch * ch * cw, &f.stem, &mut x, false, Some(Activation::Relu6));
+        drop(cols);
+        for b in &f.blocks {
+            let rows = batch * ch * cw;
+            let expanded = match &b.expand {
+                Some(e) => {
+                    let mut y = vec![0f32; rows * e.out];
+                    dense(&x, rows, e, &mut y, false, Some(Activation::Relu6));
+                    Some(y)
+                }
+                None => None,
+            };
+            let (dw, oh, ow) = b.depthwise.forward(expanded.as_deref().unwrap_or(&x), batch, ch, cw);
+            let orows = batch * oh * ow;
+            if b.residual {
+                dense(&dw, orows, &b.project, &mut x, true, None);
+            } else {
+                let mut y = vec![0f32; orows * b.project.out];
+                dense(&dw, orows, &b.project, &mut y, false, None);
+                x = y;
+            }
+            ch = oh;
+            cw = ow;
+        }
+        let rows = batch * ch * cw;
+        let feat = f.head.out;
+        let mut head = vec![0f32; rows * feat];
+        dense(&x, rows, &f.head, &mut head, false, Some(Activation::Relu6));
+        // Global average pool, classifier, and the NCHW feature map.
+        let hw = ch * cw;
+        let mut pooled = vec![0f32; batch * feat];
+        let mut nchw = vec![0f32; batch * feat * hw];
+        for bi in 0..batch {
+            for p in 0..hw {
+                let src = &head[(bi * hw + p) * feat..][..feat];
+                for (c, &v) in src.iter().enumerate() {
+                    pooled[bi * feat + c] += v;
+                    nchw[(bi * feat + c) * hw + p] = v;
+                }
+            }
+        }
+        pooled.iter_mut().for_each(|v| *v /= hw as f32);
+        let mut logits = vec![0f32; batch * f.fc.out];
+        dense(&pooled, batch, &f.fc, &mut logits, false, None);
+        Ok(EfficientNetOutput {
+            feature_map: Tensor::from_vec(nchw, (batch, feat, ch, cw), &self.device)?,
+            logits: Tensor::from_vec(logits, (batch, f.fc.out), &self.device)?,
+        })
     }
 
-    /// Runs the network on a pixel tensor.
+    /// Runs the network on a pixel tensor with candle's convolutions (slow on
+    /// CPU; the reference for [`Self::forward_pixels`]).
     pub fn forward(&self, x: &Tensor) -> Result<EfficientNetOutput> {
         let mut x = relu6(&self.stem.forward(x)?)?;
         for b in &self.blocks {

@@ -20,6 +20,28 @@ pub trait ImageEncoder: Send + Sync {
     /// Embeds a batch of preprocessed images; returns `batch × image_dim` values.
     fn embed_preprocessed(&self, pixels: &[f32], batch: usize) -> Result<Vec<f32>>;
 
+    /// Names of the vectors [`Self::embed_named`] returns for each image
+    /// (`["clip"]` for CLIP; `["gem", "text"]` for the lite pack).
+    fn vector_names(&self) -> Vec<&'static str> {
+        vec!["clip"]
+    }
+
+    /// The named vector that text queries are compared with.
+    fn text_query_vector(&self) -> &'static str {
+        "clip"
+    }
+
+    /// The named vector that image queries are compared with.
+    fn image_query_vector(&self) -> &'static str {
+        "clip"
+    }
+
+    /// Embeds a batch of preprocessed images into every named vector: one flat
+    /// `batch × dim` buffer per name, in [`Self::vector_names`] order.
+    fn embed_named(&self, pixels: &[f32], batch: usize) -> Result<Vec<Vec<f32>>> {
+        Ok(vec![self.embed_preprocessed(pixels, batch)?])
+    }
+
     /// Preprocesses (in parallel) and embeds a batch of images.
     fn embed_images(&self, images: &[RgbImage]) -> Result<Vec<f32>> {
         let s = self.input_size();

@@ -2,7 +2,10 @@
 
 pub mod bench;
 pub mod embed;
+pub mod eval;
+pub mod index;
 pub mod models;
+pub mod search;
 
 use anyhow::Context;
 use squire_models::clip::{ClipModel, LoadOptions};

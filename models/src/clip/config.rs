@@ -18,6 +18,8 @@ pub enum Activation {
     /// GELU with the tanh approximation.
     #[serde(alias = "gelu_pytorch_tanh", alias = "gelu_new")]
     GeluTanh,
+    /// `min(max(x, 0), 6)`, used by EfficientNet-Lite.
+    Relu6,
 }
 
 /// The text tower's configuration (`text_config`).

@@ -89,6 +89,7 @@ impl Encoder {
                 Activation::QuickGelu => (&h * candle_nn::ops::sigmoid(&(&h * 1.702)?)?)?,
                 Activation::Gelu => h.gelu_erf()?,
                 Activation::GeluTanh => h.gelu()?,
+                Activation::Relu6 => h.clamp(0f32, 6f32)?,
             };
             x = (x + l.fc2.forward(&h)?)?;
         }

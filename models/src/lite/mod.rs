@@ -193,6 +193,23 @@ impl ImageEncoder for LitePack {
     fn embed_preprocessed(&self, pixels: &[f32], batch: usize) -> Result<Vec<f32>> {
         Ok(self.embed_pixels(pixels, batch)?.text)
     }
+
+    fn vector_names(&self) -> Vec<&'static str> {
+        vec!["gem", "text"]
+    }
+
+    fn text_query_vector(&self) -> &'static str {
+        "text"
+    }
+
+    fn image_query_vector(&self) -> &'static str {
+        "gem"
+    }
+
+    fn embed_named(&self, pixels: &[f32], batch: usize) -> Result<Vec<Vec<f32>>> {
+        let v = self.embed_pixels(pixels, batch)?;
+        Ok(vec![v.gem, v.text])
+    }
 }
 
 impl TextEncoder for LitePack {

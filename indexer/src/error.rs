@@ -1,0 +1,41 @@
+//! The error type of the indexer crate.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while building, loading or searching a collection.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    /// A file or directory could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path at fault.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A collection file is corrupt (bad JSON, wrong size, checksum mismatch).
+    #[error("collection file {path} is corrupt: {message}")]
+    Corrupt {
+        /// The file at fault.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The collection was built with another model (or another version of the format).
+    #[error("{0}")]
+    Incompatible(String),
+    /// A request that cannot be served (unknown vector name, wrong query size, ...).
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// An encoder failed.
+    #[error(transparent)]
+    Model(#[from] squire_models::ModelError),
+}
+
+/// Result alias for the indexer crate.
+pub type Result<T> = std::result::Result<T, IndexError>;
+
+pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> IndexError {
+    let path = path.into();
+    move |source| IndexError::Io { path, source }
+}

@@ -1,0 +1,102 @@
+//! `squire index`: build or update a collection from a folder of images.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use squire_indexer::{Collection, IndexOptions};
+use squire_models::clip::LoadOptions;
+
+/// Index a folder of images (recursively) into a collection.
+///
+/// Incremental: a re-run embeds only new and changed files and drops records
+/// of deleted ones. Crash-safe and resumable: progress is checkpointed every
+/// --checkpoint images; a killed run resumes where it stopped. Unreadable
+/// files are skipped and listed with the reason (exit code 0; the count of
+/// skipped files is printed).
+#[derive(Args)]
+pub struct IndexArgs {
+    /// Folder of images (jpg, jpeg, png, webp, gif, bmp, tiff), scanned recursively.
+    images: PathBuf,
+    /// Collection directory (created if absent).
+    #[arg(long)]
+    index: PathBuf,
+    /// Model name or checkpoint directory (`lite`, `clip-vit-b32`, a directory).
+    #[arg(long, short, default_value = "lite")]
+    model: String,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Images between checkpoints.
+    #[arg(long, default_value_t = 256)]
+    checkpoint: usize,
+    /// Worker threads for decoding and the model (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `squire index`.
+pub fn run(a: IndexArgs) -> anyhow::Result<()> {
+    if let Some(t) = a.threads {
+        rayon::ThreadPoolBuilder::new().num_threads(t.max(1)).build_global().context("setting --threads")?;
+    }
+    if !a.images.is_dir() {
+        anyhow::bail!("{} is not a directory", a.images.display());
+    }
+    let root = a.images.canonicalize().with_context(|| format!("resolving {}", a.images.display()))?;
+    let encoder = super::load_encoder(&a.model, LoadOptions::default())?;
+    let mut col = Collection::open_or_create(&a.index, &a.model, encoder.as_ref(), &root)?;
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} indexing [{bar:30}] {pos}/{len} images, {per_sec}, ETA {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let opts = IndexOptions { batch: a.batch.max(1), checkpoint_every: a.checkpoint.max(1) };
+    let report = col.index(&root, encoder.as_ref(), opts, &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
+    let embedded = report.added + report.updated;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({
+            "index": col.dir().display().to_string(), "images": col.records().len(), "report": report,
+            "images_per_second": if report.seconds > 0.0 { embedded as f64 / report.seconds } else { 0.0 },
+        }))?);
+        return Ok(());
+    }
+    if embedded == 0 && report.removed == 0 {
+        println!("up to date: {} images, nothing to embed ({} unchanged)", col.records().len(), report.unchanged);
+    } else {
+        println!(
+            "indexed {} new, {} changed, removed {}, kept {} unchanged → {} images in {}",
+            report.added,
+            report.updated,
+            report.removed,
+            report.unchanged,
+            col.records().len(),
+            col.dir().display()
+        );
+        if embedded > 0 {
+            println!(
+                "{:.1} s, {:.1} images/s (decode+resize {:.1} s, model {:.1} s)",
+                report.seconds,
+                embedded as f64 / report.seconds.max(1e-9),
+                report.decode_seconds,
+                report.model_seconds
+            );
+        }
+    }
+    if !report.skipped.is_empty() {
+        eprintln!("warning: skipped {} file(s):", report.skipped.len());
+        for (f, why) in &report.skipped {
+            eprintln!("  {f}: {why}");
+        }
+    }
+    Ok(())
+}
