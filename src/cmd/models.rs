@@ -80,7 +80,7 @@ fn lite_info(as_json: bool) -> anyhow::Result<()> {
                 "name": "lite", "present": true, "dir": dir.display().to_string(), "family": "lite",
                 "vectors": { "gem": 1280, "text": 384 }, "image_size": 224,
                 "image_model": "EfficientNet-Lite0 (ImageNet-1k, 1000 classes)", "text_model": "all-MiniLM-L6-v2 (384-d, mean pooling)",
-                "bridge": { "kind": "ConSE", "top_t": squire_models::lite::LiteOptions::default().top_t, "template": squire_models::lite::LiteOptions::default().template },
+                "bridge": { "kind": "ConSE", "top_t": squire_models::lite::LiteOptions::default().top_t, "temperature": squire_models::lite::LiteOptions::default().temperature, "template": squire_models::lite::LiteOptions::default().template, "all_lemmas": squire_models::lite::LiteOptions::default().all_lemmas },
                 "sources": m.sources, "files": m.files,
             });
             if as_json {

@@ -32,19 +32,29 @@ pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 /// Settings of the ConSE bridge and the GeM descriptor.
+///
+/// Defaults were chosen on Flickr8k-1k `queries-dev.tsv` (2,000 captions,
+/// 1,000 photos) over T ∈ {3, 10, 30, 100}, τ ∈ {1, 2}, first lemma vs all
+/// lemmas, and four templates: T = 30, τ = 2, all lemmas, "a photo of a {}."
+/// gave R@10 0.233 / MRR 0.123, against 0.214 / 0.106 for T = 10, τ = 1 with
+/// the first lemma.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LiteOptions {
     /// How many of the most probable classes make up an image's text vector.
     pub top_t: usize,
+    /// Softmax temperature over the logits (above 1 flattens the class weights).
+    pub temperature: f32,
     /// Prompt template; `{}` is replaced by the class name.
     pub template: String,
+    /// Name each class by all its lemmas ("tench, Tinca tinca") rather than the first.
+    pub all_lemmas: bool,
     /// GeM exponent for the `gem` vector.
     pub gem_p: f64,
 }
 
 impl Default for LiteOptions {
     fn default() -> Self {
-        LiteOptions { top_t: 10, template: "a photo of a {}.".into(), gem_p: 3.0 }
+        LiteOptions { top_t: 30, temperature: 2.0, template: "a photo of a {}.".into(), all_lemmas: true, gem_p: 3.0 }
     }
 }
 
@@ -102,16 +112,18 @@ impl LitePack {
 
     /// Loads an installed pack directory (`efficientnet-lite0/`, `minilm/`).
     pub fn load(dir: &Path, options: LiteOptions) -> Result<Self> {
-        if options.top_t == 0 || !options.template.contains("{}") {
+        if options.top_t == 0 || !options.template.contains("{}") || options.temperature <= 0.0 {
             return Err(ModelError::InvalidRequest(format!(
-                "lite options: top_t must be ≥ 1 and the template must contain {{}} (got {} / {:?})",
-                options.top_t, options.template
+                "lite options: top_t must be ≥ 1, the temperature positive and the template must contain {{}} (got {} / {} / {:?})",
+                options.top_t, options.temperature, options.template
             )));
         }
         let image = EfficientNetLite::load(&dir.join("efficientnet-lite0").join("model.safetensors"))?;
         let text = SentenceEncoder::load(&dir.join("minilm"))?;
         let classes = class_names();
-        let prompts: Vec<String> = classes.iter().map(|c| options.template.replace("{}", c)).collect();
+        let labels: Vec<String> =
+            if options.all_lemmas { IMAGENET_CLASSES.lines().map(|l| l.trim().to_string()).collect() } else { classes.clone() };
+        let prompts: Vec<String> = labels.iter().map(|c| options.template.replace("{}", c)).collect();
         let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
         let mut class_vectors = Vec::with_capacity(refs.len() * text.text_dim());
         for chunk in refs.chunks(128) {
@@ -150,7 +162,7 @@ impl LitePack {
             let dst = &mut text[b * d..(b + 1) * d];
             for &c in order.iter().take(self.options.top_t) {
                 // Softmax numerators; the shared denominator vanishes in the normalisation.
-                let p = (row[c] - max).exp();
+                let p = ((row[c] - max) / self.options.temperature).exp();
                 let v = &self.class_vectors[c * d..(c + 1) * d];
                 dst.iter_mut().zip(v).for_each(|(o, x)| *o += p * x);
             }

@@ -1,0 +1,127 @@
+//! Real-image checks of the lite pack over Flickr8k-1k (`../shared`):
+//! indexing, incremental re-indexing, image-to-image self-retrieval of
+//! re-encoded copies, and text-to-image quality.
+//!
+//! Needs `squire models fetch lite` and the photos in ../shared; without them
+//! the tests print why and pass, unless SQUIRE_REQUIRE_LITE=1 (CI), under
+//! which they fail.
+
+use std::path::{Path, PathBuf};
+
+use squire_indexer::{Collection, IndexOptions};
+use squire_models::lite::{fetch, LiteOptions, LitePack};
+use squire_models::{image_io, ImageEncoder};
+
+fn shared() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/flickr8k-1k")
+}
+
+fn pack() -> Option<LitePack> {
+    let why = if fetch::verify(&fetch::lite_dir(), false).is_err() {
+        Some(format!("the lite pack is not installed in {}", fetch::lite_dir().display()))
+    } else if !shared().join("images").is_dir() {
+        Some(format!("no Flickr8k-1k photos at {}", shared().display()))
+    } else {
+        None
+    };
+    match why {
+        None => Some(LitePack::load(&fetch::lite_dir(), LiteOptions::default()).expect("lite pack loads")),
+        Some(w) if std::env::var("SQUIRE_REQUIRE_LITE").is_ok_and(|v| v == "1") => panic!("SQUIRE_REQUIRE_LITE=1 but {w}"),
+        Some(w) => {
+            println!("skipped: {w}");
+            None
+        }
+    }
+}
+
+fn scratch(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("squire-lite-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("mkdir");
+    d
+}
+
+#[test]
+fn flickr_index_self_retrieval_and_text_queries() {
+    let Some(pack) = pack() else { return };
+    let images = shared().join("images");
+    let dir = scratch("full");
+    let mut col = Collection::open_or_create(&dir, "lite", &pack, &images).expect("create");
+    let r = col.index(&images, &pack, IndexOptions::default(), &mut |_, _| {}).expect("index");
+    println!("indexed {} in {:.1} s (decode {:.1} s, model {:.1} s)", r.added, r.seconds, r.decode_seconds, r.model_seconds);
+    assert_eq!(r.added, 1000);
+    assert!(r.skipped.is_empty(), "{:?}", r.skipped);
+    let col = Collection::open(&dir).expect("reopen");
+    assert_eq!(col.records().len(), 1000);
+
+    // Image-to-image: each photo re-encoded as JPEG quality 50 must find itself first.
+    let mut first = 0;
+    let recs = col.records().to_vec();
+    for chunk in recs.chunks(32) {
+        let mut px = Vec::new();
+        for rec in chunk {
+            let img = image_io::load_rgb(&images.join(&rec.path)).expect("photo");
+            let mut jpg = Vec::new();
+            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpg, 50).encode_image(&img).expect("encode");
+            let copy = image_io::decode_rgb(&jpg, Path::new("copy.jpg")).expect("decode copy");
+            let mut p = vec![0f32; 3 * 224 * 224];
+            pack.preprocess_into(&copy, &mut p).expect("preprocess");
+            px.extend(p);
+        }
+        let v = pack.embed_pixels(&px, chunk.len()).expect("embed");
+        for (i, rec) in chunk.iter().enumerate() {
+            let hits = col.search("gem", &v.gem[i * 1280..(i + 1) * 1280], 1).expect("search");
+            if col.records()[hits[0].row].path == rec.path {
+                first += 1;
+            }
+        }
+    }
+    println!("JPEG-q50 copies that find their original at rank 1: {first}/1000");
+    assert!(first >= 990, "only {first}/1000 copies found themselves first");
+
+    // Text-to-image on the dev captions: far above random (R@10 = 0.01).
+    let queries = squire_engine::eval::read_query_tsv(&shared().join("queries-dev.tsv")).expect("queries");
+    let rep = squire_engine::eval::evaluate_t2i(&col, &pack, &queries, 64).expect("eval");
+    println!("t2i: {:?} over {} queries, {} dropped", rep.metrics, rep.queries, rep.dropped.len());
+    assert_eq!(rep.queries, 2000);
+    assert!(rep.dropped.is_empty());
+    assert!(rep.metrics.r10 > 0.15, "R@10 {}", rep.metrics.r10);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn reindexing_reports_exactly_the_changes() {
+    let Some(pack) = pack() else { return };
+    let src = shared().join("images");
+    let folder = scratch("inc-images");
+    let dir = scratch("inc-index");
+    let mut names: Vec<_> = std::fs::read_dir(&src).expect("ls").flatten().map(|e| e.file_name()).collect();
+    names.sort();
+    for n in names.iter().take(30) {
+        std::fs::copy(src.join(n), folder.join(n)).expect("copy");
+    }
+    let mut col = Collection::open_or_create(&dir, "lite", &pack, &folder).expect("create");
+    let r = col.index(&folder, &pack, IndexOptions { batch: 8, checkpoint_every: 8 }, &mut |_, _| {}).expect("index");
+    assert_eq!((r.added, r.removed, r.unchanged), (30, 0, 0));
+    let r = col.index(&folder, &pack, IndexOptions::default(), &mut |_, _| {}).expect("reindex");
+    assert_eq!((r.added, r.updated, r.removed, r.unchanged), (0, 0, 0, 30));
+    for n in names.iter().take(3) {
+        std::fs::remove_file(folder.join(n)).expect("rm");
+    }
+    for (i, n) in names.iter().skip(3).take(2).enumerate() {
+        std::fs::copy(src.join(n), folder.join(format!("copy-{i}.jpg"))).expect("copy");
+    }
+    std::fs::write(folder.join("broken.jpg"), b"not a jpeg").expect("write");
+    let r = col.index(&folder, &pack, IndexOptions::default(), &mut |_, _| {}).expect("reindex");
+    assert_eq!((r.added, r.updated, r.removed, r.unchanged), (2, 0, 3, 27));
+    assert_eq!(r.skipped.len(), 1);
+    assert!(r.skipped[0].0 == "broken.jpg" && !r.skipped[0].1.is_empty());
+    let col = Collection::open(&dir).expect("reopen");
+    assert_eq!(col.records().len(), 29);
+    let mut paths: Vec<_> = col.records().iter().map(|r| r.path.clone()).collect();
+    paths.sort();
+    paths.dedup();
+    assert_eq!(paths.len(), 29, "duplicate records");
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&folder);
+}
