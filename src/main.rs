@@ -22,6 +22,8 @@ enum Command {
     /// List known models and inspect checkpoints.
     #[command(subcommand)]
     Models(cmd::models::ModelsCommand),
+    /// Offline end-to-end demo: fetch the lite pack, index a gallery, answer two queries.
+    Demo(cmd::demo::DemoArgs),
     /// Index a folder of images into a collection (incremental, resumable).
     Index(cmd::index::IndexArgs),
     /// Search a collection by text, image, or both (composed).
@@ -43,6 +45,7 @@ fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let result = match cli.command {
         Command::Models(c) => cmd::models::run(c),
+        Command::Demo(a) => cmd::demo::run(a),
         Command::Index(a) => cmd::index::run(a),
         Command::Search(a) => cmd::search::run(a),
         Command::Eval(c) => cmd::eval::run(c),

@@ -81,7 +81,7 @@ fn flickr_index_self_retrieval_and_text_queries() {
 
     // Text-to-image on the dev captions: far above random (R@10 = 0.01).
     let queries = squire_engine::eval::read_query_tsv(&shared().join("queries-dev.tsv")).expect("queries");
-    let rep = squire_engine::eval::evaluate_t2i(&col, &pack, &queries, 64).expect("eval");
+    let rep = squire_engine::eval::evaluate_t2i(&col, &pack, &queries, None, 64).expect("eval");
     println!("t2i: {:?} over {} queries, {} dropped", rep.metrics, rep.queries, rep.dropped.len());
     assert_eq!(rep.queries, 2000);
     assert!(rep.dropped.is_empty());

@@ -106,7 +106,7 @@ pub fn t2i_metrics(ranks: &[usize]) -> T2iMetrics {
 pub struct QueryResult {
     /// The query id.
     pub query_id: String,
-    /// 1-based rank of the relevant image.
+    /// 1-based rank of the relevant image (0: not within the ranking depth).
     pub rank: usize,
 }
 
@@ -123,11 +123,18 @@ pub struct T2iReport {
     pub per_query: Vec<QueryResult>,
 }
 
-/// Ranks the whole collection for every caption and scores the relevant image's rank.
-pub fn evaluate_t2i(col: &Collection, encoder: &dyn TextEncoder, queries: &[TextQuery], batch: usize) -> Result<T2iReport, EvalError> {
+/// Ranks the collection (to depth `k`, default all of it) for every caption
+/// and scores the relevant image's rank; one beyond `k` counts as not retrieved.
+pub fn evaluate_t2i(
+    col: &Collection,
+    encoder: &dyn TextEncoder,
+    queries: &[TextQuery],
+    k: Option<usize>,
+    batch: usize,
+) -> Result<T2iReport, EvalError> {
     let row_of: HashMap<&str, usize> = col.records().iter().enumerate().map(|(i, r)| (r.path.as_str(), i)).collect();
     let vector = &col.manifest().text_query_vector;
-    let n = col.records().len();
+    let n = k.unwrap_or(usize::MAX).min(col.records().len());
     let mut dropped = Vec::new();
     let mut per_query = Vec::new();
     let kept: Vec<&TextQuery> = queries

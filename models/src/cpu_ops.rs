@@ -123,8 +123,22 @@ mod packed {
         // A panel of activation rows should stay in L2 (about 192 KiB of it) while
         // the weight strips stream past: fewer rows for deeper products.
         let panel = ((48 * 1024) / k.max(1)).clamp(12, super::PANEL_ROWS) / 6 * 6;
+        let mut apack = vec![0f32; panel.min(m) * k];
         for p0 in (0..m).step_by(panel) {
             let p1 = (p0 + panel).min(m);
+            // Pack the panel's rows tile by tile, interleaved (`[kk][r]`), so that each
+            // step of a tile's inner loop reads its R activations from one cache line.
+            apack[..(p1 - p0) * k].par_chunks_mut(6 * k).enumerate().for_each(|(ti, dst)| {
+                let r0 = p0 + ti * 6;
+                let rows = (p1 - r0).min(6);
+                for r in 0..rows {
+                    let src = &x[(r0 + r) * k..(r0 + r + 1) * k];
+                    for (kk, &v) in src.iter().enumerate() {
+                        dst[kk * rows + r] = v;
+                    }
+                }
+            });
+            let apack = &apack;
             // Two strips per task keeps tasks coarse enough for rayon and balanced over 2+ cores.
             (0..strips.div_ceil(2)).into_par_iter().for_each(|t| {
                 let out = out;
@@ -137,7 +151,7 @@ mod packed {
                         // SAFETY: the checks above bound every access; the CPU has AVX2 and FMA
                         // (checked before weights were packed); strip `s` is written by this task only.
                         unsafe {
-                            let xs = x.as_ptr().add(r0 * k);
+                            let xs = apack.as_ptr().add((r0 - p0) * k);
                             let d = out.0.add(r0 * n + s * 16);
                             match rows {
                                 6 => tile::<6>(xs, k, ws, b, accumulate, act, n, d),
@@ -155,7 +169,8 @@ mod packed {
         }
     }
 
-    /// One `R × 16` output tile over the whole depth `k`; `w` is the strip's packed `k × 16` block.
+    /// One `R × 16` output tile over the whole depth `k`; `x` is the tile's packed
+    /// `k × R` activations, `w` the strip's packed `k × 16` weights.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn tile<const R: usize>(
@@ -179,7 +194,7 @@ mod packed {
             let w0 = _mm256_loadu_ps(wp);
             let w1 = _mm256_loadu_ps(wp.add(8));
             for (r, a) in acc.iter_mut().enumerate() {
-                let v = _mm256_broadcast_ss(&*x.add(r * k + kk));
+                let v = _mm256_broadcast_ss(&*x.add(kk * R + r));
                 a[0] = _mm256_fmadd_ps(v, w0, a[0]);
                 a[1] = _mm256_fmadd_ps(v, w1, a[1]);
             }

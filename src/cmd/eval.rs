@@ -28,6 +28,10 @@ pub struct T2iArgs {
     /// Query TSV; relevant_image is relative to the indexed folder.
     #[arg(long)]
     queries: PathBuf,
+    /// Ranking depth: a relevant image below rank k counts as not retrieved
+    /// (R@n for n > k and MRR then only see the top k). Default: the whole collection.
+    #[arg(long, short)]
+    k: Option<usize>,
     /// Texts per forward pass.
     #[arg(long, default_value_t = 64)]
     batch: usize,
@@ -48,7 +52,7 @@ fn t2i(a: T2iArgs) -> anyhow::Result<()> {
     let queries = read_query_tsv(&a.queries)?;
     let encoder = super::load_encoder(&col.manifest().model, LoadOptions::default())?;
     let t0 = std::time::Instant::now();
-    let report = evaluate_t2i(&col, encoder.as_ref(), &queries, a.batch)?;
+    let report = evaluate_t2i(&col, encoder.as_ref(), &queries, a.k, a.batch)?;
     let secs = t0.elapsed().as_secs_f64();
     if a.json {
         let mut v = serde_json::to_value(&report)?;

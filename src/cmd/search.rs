@@ -47,34 +47,53 @@ fn normalise(v: &mut [f32]) {
     }
 }
 
-/// Runs `squire search`.
-pub fn run(a: SearchArgs) -> anyhow::Result<()> {
-    let col = Collection::open(&a.index).with_context(|| format!("opening the collection in {}", a.index.display()))?;
-    let m = col.manifest().clone();
-    let encoder = super::load_encoder(&m.model, LoadOptions::default())?;
-    let t0 = Instant::now();
+/// A query's vector and the named vector it searches.
+pub struct Query {
+    /// Which named vector to search.
+    pub vector: String,
+    /// The query vector.
+    pub values: Vec<f32>,
+}
+
+/// Embeds a text, image or composed query for `col`.
+pub fn embed_query(
+    col: &Collection,
+    encoder: &dyn squire_models::DualEncoder,
+    text: Option<&str>,
+    image: Option<&std::path::Path>,
+    alpha: f32,
+) -> anyhow::Result<Query> {
+    let m = col.manifest();
     let names = encoder.vector_names();
-    let embed_image = |path: &PathBuf, vector: &str| -> anyhow::Result<Vec<f32>> {
+    let embed_image = |path: &std::path::Path, vector: &str| -> anyhow::Result<Vec<f32>> {
         let img = image_io::load_rgb(path)?;
         let s = encoder.input_size();
         let mut px = vec![0f32; 3 * s * s];
         encoder.preprocess_into(&img, &mut px)?;
-        let all = encoder.embed_named(&px, 1)?;
+        let mut all = encoder.embed_named(&px, 1)?;
         let i = names.iter().position(|n| *n == vector).context("the model lacks the collection's query vector")?;
-        Ok(all[i].clone())
+        Ok(all.swap_remove(i))
     };
-    let (vector, query) = match (&a.text, &a.image) {
-        (Some(t), None) => (m.text_query_vector.clone(), encoder.embed_texts(&[t.as_str()])?),
-        (None, Some(p)) => (m.image_query_vector.clone(), embed_image(p, &m.image_query_vector)?),
+    Ok(match (text, image) {
+        (Some(t), None) => Query { vector: m.text_query_vector.clone(), values: encoder.embed_texts(&[t])? },
+        (None, Some(p)) => Query { vector: m.image_query_vector.clone(), values: embed_image(p, &m.image_query_vector)? },
         (Some(t), Some(p)) => {
             let img = embed_image(p, &m.text_query_vector)?;
-            let txt = encoder.embed_texts(&[t.as_str()])?;
-            let mut q: Vec<f32> = img.iter().zip(&txt).map(|(i, t)| (1.0 - a.alpha) * i + a.alpha * t).collect();
+            let txt = encoder.embed_texts(&[t])?;
+            let mut q: Vec<f32> = img.iter().zip(&txt).map(|(i, t)| (1.0 - alpha) * i + alpha * t).collect();
             normalise(&mut q);
-            (m.text_query_vector.clone(), q)
+            Query { vector: m.text_query_vector.clone(), values: q }
         }
         (None, None) => anyhow::bail!("give --text, --image or both"),
-    };
+    })
+}
+
+/// Runs `squire search`.
+pub fn run(a: SearchArgs) -> anyhow::Result<()> {
+    let col = Collection::open(&a.index).with_context(|| format!("opening the collection in {}", a.index.display()))?;
+    let encoder = super::load_encoder(&col.manifest().model, LoadOptions::default())?;
+    let t0 = Instant::now();
+    let Query { vector, values: query } = embed_query(&col, encoder.as_ref(), a.text.as_deref(), a.image.as_deref(), a.alpha)?;
     let encode_ms = t0.elapsed().as_secs_f64() * 1e3;
     let t1 = Instant::now();
     let hits = col.search(&vector, &query, a.k)?;

@@ -1,0 +1,129 @@
+//! `squire index`, `search` and `eval t2i` end to end on the tiny CLIP
+//! fixture (random weights: the plumbing is tested, not retrieval quality).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/tests/fixtures")
+}
+
+fn squire(home: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_squire"))
+        .args(args)
+        .env("SQUIRE_HOME", home)
+        .env("SQUIRE_OFFLINE", "1")
+        .output()
+        .expect("run squire")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn scratch(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("squire-cli-index-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("mkdir");
+    d
+}
+
+/// A gallery of the fixture images plus every kind of bad file.
+fn gallery(dir: &Path) {
+    for e in std::fs::read_dir(fixtures().join("images")).expect("ls").flatten() {
+        std::fs::copy(e.path(), dir.join(e.file_name())).expect("copy");
+    }
+    std::fs::create_dir_all(dir.join("sub")).expect("mkdir");
+    std::fs::copy(fixtures().join("images/astronaut.jpg"), dir.join("sub/astronaut-copy.JPG")).expect("copy");
+    let jpg = std::fs::read(fixtures().join("images/chelsea-420.jpg")).expect("read");
+    std::fs::write(dir.join("truncated.jpg"), &jpg[..200]).expect("write");
+    std::fs::write(dir.join("empty.jpg"), b"").expect("write");
+    std::fs::write(dir.join("notes.jpg"), b"just some text, not an image\n").expect("write");
+    // A PNG header declaring 30000×30000 pixels.
+    let mut png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR".to_vec();
+    png.extend(30000u32.to_be_bytes());
+    png.extend(30000u32.to_be_bytes());
+    png.extend([8, 2, 0, 0, 0, 0, 0, 0, 0]);
+    std::fs::write(dir.join("bomb.png"), png).expect("write");
+    std::fs::write(dir.join("readme.txt"), b"ignored: not an image extension").expect("write");
+}
+
+#[test]
+fn index_search_and_eval_through_the_cli() {
+    let root = scratch("flow");
+    let (home, images, index) = (root.join("home"), root.join("images"), root.join("index"));
+    std::fs::create_dir_all(&images).expect("mkdir");
+    gallery(&images);
+    let model = fixtures().join("tiny-clip").display().to_string();
+    let (img_s, idx_s) = (images.display().to_string(), index.display().to_string());
+
+    let o = squire(&home, &["index", &img_s, "--index", &idx_s, "--model", &model, "--batch", "4", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["images"], serde_json::json!(11), "{v}");
+    let skipped: Vec<String> = v["report"]["skipped"].as_array().expect("skipped").iter().map(|s| s[0].as_str().expect("name").to_string()).collect();
+    let mut sorted = skipped.clone();
+    sorted.sort();
+    // A truncated JPEG may decode partially (libjpeg fills the rest), like Pillow with LOAD_TRUNCATED_IMAGES;
+    // the other three must be refused with a reason.
+    for bad in ["bomb.png", "empty.jpg", "notes.jpg"] {
+        assert!(sorted.iter().any(|s| s == bad), "{bad} not skipped: {sorted:?}");
+    }
+    for reason in v["report"]["skipped"].as_array().expect("skipped") {
+        assert!(!reason[1].as_str().unwrap_or("").is_empty());
+    }
+
+    // A second run embeds nothing.
+    let o = squire(&home, &["index", &img_s, "--index", &idx_s, "--model", &model]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("nothing to embed"), "{}", text(&o));
+
+    // Text, image and composed search, JSON schema.
+    for args in [
+        vec!["--text", "an astronaut"],
+        vec!["--image", "IMG"],
+        vec!["--image", "IMG", "--text", "make it red"],
+    ] {
+        let q = images.join("coffee-progressive.jpg").display().to_string();
+        let mut full = vec!["search", "--index", &idx_s, "--json", "-k", "3"];
+        full.extend(args.iter().map(|a| if *a == "IMG" { q.as_str() } else { a }));
+        let o = squire(&home, &full);
+        assert!(o.status.success(), "{}", text(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+        let results = v["results"].as_array().expect("results");
+        assert_eq!(results.len(), 3);
+        for (i, r) in results.iter().enumerate() {
+            assert_eq!(r["rank"], serde_json::json!(i + 1));
+            assert!(r["id"].is_u64() && r["path"].is_string() && r["score"].is_f64(), "{r}");
+        }
+        assert!(v["timings"]["search_ms"].is_f64());
+        if args.len() == 2 && args[0] == "--image" {
+            // An image finds itself first.
+            assert_eq!(results[0]["path"], serde_json::json!("coffee-progressive.jpg"));
+        }
+    }
+
+    // eval t2i: JSON metrics, and queries whose image is missing are counted, not dropped silently.
+    let tsv = root.join("q.tsv");
+    std::fs::write(&tsv, "query_id\tcaption\trelevant_image\n1\tan astronaut\tastronaut.jpg\n2\ta cat\tchelsea-420.jpg\n3\ta ghost\tnot-indexed.jpg\n").expect("tsv");
+    let o = squire(&home, &["eval", "t2i", "--index", &idx_s, "--queries", tsv.to_str().expect("utf8"), "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    for key in ["R@1", "R@5", "R@10", "MRR", "nDCG@10"] {
+        assert!(v["metrics"][key].is_f64(), "{key} missing: {v}");
+    }
+    assert_eq!(v["queries"], serde_json::json!(2));
+    assert_eq!(v["dropped"], serde_json::json!(["3"]));
+    assert!(text(&o).contains("1 queries dropped"), "{}", text(&o));
+
+    // A collection refuses another model.
+    let other = root.join("other-model");
+    std::fs::create_dir_all(&other).expect("mkdir");
+    for f in ["config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json"] {
+        std::fs::copy(fixtures().join("tiny-clip").join(f), other.join(f)).expect("copy");
+    }
+    let o = squire(&home, &["index", &img_s, "--index", &idx_s, "--model", other.to_str().expect("utf8")]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("was built with model"), "{}", text(&o));
+    let _ = std::fs::remove_dir_all(&root);
+}
