@@ -91,6 +91,41 @@ pub fn class_names() -> Vec<String> {
     IMAGENET_CLASSES.lines().map(|l| l.split(',').next().unwrap_or(l).trim().to_string()).collect()
 }
 
+/// The MiniLM embeddings of the class prompts, cached in `<pack>/cache/` (keyed
+/// by a hash of the prompts) because embedding 1,000 prompts takes seconds.
+/// A missing, short or unwritable cache is recomputed; it never fails a load.
+fn class_vectors_cached(dir: &Path, text: &SentenceEncoder, prompts: &[String]) -> Result<Vec<f32>> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for p in prompts {
+        h.update(p.as_bytes());
+        h.update([0u8]);
+    }
+    let key = format!("{:x}", h.finalize());
+    let path = dir.join("cache").join(format!("class-vectors-{}.f32", &key[..16]));
+    let want = prompts.len() * text.text_dim() * 4;
+    if let Ok(bytes) = std::fs::read(&path) {
+        if bytes.len() == want {
+            return Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect());
+        }
+    }
+    let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
+    let mut v = Vec::with_capacity(want / 4);
+    for chunk in refs.chunks(128) {
+        v.extend(text.embed_texts(chunk)?);
+    }
+    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let written = std::fs::create_dir_all(dir.join("cache"))
+        .and_then(|_| std::fs::write(&tmp, &bytes))
+        .and_then(|_| std::fs::rename(&tmp, &path));
+    if let Err(e) = written {
+        tracing::debug!(error = %e, "class-vector cache not written");
+        let _ = std::fs::remove_file(&tmp);
+    }
+    Ok(v)
+}
+
 impl LitePack {
     /// The preprocessing the EfficientNet-Lite0 reference uses: shortest side
     /// 256 with Pillow's bicubic filter, centre crop 224, ImageNet mean/std.
@@ -124,11 +159,7 @@ impl LitePack {
         let labels: Vec<String> =
             if options.all_lemmas { IMAGENET_CLASSES.lines().map(|l| l.trim().to_string()).collect() } else { classes.clone() };
         let prompts: Vec<String> = labels.iter().map(|c| options.template.replace("{}", c)).collect();
-        let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
-        let mut class_vectors = Vec::with_capacity(refs.len() * text.text_dim());
-        for chunk in refs.chunks(128) {
-            class_vectors.extend(text.embed_texts(chunk)?);
-        }
+        let class_vectors = class_vectors_cached(dir, &text, &prompts)?;
         Ok(LitePack { image, text, preprocessor: Self::preprocessing(), classes, class_vectors, options, dir: dir.to_path_buf() })
     }
 
