@@ -19,7 +19,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// List known models and inspect checkpoints.
+    /// List, inspect and fetch models.
     #[command(subcommand)]
     Models(cmd::models::ModelsCommand),
     /// Offline end-to-end demo: fetch the lite pack, index a gallery, answer two queries.
