@@ -115,7 +115,8 @@ fn class_vectors_cached(dir: &Path, text: &SentenceEncoder, prompts: &[String]) 
         v.extend(text.embed_texts(chunk)?);
     }
     let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let tmp = path.with_extension(format!("tmp-{}-{nonce}", std::process::id()));
     let written = std::fs::create_dir_all(dir.join("cache"))
         .and_then(|_| std::fs::write(&tmp, &bytes))
         .and_then(|_| std::fs::rename(&tmp, &path));
