@@ -129,8 +129,7 @@ pub fn resize_u8(
         (0, height)
     };
 
-    let mut horiz_out: Vec<u8> = Vec::new();
-    let (mid, mid_w, mid_first) = if need_h {
+    let horiz = need_h.then(|| {
         let hc = precompute(width, out_w, filter);
         let rows = row_last - row_first;
         let mut out = vec![0u8; rows * out_w * channels];
@@ -149,15 +148,15 @@ pub fn resize_u8(
                 }
             }
         });
-        horiz_out = out;
-        (&horiz_out[..], out_w, row_first)
-    } else {
-        (src, width, 0usize)
-    };
-
+        out
+    });
     if !need_v {
-        return if need_h { horiz_out.clone() } else { src.to_vec() };
+        return horiz.unwrap_or_else(|| src.to_vec());
     }
+    let (mid, mid_w, mid_first) = match &horiz {
+        Some(h) => (&h[..], out_w, row_first),
+        None => (src, width, 0usize),
+    };
     let stride = mid_w * channels;
     let mut out = vec![0u8; out_h * stride];
     out.par_chunks_mut(stride).enumerate().for_each(|(yy, orow)| {
