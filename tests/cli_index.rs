@@ -73,6 +73,9 @@ fn index_search_and_eval_through_the_cli() {
         assert!(!reason[1].as_str().unwrap_or("").is_empty());
     }
 
+    // Exit code 0, with the count of skipped files on stderr.
+    assert!(String::from_utf8_lossy(&o.stderr).contains(&format!("warning: skipped {} file(s)", skipped.len())), "{}", text(&o));
+
     // A second run embeds nothing.
     let o = squire(&home, &["index", &img_s, "--index", &idx_s, "--model", &model]);
     assert!(o.status.success(), "{}", text(&o));
@@ -94,14 +97,46 @@ fn index_search_and_eval_through_the_cli() {
         assert_eq!(results.len(), 3);
         for (i, r) in results.iter().enumerate() {
             assert_eq!(r["rank"], serde_json::json!(i + 1));
-            assert!(r["id"].is_u64() && r["path"].is_string() && r["score"].is_f64(), "{r}");
+            let id = r["id"].as_str().expect("id is a string");
+            assert!(id.len() == 16 && id.chars().all(|c| c.is_ascii_hexdigit()), "{r}");
+            assert!(r["path"].is_string() && r["score"].is_f64(), "{r}");
         }
-        assert!(v["timings"]["search_ms"].is_f64());
+        assert_eq!(v["schema"], serde_json::json!("squire.search/1"));
+        assert_eq!(v["store"]["method"], serde_json::json!("usearch"));
+        assert_eq!(v["store"]["ef"], serde_json::json!(128));
+        for t in ["encode_ms", "search_ms", "total_ms"] {
+            assert!(v["timings"][t].is_f64(), "{t}: {v}");
+        }
+        let kind = v["query"]["kind"].as_str().expect("kind");
+        assert_eq!(kind, match args.len() { 4 => "composed", _ if args[0] == "--text" => "text", _ => "image" });
         if args.len() == 2 && args[0] == "--image" {
             // An image finds itself first.
             assert_eq!(results[0]["path"], serde_json::json!("coffee-progressive.jpg"));
         }
     }
+
+    // HNSW (usearch, then hnsw_rs after a rebuild) and exact search agree on a small collection.
+    let top = |extra: &[&str]| -> Vec<String> {
+        let mut full = vec!["search", "--index", &idx_s, "--json", "-k", "5", "--text", "a rocket"];
+        full.extend_from_slice(extra);
+        let o = squire(&home, &full);
+        assert!(o.status.success(), "{}", text(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+        v["results"].as_array().expect("results").iter().map(|r| r["path"].as_str().expect("path").to_string()).collect()
+    };
+    let exact = top(&["--exact"]);
+    assert_eq!(exact.len(), 5);
+    assert_eq!(top(&[]), exact);
+    assert_eq!(top(&["--ef", "16"]), exact);
+    let o = squire(&home, &["index", &img_s, "--index", &idx_s, "--model", &model, "--store", "hnsw_rs"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("rebuilding the vector store as hnsw_rs"), "{}", text(&o));
+    assert_eq!(top(&[]), exact);
+    let o = squire(&home, &["index", &img_s, "--index", &idx_s, "--model", &model, "--store", "faiss"]);
+    assert!(!o.status.success() && text(&o).contains("unknown store `faiss`"), "{}", text(&o));
+    let o = squire(&home, &["index", &img_s, "--index", &idx_s, "--model", &model, "--store", "usearch", "--precision", "f16"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(top(&[]), exact);
 
     // eval t2i: JSON metrics, and queries whose image is missing are counted, not dropped silently.
     let tsv = root.join("q.tsv");

@@ -46,7 +46,7 @@ fn flickr_index_self_retrieval_and_text_queries() {
     let Some(pack) = pack() else { return };
     let images = shared().join("images");
     let dir = scratch("full");
-    let mut col = Collection::open_or_create(&dir, "lite", &pack, &images).expect("create");
+    let mut col = Collection::open_or_create(&dir, "lite", &pack, &images, Default::default()).expect("create");
     let r = col.index(&images, &pack, IndexOptions::default(), &mut |_, _| {}).expect("index");
     println!("indexed {} in {:.1} s (decode {:.1} s, model {:.1} s)", r.added, r.seconds, r.decode_seconds, r.model_seconds);
     assert_eq!(r.added, 1000);
@@ -70,7 +70,7 @@ fn flickr_index_self_retrieval_and_text_queries() {
         }
         let v = pack.embed_pixels(&px, chunk.len()).expect("embed");
         for (i, rec) in chunk.iter().enumerate() {
-            let hits = col.search("gem", &v.gem[i * 1280..(i + 1) * 1280], 1).expect("search");
+            let hits = col.search("gem", &v.gem[i * 1280..(i + 1) * 1280], 1, &Default::default()).expect("search");
             if col.records()[hits[0].row].path == rec.path {
                 first += 1;
             }
@@ -81,7 +81,7 @@ fn flickr_index_self_retrieval_and_text_queries() {
 
     // Text-to-image on the dev captions: far above random (R@10 = 0.01).
     let queries = squire_engine::eval::read_query_tsv(&shared().join("queries-dev.tsv")).expect("queries");
-    let rep = squire_engine::eval::evaluate_t2i(&col, &pack, &queries, None, 64).expect("eval");
+    let rep = squire_engine::eval::evaluate_t2i(&col, &pack, &queries, None, 64, None).expect("eval");
     println!("t2i: {:?} over {} queries, {} dropped", rep.metrics, rep.queries, rep.dropped.len());
     assert_eq!(rep.queries, 2000);
     assert!(rep.dropped.is_empty());
@@ -100,7 +100,7 @@ fn reindexing_reports_exactly_the_changes() {
     for n in names.iter().take(30) {
         std::fs::copy(src.join(n), folder.join(n)).expect("copy");
     }
-    let mut col = Collection::open_or_create(&dir, "lite", &pack, &folder).expect("create");
+    let mut col = Collection::open_or_create(&dir, "lite", &pack, &folder, Default::default()).expect("create");
     let r = col.index(&folder, &pack, IndexOptions { batch: 8, checkpoint_every: 8 }, &mut |_, _| {}).expect("index");
     assert_eq!((r.added, r.removed, r.unchanged), (30, 0, 0));
     let r = col.index(&folder, &pack, IndexOptions::default(), &mut |_, _| {}).expect("reindex");

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use squire_indexer::Collection;
+use squire_indexer::{Collection, SearchParams};
 use squire_models::TextEncoder;
 
 /// Errors of the evaluation harness; each names the file and record at fault.
@@ -125,12 +125,15 @@ pub struct T2iReport {
 
 /// Ranks the collection (to depth `k`, default all of it) for every caption
 /// and scores the relevant image's rank; one beyond `k` counts as not retrieved.
+/// With `ann` the collection's HNSW store ranks (system quality); without, exact
+/// search does (model quality).
 pub fn evaluate_t2i(
     col: &Collection,
     encoder: &dyn TextEncoder,
     queries: &[TextQuery],
     k: Option<usize>,
     batch: usize,
+    ann: Option<SearchParams>,
 ) -> Result<T2iReport, EvalError> {
     let row_of: HashMap<&str, usize> = col.records().iter().enumerate().map(|(i, r)| (r.path.as_str(), i)).collect();
     let vector = &col.manifest().text_query_vector;
@@ -152,7 +155,10 @@ pub fn evaluate_t2i(
         let emb = encoder.embed_texts(&caps).map_err(|e| EvalError::Backend(e.to_string()))?;
         let d = emb.len() / chunk.len().max(1);
         for (q, v) in chunk.iter().zip(emb.chunks(d.max(1))) {
-            let hits = col.search(vector, v, n).map_err(|e| EvalError::Backend(e.to_string()))?;
+            let hits = match &ann {
+                Some(params) => col.search(vector, v, n, params),
+                None => col.search_exact(vector, v, n),
+            }.map_err(|e| EvalError::Backend(e.to_string()))?;
             let target = row_of[q.relevant.as_str()];
             let rank = hits.iter().position(|h| h.row == target).map(|p| p + 1).unwrap_or(0);
             per_query.push(QueryResult { query_id: q.id.clone(), rank });

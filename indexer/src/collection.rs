@@ -4,10 +4,14 @@
 //! Layout of an index directory:
 //!
 //! ```text
-//! manifest.json        format version, model id, vector names and sizes, the
-//!                      current generation and the size and SHA-256 of each of its files
-//! gen-<N>/records.json one ImageRecord per image, in row order
-//! gen-<N>/<name>.f32   the named vectors, rows × dim little-endian f32
+//! manifest.json              format version, model id, vector names and sizes, the store
+//!                            configuration, the current generation and the size and
+//!                            SHA-256 of each of its files
+//! gen-<N>/records.json       one ImageRecord per image, in row order
+//! gen-<N>/<name>.f32         the named vectors, rows × dim little-endian f32 (source of truth)
+//! gen-<N>/<name>.keys        the image id of each row, little-endian u64
+//! gen-<N>/<name>.usearch     the HNSW graph (usearch store), or
+//! gen-<N>/<name>.hnsw.*      the HNSW graph (hnsw_rs store)
 //! ```
 //!
 //! Contract: `manifest.json` is replaced only by an atomic rename, after the
@@ -16,7 +20,7 @@
 //! checksummed generation. Directories that no manifest refers to (older
 //! generations, `*.tmp` leftovers) are removed at the next save.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -27,11 +31,12 @@ use sha2::{Digest, Sha256};
 use squire_models::{image_io, ImageEncoder};
 
 use crate::error::{io, IndexError, Result};
+use crate::fsio::{sync_dir, write_synced};
 use crate::scan::{scan, Found};
-use crate::store::{ExactStore, Hit, VectorStore};
+use crate::store::{new_store, open_store, ExactStore, SearchParams, StoreConfig, StoreKind, VectorStore};
 
 /// Version of the on-disk layout.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Metadata of one indexed image.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -76,6 +81,8 @@ pub struct Manifest {
     pub image_query_vector: String,
     /// The indexed folder (absolute, as given at creation).
     pub images_root: PathBuf,
+    /// How the vectors are stored and searched.
+    pub store: StoreConfig,
     /// Current generation.
     pub generation: u64,
     /// Number of images.
@@ -89,13 +96,41 @@ pub struct Manifest {
 pub struct IndexOptions {
     /// Images per forward pass.
     pub batch: usize,
-    /// Images between checkpoints (a killed run loses at most this many).
+    /// Images between checkpoints, at least; since a checkpoint rewrites the
+    /// whole collection, the interval grows to a quarter of the collection's
+    /// size so that checkpoints cost a bounded share of the run. A killed run
+    /// loses at most one interval.
     pub checkpoint_every: usize,
 }
 
 impl Default for IndexOptions {
     fn default() -> Self {
         IndexOptions { batch: 32, checkpoint_every: 256 }
+    }
+}
+
+/// One result of [`Collection::search`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RowHit {
+    /// Row of the image in [`Collection::records`].
+    pub row: usize,
+    /// Similarity to the query (inner product of normalised vectors).
+    pub score: f32,
+}
+
+/// The stored vectors of one name: the exact matrix (source of truth, row
+/// order = record order) and, unless the store is exact, its HNSW index.
+struct NamedVectors {
+    raw: ExactStore,
+    ann: Option<Box<dyn VectorStore>>,
+}
+
+impl std::fmt::Debug for NamedVectors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NamedVectors")
+            .field("raw", &(self.raw.len(), self.raw.dim()))
+            .field("ann", &self.ann.as_ref().map(|a| (a.kind(), a.len())))
+            .finish()
     }
 }
 
@@ -126,7 +161,8 @@ pub struct Collection {
     dir: PathBuf,
     manifest: Manifest,
     records: Vec<ImageRecord>,
-    stores: BTreeMap<String, ExactStore>,
+    rows: HashMap<u64, usize>,
+    vectors: BTreeMap<String, NamedVectors>,
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -138,15 +174,18 @@ fn path_id(rel: &str) -> u64 {
     u64::from_le_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    fs::write(path, bytes).map_err(io(path))?;
-    fs::File::open(path).and_then(|f| f.sync_all()).map_err(io(path))
+fn json_err(e: serde_json::Error) -> IndexError {
+    IndexError::InvalidRequest(e.to_string())
 }
 
-fn sync_dir(dir: &Path) {
-    if let Ok(f) = fs::File::open(dir) {
-        let _ = f.sync_all();
+/// Builds an HNSW index of `config`'s kind over `raw` (None for exact stores).
+fn build_ann(config: &StoreConfig, raw: &ExactStore) -> Result<Option<Box<dyn VectorStore>>> {
+    if config.kind == StoreKind::Exact || raw.dim() == 0 {
+        return Ok(None);
     }
+    let mut ann = new_store(config, raw.dim())?;
+    ann.add(raw.keys(), raw.data())?;
+    Ok(Some(ann))
 }
 
 impl Collection {
@@ -154,15 +193,21 @@ impl Collection {
     pub fn open(dir: &Path) -> Result<Self> {
         let mpath = dir.join("manifest.json");
         let text = fs::read_to_string(&mpath).map_err(io(&mpath))?;
-        let manifest: Manifest =
-            serde_json::from_str(&text).map_err(|e| IndexError::Corrupt { path: mpath.clone(), message: e.to_string() })?;
-        if manifest.format_version != FORMAT_VERSION {
+        let version = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("format_version").and_then(|x| x.as_u64()));
+        if version.is_some_and(|v| v != FORMAT_VERSION as u64) {
             return Err(IndexError::Incompatible(format!(
-                "{}: format version {} (this Squire reads {FORMAT_VERSION})",
+                "{}: format version {} (this Squire reads {FORMAT_VERSION}); re-index into a new --index directory",
                 mpath.display(),
-                manifest.format_version
+                version.unwrap_or_default()
             )));
         }
+        let manifest: Manifest =
+            serde_json::from_str(&text).map_err(|e| IndexError::Corrupt { path: mpath.clone(), message: e.to_string() })?;
+        let gen = format!("gen-{}", manifest.generation);
+        let gen_dir = dir.join(&gen);
+        // Read and verify every file; key the bytes by their name inside the generation.
         let mut contents: HashMap<String, Vec<u8>> = HashMap::new();
         for (rel, sum) in &manifest.files {
             let p = dir.join(rel);
@@ -170,35 +215,53 @@ impl Collection {
             if bytes.len() as u64 != sum.size || sha256_hex(&bytes) != sum.sha256 {
                 return Err(IndexError::Corrupt { path: p, message: "size or checksum differs from manifest.json".into() });
             }
-            contents.insert(rel.clone(), bytes);
+            let name = rel.strip_prefix(&format!("{gen}/")).unwrap_or(rel).to_string();
+            contents.insert(name, bytes);
         }
-        let gen = format!("gen-{}", manifest.generation);
-        let rec_rel = format!("{gen}/records.json");
-        let rec_bytes = contents.remove(&rec_rel).ok_or_else(|| IndexError::Corrupt {
+        let rec_bytes = contents.remove("records.json").ok_or_else(|| IndexError::Corrupt {
             path: mpath.clone(),
-            message: format!("{rec_rel} is not listed"),
+            message: format!("{gen}/records.json is not listed"),
         })?;
         let records: Vec<ImageRecord> = serde_json::from_slice(&rec_bytes)
-            .map_err(|e| IndexError::Corrupt { path: dir.join(&rec_rel), message: e.to_string() })?;
-        let mut stores = BTreeMap::new();
+            .map_err(|e| IndexError::Corrupt { path: gen_dir.join("records.json"), message: e.to_string() })?;
+        let ids: Vec<u64> = records.iter().map(|r| r.id).collect();
+        let mut vectors = BTreeMap::new();
         for (name, &dim) in &manifest.vectors {
-            let rel = format!("{gen}/{name}.f32");
-            let bytes = contents.remove(&rel).ok_or_else(|| IndexError::Corrupt { path: mpath.clone(), message: format!("{rel} is not listed") })?;
-            if bytes.len() != records.len() * dim * 4 {
+            let raw = ExactStore::open(dim, &gen_dir, name, &mut contents)?;
+            if raw.keys() != ids.as_slice() {
                 return Err(IndexError::Corrupt {
-                    path: dir.join(&rel),
-                    message: format!("{} bytes for {} images × {dim} dims", bytes.len(), records.len()),
+                    path: gen_dir.join(format!("{name}.keys")),
+                    message: format!("{} rows that do not match the {} records", raw.len(), records.len()),
                 });
             }
-            let data: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-            stores.insert(name.clone(), ExactStore::new(dim, data));
+            let ann = if manifest.store.kind == StoreKind::Exact || dim == 0 {
+                None
+            } else {
+                let ann = open_store(&manifest.store, dim, &gen_dir, name, &mut contents)?;
+                if ann.len() == raw.len() {
+                    Some(ann)
+                } else {
+                    tracing::warn!(vector = %name, "HNSW index holds {} of {} vectors; rebuilding it", ann.len(), raw.len());
+                    build_ann(&manifest.store, &raw)?
+                }
+            };
+            vectors.insert(name.clone(), NamedVectors { raw, ann });
         }
-        Ok(Collection { dir: dir.to_path_buf(), manifest, records, stores })
+        let rows = ids.iter().enumerate().map(|(i, &id)| (id, i)).collect();
+        Ok(Collection { dir: dir.to_path_buf(), manifest, records, rows, vectors })
     }
 
     /// Opens `dir` if it holds a collection (which must come from `model`),
-    /// else creates an empty one for `model` and `encoder`'s vectors.
-    pub fn open_or_create(dir: &Path, model: &str, encoder: &dyn ImageEncoder, images_root: &Path) -> Result<Self> {
+    /// else creates an empty one for `model` and `encoder`'s vectors, stored as
+    /// `store` says. `store` is ignored for an existing collection (see
+    /// [`Self::change_store`]).
+    pub fn open_or_create(
+        dir: &Path,
+        model: &str,
+        encoder: &dyn ImageEncoder,
+        images_root: &Path,
+        store: StoreConfig,
+    ) -> Result<Self> {
         if dir.join("manifest.json").is_file() {
             let c = Self::open(dir)?;
             if c.manifest.model != model {
@@ -215,20 +278,20 @@ impl Collection {
         fs::create_dir_all(dir).map_err(io(dir))?;
         let names = encoder.vector_names();
         // Vector sizes are learned from the first batch; record the names now.
-        let vectors = names.iter().map(|n| (n.to_string(), 0usize)).collect();
         let manifest = Manifest {
             format_version: FORMAT_VERSION,
             model: model.to_string(),
-            vectors,
+            vectors: names.iter().map(|n| (n.to_string(), 0usize)).collect(),
             text_query_vector: encoder.text_query_vector().to_string(),
             image_query_vector: encoder.image_query_vector().to_string(),
             images_root: images_root.to_path_buf(),
+            store,
             generation: 0,
             images: 0,
             files: BTreeMap::new(),
         };
-        let stores = names.iter().map(|n| (n.to_string(), ExactStore::new(0, Vec::new()))).collect();
-        Ok(Collection { dir: dir.to_path_buf(), manifest, records: Vec::new(), stores })
+        let vectors = names.iter().map(|n| (n.to_string(), NamedVectors { raw: ExactStore::new(0), ann: None })).collect();
+        Ok(Collection { dir: dir.to_path_buf(), manifest, records: Vec::new(), rows: HashMap::new(), vectors })
     }
 
     /// The manifest.
@@ -241,27 +304,59 @@ impl Collection {
         &self.records
     }
 
-    /// The store of a named vector.
-    pub fn store(&self, name: &str) -> Result<&ExactStore> {
-        self.stores.get(name).ok_or_else(|| {
+    /// The row of the image with id `key`.
+    pub fn row_of(&self, key: u64) -> Option<usize> {
+        self.rows.get(&key).copied()
+    }
+
+    fn named(&self, name: &str) -> Result<&NamedVectors> {
+        self.vectors.get(name).ok_or_else(|| {
             IndexError::InvalidRequest(format!(
                 "the collection has no vector `{name}` (it has {})",
-                self.stores.keys().cloned().collect::<Vec<_>>().join(", ")
+                self.vectors.keys().cloned().collect::<Vec<_>>().join(", ")
             ))
         })
     }
 
-    /// Searches a named vector.
-    pub fn search(&self, vector: &str, query: &[f32], k: usize) -> Result<Vec<Hit>> {
-        let store = self.store(vector)?;
-        if query.len() != store.dim() {
-            return Err(IndexError::InvalidRequest(format!(
-                "query has {} dims but vector `{vector}` has {}",
-                query.len(),
-                store.dim()
-            )));
+    /// The exact vectors of a name, in row order.
+    pub fn vectors(&self, name: &str) -> Result<&ExactStore> {
+        Ok(&self.named(name)?.raw)
+    }
+
+    /// Searches a named vector with its configured store (HNSW by default).
+    pub fn search(&self, vector: &str, query: &[f32], k: usize, params: &SearchParams) -> Result<Vec<RowHit>> {
+        let nv = self.named(vector)?;
+        match &nv.ann {
+            Some(ann) => self.to_rows(vector, query, ann.search(query, k, params)),
+            None => self.search_exact(vector, query, k),
         }
-        Ok(store.search(query, k))
+    }
+
+    /// Searches a named vector by brute force (exact, whatever the store).
+    pub fn search_exact(&self, vector: &str, query: &[f32], k: usize) -> Result<Vec<RowHit>> {
+        let nv = self.named(vector)?;
+        self.to_rows(vector, query, nv.raw.search(query, k, &SearchParams::default()))
+    }
+
+    fn to_rows(&self, vector: &str, query: &[f32], hits: Result<Vec<crate::store::Hit>>) -> Result<Vec<RowHit>> {
+        let dim = self.manifest.vectors.get(vector).copied().unwrap_or(0);
+        if query.len() != dim && !self.records.is_empty() {
+            return Err(IndexError::InvalidRequest(format!("query has {} dims but vector `{vector}` has {dim}", query.len())));
+        }
+        Ok(hits?.into_iter().filter_map(|h| self.rows.get(&h.key).map(|&row| RowHit { row, score: h.score })).collect())
+    }
+
+    /// Rebuilds the searchable stores with another configuration (for
+    /// example hnsw_rs instead of usearch, or another `M`) and saves.
+    pub fn change_store(&mut self, store: StoreConfig) -> Result<()> {
+        if store == self.manifest.store {
+            return Ok(());
+        }
+        for nv in self.vectors.values_mut() {
+            nv.ann = build_ann(&store, &nv.raw)?;
+        }
+        self.manifest.store = store;
+        self.save()
     }
 
     /// Writes the current state as a new generation and switches the manifest to it.
@@ -271,19 +366,20 @@ impl Collection {
         let tmp = self.dir.join(format!("{gen}.tmp"));
         let _ = fs::remove_dir_all(&tmp);
         fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-        let mut files = BTreeMap::new();
-        let recs = serde_json::to_vec(&self.records).map_err(|e| IndexError::InvalidRequest(e.to_string()))?;
+        let recs = serde_json::to_vec(&self.records).map_err(json_err)?;
         write_synced(&tmp.join("records.json"), &recs)?;
-        files.insert(format!("{gen}/records.json"), FileSum { size: recs.len() as u64, sha256: sha256_hex(&recs) });
-        for (name, store) in &self.stores {
-            let mut bytes = Vec::with_capacity(store.len() * store.dim() * 4);
-            for r in 0..store.len() {
-                for v in store.row(r) {
-                    bytes.extend_from_slice(&v.to_le_bytes());
-                }
+        let mut names = vec!["records.json".to_string()];
+        for (name, nv) in &self.vectors {
+            names.extend(nv.raw.save(&tmp, name)?);
+            if let Some(ann) = &nv.ann {
+                names.extend(ann.save(&tmp, name)?);
             }
-            write_synced(&tmp.join(format!("{name}.f32")), &bytes)?;
-            files.insert(format!("{gen}/{name}.f32"), FileSum { size: bytes.len() as u64, sha256: sha256_hex(&bytes) });
+        }
+        let mut files = BTreeMap::new();
+        for n in names {
+            let p = tmp.join(&n);
+            let bytes = fs::read(&p).map_err(io(&p))?;
+            files.insert(format!("{gen}/{n}"), FileSum { size: bytes.len() as u64, sha256: sha256_hex(&bytes) });
         }
         sync_dir(&tmp);
         let final_dir = self.dir.join(&gen);
@@ -294,31 +390,92 @@ impl Collection {
         m.generation = next;
         m.images = self.records.len();
         m.files = files;
-        for (name, store) in &self.stores {
-            m.vectors.insert(name.clone(), store.dim());
+        for (name, nv) in &self.vectors {
+            m.vectors.insert(name.clone(), nv.raw.dim());
         }
-        let text = serde_json::to_vec_pretty(&m).map_err(|e| IndexError::InvalidRequest(e.to_string()))?;
+        let text = serde_json::to_vec_pretty(&m).map_err(json_err)?;
         let mtmp = self.dir.join("manifest.json.tmp");
         write_synced(&mtmp, &text)?;
         fs::rename(&mtmp, self.dir.join("manifest.json")).map_err(io(self.dir.join("manifest.json")))?;
         sync_dir(&self.dir);
         self.manifest = m;
-        // Garbage-collect what the manifest no longer refers to.
+        self.collect_garbage();
+        Ok(())
+    }
+
+    /// Removes what the manifest does not refer to: older generations and
+    /// leftovers of an interrupted save (`gen-*.tmp`, `manifest.json.tmp`).
+    fn collect_garbage(&self) {
+        let current = format!("gen-{}", self.manifest.generation);
         if let Ok(entries) = fs::read_dir(&self.dir) {
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().to_string();
-                if name.starts_with("gen-") && name != gen {
+                if name.starts_with("gen-") && name != current {
                     let _ = fs::remove_dir_all(e.path());
+                } else if name == "manifest.json.tmp" {
+                    let _ = fs::remove_file(e.path());
                 }
             }
+        }
+    }
+
+    /// Drops the records (and vectors) whose id is in `gone`.
+    fn remove_ids(&mut self, gone: &HashSet<u64>) -> Result<()> {
+        if gone.is_empty() {
+            return Ok(());
+        }
+        self.records.retain(|r| !gone.contains(&r.id));
+        let keep: HashSet<u64> = self.records.iter().map(|r| r.id).collect();
+        let gone_keys: Vec<u64> = gone.iter().copied().collect();
+        for nv in self.vectors.values_mut() {
+            nv.raw.retain(&keep);
+            let removed = match &mut nv.ann {
+                Some(ann) => ann.remove(&gone_keys)?,
+                None => true,
+            };
+            if !removed {
+                nv.ann = build_ann(&self.manifest.store, &nv.raw)?;
+            }
+        }
+        self.rows = self.records.iter().enumerate().map(|(i, r)| (r.id, i)).collect();
+        Ok(())
+    }
+
+    /// Appends embedded images: `vectors[i]` holds `recs.len()` rows of vector `names[i]`.
+    fn append(&mut self, recs: Vec<ImageRecord>, names: &[&str], vectors: Vec<Vec<f32>>) -> Result<()> {
+        let keys: Vec<u64> = recs.iter().map(|r| r.id).collect();
+        for (name, v) in names.iter().zip(vectors) {
+            let store = &self.manifest.store;
+            let nv = self.vectors.get_mut(*name).ok_or_else(|| IndexError::InvalidRequest(format!("unknown vector {name}")))?;
+            let dim = v.len() / keys.len().max(1);
+            if nv.raw.dim() == 0 && nv.raw.is_empty() {
+                nv.raw = ExactStore::new(dim);
+            }
+            if nv.raw.dim() != dim {
+                return Err(IndexError::Incompatible(format!(
+                    "vector `{name}` has {} dims in the collection, {dim} from the model",
+                    nv.raw.dim()
+                )));
+            }
+            if nv.ann.is_none() && store.kind != StoreKind::Exact {
+                nv.ann = Some(new_store(store, dim)?);
+            }
+            if let Some(ann) = &mut nv.ann {
+                ann.add(&keys, &v)?;
+            }
+            nv.raw.add(&keys, &v)?;
+        }
+        for r in recs {
+            self.rows.insert(r.id, self.records.len());
+            self.records.push(r);
         }
         Ok(())
     }
 
     /// Brings the collection up to date with `root`: embeds new and changed
     /// images, drops records of deleted files, keeps the rest. Checkpoints
-    /// every `opts.checkpoint_every` images, so a killed run resumes where it
-    /// stopped. `progress(done, total)` is called after each batch.
+    /// as [`IndexOptions::checkpoint_every`] says, so a killed run resumes
+    /// where it stopped. `progress(done, total)` is called after each batch.
     pub fn index(
         &mut self,
         root: &Path,
@@ -328,7 +485,7 @@ impl Collection {
     ) -> Result<IndexReport> {
         let start = Instant::now();
         let names = encoder.vector_names();
-        let known: Vec<String> = self.stores.keys().cloned().collect();
+        let known: Vec<String> = self.vectors.keys().cloned().collect();
         let mut sorted: Vec<String> = names.iter().map(|s| s.to_string()).collect();
         sorted.sort();
         if known != sorted {
@@ -336,42 +493,42 @@ impl Collection {
                 "the collection stores vectors {known:?}, the encoder produces {names:?}"
             )));
         }
+        if self.manifest.generation > 0 {
+            self.collect_garbage();
+        }
         let found = scan(root)?;
         let by_path: HashMap<&str, &Found> = found.iter().map(|f| (f.rel.as_str(), f)).collect();
         let mut report = IndexReport::default();
-        // Keep unchanged rows, drop deleted and changed ones.
-        let mut keep_rows = Vec::new();
-        let mut changed = std::collections::HashSet::new();
-        for (row, r) in self.records.iter().enumerate() {
+        // Drop records of deleted and changed files.
+        let mut gone = HashSet::new();
+        let mut changed = HashSet::new();
+        for r in &self.records {
             match by_path.get(r.path.as_str()) {
-                Some(f) if f.size == r.size && f.mtime_ns == r.mtime_ns => keep_rows.push(row),
+                Some(f) if f.size == r.size && f.mtime_ns == r.mtime_ns => {}
                 Some(_) => {
                     changed.insert(r.path.clone());
+                    gone.insert(r.id);
                 }
-                None => report.removed += 1,
+                None => {
+                    report.removed += 1;
+                    gone.insert(r.id);
+                }
             }
         }
-        report.unchanged = keep_rows.len();
-        let had = self.records.len();
-        if keep_rows.len() != had {
-            self.records = keep_rows.iter().map(|&i| self.records[i].clone()).collect();
-            for store in self.stores.values_mut() {
-                let dim = store.dim();
-                let data: Vec<f32> = keep_rows.iter().flat_map(|&i| store.row(i).to_vec()).collect();
-                *store = ExactStore::new(dim, data);
-            }
-        }
-        let present: std::collections::HashSet<&str> = self.records.iter().map(|r| r.path.as_str()).collect();
-        let todo: Vec<&Found> = found.iter().filter(|f| !present.contains(f.rel.as_str())).collect();
-        if report.removed > 0 || keep_rows.len() != had {
+        report.unchanged = self.records.len() - gone.len();
+        if !gone.is_empty() {
+            self.remove_ids(&gone)?;
             self.save()?;
         }
+        let present: HashSet<&str> = self.records.iter().map(|r| r.path.as_str()).collect();
+        let todo: Vec<&Found> = found.iter().filter(|f| !present.contains(f.rel.as_str())).collect();
         let total = todo.len();
         progress(0, total);
         let size = encoder.input_size();
         let plane = 3 * size * size;
         let mut since_checkpoint = 0;
-        for (bi, chunk) in todo.chunks(opts.batch.max(1)).enumerate() {
+        let mut done = 0;
+        for chunk in todo.chunks(opts.batch.max(1)) {
             let t0 = Instant::now();
             let decoded: Vec<std::result::Result<(ImageRecord, Vec<f32>), String>> = chunk
                 .par_iter()
@@ -392,9 +549,14 @@ impl Collection {
                     Ok((rec, px))
                 })
                 .collect();
-            let mut recs = Vec::new();
+            let mut recs: Vec<ImageRecord> = Vec::new();
             let mut pixels = Vec::with_capacity(chunk.len() * plane);
             for (f, d) in chunk.iter().zip(decoded) {
+                let d = d.and_then(|(r, px)| match self.rows.get(&r.id) {
+                    Some(&row) => Err(format!("its id collides with that of {}", self.records[row].path)),
+                    None if recs.iter().any(|o| o.id == r.id) => Err("its id collides with another file's".to_string()),
+                    None => Ok((r, px)),
+                });
                 match d {
                     Ok((r, px)) => {
                         recs.push(r);
@@ -411,28 +573,19 @@ impl Collection {
                 let t1 = Instant::now();
                 let vectors = encoder.embed_named(&pixels, recs.len())?;
                 report.model_seconds += t1.elapsed().as_secs_f64();
-                for (name, v) in names.iter().zip(vectors) {
-                    let store = self.stores.get_mut(*name).ok_or_else(|| IndexError::InvalidRequest(format!("unknown vector {name}")))?;
-                    let dim = v.len() / recs.len();
-                    if store.dim() != 0 && store.dim() != dim {
-                        return Err(IndexError::Incompatible(format!("vector `{name}` has {} dims in the collection, {dim} from the model", store.dim())));
-                    }
-                    let mut data = std::mem::replace(store, ExactStore::new(0, Vec::new())).into_data();
-                    data.extend(v);
-                    *store = ExactStore::new(dim, data);
-                }
-                for r in recs {
+                for r in &recs {
                     if changed.contains(&r.path) {
                         report.updated += 1;
                     } else {
                         report.added += 1;
                     }
-                    self.records.push(r);
                 }
-                since_checkpoint += chunk.len();
+                since_checkpoint += recs.len();
+                self.append(recs, &names, vectors)?;
             }
-            progress(((bi + 1) * opts.batch.max(1)).min(total), total);
-            if since_checkpoint >= opts.checkpoint_every {
+            done += chunk.len();
+            progress(done, total);
+            if since_checkpoint >= opts.checkpoint_every.max(self.records.len() / 4) {
                 self.save()?;
                 since_checkpoint = 0;
             }

@@ -27,6 +27,14 @@ pub enum IndexError {
     /// A request that cannot be served (unknown vector name, wrong query size, ...).
     #[error("{0}")]
     InvalidRequest(String),
+    /// A vector store backend (usearch, hnsw_rs, ...) failed.
+    #[error("vector store {backend}: {message}")]
+    Store {
+        /// The backend that failed.
+        backend: &'static str,
+        /// What it reported.
+        message: String,
+    },
     /// An encoder failed.
     #[error(transparent)]
     Model(#[from] squire_models::ModelError),

@@ -1,16 +1,16 @@
 //! Squire's indexer: scans image folders, embeds them in batches, and keeps a
 //! crash-safe, incremental collection whose vectors are searched through the
-//! [`VectorStore`] trait.
+//! [`VectorStore`] trait: usearch HNSW by default, hnsw_rs HNSW as the
+//! alternative, exact brute force for small collections and recall checks.
 //!
-//! Depends on `squire-models` (encoders). This first version stores vectors
-//! for exact search ([`ExactStore`]); HNSW stores (usearch, hnsw_rs) plug in
-//! behind the same trait.
+//! Depends on `squire-models` (encoders) only.
 
 pub mod collection;
 pub mod error;
+mod fsio;
 pub mod scan;
 pub mod store;
 
-pub use collection::{Collection, ImageRecord, IndexOptions, IndexReport, Manifest};
+pub use collection::{Collection, ImageRecord, IndexOptions, IndexReport, Manifest, RowHit};
 pub use error::{IndexError, Result};
-pub use store::{ExactStore, Hit, VectorStore};
+pub use store::{ExactStore, Hit, SearchParams, StoreConfig, StoreKind, StoredPrecision, VectorStore};

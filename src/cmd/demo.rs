@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
-use squire_indexer::{Collection, IndexOptions};
+use squire_indexer::{Collection, IndexOptions, SearchParams, StoreConfig};
 use squire_models::clip::LoadOptions;
 use squire_models::registry::squire_home;
 
@@ -78,7 +78,7 @@ fn demo_gallery(python: &str) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-fn print_hits(col: &Collection, hits: &[squire_indexer::Hit]) {
+fn print_hits(col: &Collection, hits: &[squire_indexer::RowHit]) {
     for (i, h) in hits.iter().enumerate() {
         println!("  {:>2}. {:.4}  {}", i + 1, h.score, col.records()[h.row].path);
     }
@@ -106,7 +106,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
         root.hash(&mut h);
         h.finish()
     }));
-    let mut col = Collection::open_or_create(&index_dir, "lite", encoder.as_ref(), &root)?;
+    let mut col = Collection::open_or_create(&index_dir, "lite", encoder.as_ref(), &root, StoreConfig::default())?;
     let report = col.index(&root, encoder.as_ref(), IndexOptions::default(), &mut |_, _| {})?;
     println!(
         "gallery {} → {} images indexed in {} ({} new, {} skipped; {:.1} s; model load {:.1} s)",
@@ -120,7 +120,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     );
     let t = Instant::now();
     let q = super::search::embed_query(&col, encoder.as_ref(), Some(&a.text), None, 0.8)?;
-    let hits = col.search(&q.vector, &q.values, a.k)?;
+    let hits = col.search(&q.vector, &q.values, a.k, &SearchParams::default())?;
     println!("\ntext query {:?} ({:.1} ms):", a.text, t.elapsed().as_secs_f64() * 1e3);
     print_hits(&col, &hits);
     let reference = match &a.reference {
@@ -132,7 +132,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     };
     let t = Instant::now();
     let q = super::search::embed_query(&col, encoder.as_ref(), Some(&a.modification), Some(Path::new(&reference)), 0.8)?;
-    let hits = col.search(&q.vector, &q.values, a.k)?;
+    let hits = col.search(&q.vector, &q.values, a.k, &SearchParams::default())?;
     println!("\ncomposed query: {} + {:?} ({:.1} ms):", reference.display(), a.modification, t.elapsed().as_secs_f64() * 1e3);
     print_hits(&col, &hits);
     println!("\ndone in {:.1} s", t_all.elapsed().as_secs_f64());

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use squire_engine::eval::{evaluate_t2i, read_query_tsv};
-use squire_indexer::Collection;
+use squire_indexer::{Collection, SearchParams};
 use squire_models::clip::LoadOptions;
 
 /// Evaluations.
@@ -35,6 +35,10 @@ pub struct T2iArgs {
     /// Texts per forward pass.
     #[arg(long, default_value_t = 64)]
     batch: usize,
+    /// Rank with the collection's HNSW store (at this `ef`) instead of exact
+    /// search: measures the system rather than the model. Needs --k.
+    #[arg(long, requires = "k")]
+    ef: Option<usize>,
     /// Print JSON (metrics under `metrics`, ranks under `per_query`).
     #[arg(long)]
     json: bool,
@@ -52,7 +56,7 @@ fn t2i(a: T2iArgs) -> anyhow::Result<()> {
     let queries = read_query_tsv(&a.queries)?;
     let encoder = super::load_encoder(&col.manifest().model, LoadOptions::default())?;
     let t0 = std::time::Instant::now();
-    let report = evaluate_t2i(&col, encoder.as_ref(), &queries, a.k, a.batch)?;
+    let report = evaluate_t2i(&col, encoder.as_ref(), &queries, a.k, a.batch, a.ef.map(|ef| SearchParams { ef: Some(ef) }))?;
     let secs = t0.elapsed().as_secs_f64();
     if a.json {
         let mut v = serde_json::to_value(&report)?;

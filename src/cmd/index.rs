@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use squire_indexer::{Collection, IndexOptions};
+use squire_indexer::{Collection, IndexOptions, StoreConfig, StoreKind, StoredPrecision};
 use squire_models::clip::LoadOptions;
 
 /// Index a folder of images (recursively) into a collection.
@@ -28,15 +28,64 @@ pub struct IndexArgs {
     /// Images per forward pass.
     #[arg(long, default_value_t = 32)]
     batch: usize,
-    /// Images between checkpoints.
+    /// Images between checkpoints, at least (the interval grows to a quarter
+    /// of the collection, so checkpoints stay a bounded share of the run).
     #[arg(long, default_value_t = 256)]
     checkpoint: usize,
     /// Worker threads for decoding and the model (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Vector store: usearch (HNSW, default), hnsw_rs (HNSW) or exact (brute
+    /// force). Given for an existing collection, its index is rebuilt from the
+    /// stored vectors.
+    #[arg(long)]
+    store: Option<StoreKind>,
+    /// Element type of the HNSW vectors: f32, or f16 for half the memory (usearch).
+    #[arg(long, value_parser = parse_precision)]
+    precision: Option<StoredPrecision>,
+    /// HNSW links per node (M) [default: 16].
+    #[arg(long)]
+    connectivity: Option<usize>,
+    /// HNSW build breadth (ef_construction) [default: 128].
+    #[arg(long)]
+    ef_construction: Option<usize>,
+    /// Default HNSW search breadth (ef) recorded for queries [default: 128].
+    #[arg(long)]
+    ef: Option<usize>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+}
+
+fn parse_precision(s: &str) -> Result<StoredPrecision, String> {
+    match s {
+        "f32" => Ok(StoredPrecision::F32),
+        "f16" => Ok(StoredPrecision::F16),
+        _ => Err(format!("unknown precision `{s}` (expected f32 or f16)")),
+    }
+}
+
+impl IndexArgs {
+    /// `base` with the store options given on the command line applied.
+    fn store_config(&self, base: StoreConfig) -> anyhow::Result<StoreConfig> {
+        let c = StoreConfig {
+            kind: self.store.unwrap_or(base.kind),
+            precision: self.precision.unwrap_or(base.precision),
+            connectivity: self.connectivity.unwrap_or(base.connectivity),
+            expansion_add: self.ef_construction.unwrap_or(base.expansion_add),
+            expansion_search: self.ef.unwrap_or(base.expansion_search),
+        };
+        if !(2..=255).contains(&c.connectivity) {
+            anyhow::bail!("--connectivity {} is out of range (2 to 255)", c.connectivity);
+        }
+        if c.expansion_add == 0 || c.expansion_search == 0 {
+            anyhow::bail!("--ef-construction and --ef must be at least 1");
+        }
+        if c.precision == StoredPrecision::F16 && c.kind != StoreKind::Usearch {
+            anyhow::bail!("--precision f16 needs --store usearch");
+        }
+        Ok(c)
+    }
 }
 
 /// Runs `squire index`.
@@ -49,7 +98,12 @@ pub fn run(a: IndexArgs) -> anyhow::Result<()> {
     }
     let root = a.images.canonicalize().with_context(|| format!("resolving {}", a.images.display()))?;
     let encoder = super::load_encoder(&a.model, LoadOptions::default())?;
-    let mut col = Collection::open_or_create(&a.index, &a.model, encoder.as_ref(), &root)?;
+    let mut col = Collection::open_or_create(&a.index, &a.model, encoder.as_ref(), &root, a.store_config(StoreConfig::default())?)?;
+    let wanted = a.store_config(col.manifest().store)?;
+    if wanted != col.manifest().store {
+        eprintln!("rebuilding the vector store as {} ({wanted:?})", wanted.kind.name());
+        col.change_store(wanted)?;
+    }
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("{spinner} indexing [{bar:30}] {pos}/{len} images, {per_sec}, ETA {eta}")
@@ -63,6 +117,12 @@ pub fn run(a: IndexArgs) -> anyhow::Result<()> {
     })?;
     bar.finish_and_clear();
     let embedded = report.added + report.updated;
+    if !report.skipped.is_empty() {
+        eprintln!("warning: skipped {} file(s):", report.skipped.len());
+        for (f, why) in &report.skipped {
+            eprintln!("  {f}: {why}");
+        }
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&serde_json::json!({
             "index": col.dir().display().to_string(), "images": col.records().len(), "report": report,
@@ -90,12 +150,6 @@ pub fn run(a: IndexArgs) -> anyhow::Result<()> {
                 report.decode_seconds,
                 report.model_seconds
             );
-        }
-    }
-    if !report.skipped.is_empty() {
-        eprintln!("warning: skipped {} file(s):", report.skipped.len());
-        for (f, why) in &report.skipped {
-            eprintln!("  {f}: {why}");
         }
     }
     Ok(())

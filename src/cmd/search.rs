@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::{ArgGroup, Args};
 use serde_json::json;
-use squire_indexer::Collection;
+use squire_indexer::{Collection, SearchParams, StoreKind};
 use squire_models::clip::LoadOptions;
 use squire_models::image_io;
 
@@ -15,8 +15,11 @@ use squire_models::image_io;
 /// With --image and --text together the query is
 /// normalise((1 − α)·image + α·text) in the text-query space (--alpha, default 0.8).
 ///
-/// JSON output (--json): {"query": {...}, "results": [{"rank", "id", "path", "score"}, ...],
-/// "timings": {"encode_ms", "search_ms"}}; `path` is relative to the indexed folder.
+/// JSON output (--json; schema in README.md, "squire search --json"):
+/// {"schema": "squire.search/1", "query": {...}, "store": {...},
+///  "results": [{"rank", "id", "path", "score"}, ...],
+///  "timings": {"encode_ms", "search_ms", "total_ms"}}.
+/// `id` is the image's stable id (16 hex digits); `path` is relative to the indexed folder.
 #[derive(Args)]
 #[command(group(ArgGroup::new("q").required(true).multiple(true).args(["text", "image"])))]
 pub struct SearchArgs {
@@ -35,6 +38,13 @@ pub struct SearchArgs {
     /// Weight of the text in a composed query.
     #[arg(long, default_value_t = 0.8)]
     alpha: f32,
+    /// HNSW search breadth: higher finds more true neighbours, slower
+    /// [default: the collection's, 128 unless set at indexing].
+    #[arg(long)]
+    ef: Option<usize>,
+    /// Brute-force search over every vector (exact; ignores the HNSW index).
+    #[arg(long, conflicts_with = "ef")]
+    exact: bool,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -96,21 +106,37 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
     let Query { vector, values: query } = embed_query(&col, encoder.as_ref(), a.text.as_deref(), a.image.as_deref(), a.alpha)?;
     let encode_ms = t0.elapsed().as_secs_f64() * 1e3;
     let t1 = Instant::now();
-    let hits = col.search(&vector, &query, a.k)?;
+    let hits = if a.exact {
+        col.search_exact(&vector, &query, a.k)?
+    } else {
+        col.search(&vector, &query, a.k, &SearchParams { ef: a.ef })?
+    };
     let search_ms = t1.elapsed().as_secs_f64() * 1e3;
     let results: Vec<_> = hits
         .iter()
         .enumerate()
         .map(|(i, h)| {
             let r = &col.records()[h.row];
-            json!({ "rank": i + 1, "id": r.id, "path": r.path, "score": h.score })
+            json!({ "rank": i + 1, "id": format!("{:016x}", r.id), "path": r.path, "score": h.score })
         })
         .collect();
     if a.json {
+        let store = col.manifest().store;
+        let method = if a.exact || store.kind == StoreKind::Exact { "exact" } else { store.kind.name() };
         let v = json!({
-            "query": { "text": a.text, "image": a.image.as_ref().map(|p| p.display().to_string()), "alpha": a.alpha, "vector": vector },
+            "schema": "squire.search/1",
+            "query": {
+                "kind": match (&a.text, &a.image) { (Some(_), Some(_)) => "composed", (Some(_), None) => "text", _ => "image" },
+                "text": a.text, "image": a.image.as_ref().map(|p| p.display().to_string()),
+                "alpha": a.alpha, "vector": vector, "k": a.k,
+            },
+            "store": {
+                "method": method,
+                "ef": if method == "exact" { None } else { Some(a.ef.unwrap_or(store.expansion_search)) },
+                "images": col.records().len(),
+            },
             "results": results,
-            "timings": { "encode_ms": encode_ms, "search_ms": search_ms },
+            "timings": { "encode_ms": encode_ms, "search_ms": search_ms, "total_ms": encode_ms + search_ms },
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());

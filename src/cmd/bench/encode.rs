@@ -3,24 +3,11 @@
 use std::time::Instant;
 
 use anyhow::Context;
-use clap::{Args, Subcommand};
+use clap::Args;
 use serde_json::json;
 use squire_models::clip::stock::StockClip;
 use squire_models::clip::{Implementation, LoadOptions, Precision};
 use squire_models::{perf, registry};
-
-/// Benchmarks.
-#[derive(Subcommand)]
-pub enum BenchCommand {
-    /// Image-tower and text-tower throughput of a CLIP checkpoint.
-    ///
-    /// Feeds deterministic synthetic inputs (no decoding) so that only the
-    /// model is measured; reports inputs/s per batch size, achieved GFLOP/s,
-    /// the share of a measured matrix-multiply peak, and peak memory. Build
-    /// with --release for meaningful numbers. benches/encode.py runs this side
-    /// by side with ONNX Runtime and PyTorch on the same architecture.
-    Encode(EncodeArgs),
-}
 
 /// Arguments of `squire bench encode`.
 #[derive(Args)]
@@ -58,13 +45,6 @@ pub struct EncodeArgs {
     json: bool,
 }
 
-/// Runs a `bench` subcommand.
-pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
-    match cmd {
-        BenchCommand::Encode(a) => encode(a),
-    }
-}
-
 fn time_it(seconds: f64, min_iters: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<(f64, usize)> {
     f()?; // warm-up
     let start = Instant::now();
@@ -76,10 +56,8 @@ fn time_it(seconds: f64, min_iters: usize, mut f: impl FnMut() -> anyhow::Result
     Ok((start.elapsed().as_secs_f64() / n as f64, n))
 }
 
-fn encode(a: EncodeArgs) -> anyhow::Result<()> {
-    if cfg!(debug_assertions) {
-        eprintln!("warning: this is a debug build; numbers are not meaningful (use cargo run --release)");
-    }
+/// Runs `squire bench encode`.
+pub fn run(a: EncodeArgs) -> anyhow::Result<()> {
     let precision: Precision = a.precision.parse().map_err(anyhow::Error::msg)?;
     let resolved = registry::resolve(&a.model)?;
     let implementation = if a.implementation == "candle" { Implementation::Candle } else { Implementation::Auto };

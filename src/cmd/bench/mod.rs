@@ -1,0 +1,48 @@
+//! `squire bench`: encoder, indexing and query benchmarks. Build with
+//! `--release` for meaningful numbers; the scripts in `benches/` run these
+//! side by side with Python peers on the same machine.
+
+mod encode;
+mod index;
+mod query;
+
+use clap::Subcommand;
+
+/// Benchmarks.
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Image-tower and text-tower throughput of a CLIP checkpoint.
+    ///
+    /// Feeds deterministic synthetic inputs (no decoding) so that only the
+    /// model is measured; reports inputs/s per batch size, achieved GFLOP/s,
+    /// the share of a measured matrix-multiply peak, and peak memory.
+    /// benches/encode.py runs this side by side with ONNX Runtime and PyTorch.
+    Encode(encode::EncodeArgs),
+    /// End-to-end indexing throughput of a folder into a fresh collection.
+    ///
+    /// Reports images/s, the share of time in reading+decoding+resizing vs the
+    /// model, and peak memory. benches/index.py runs it side by side with
+    /// Pillow + ONNX Runtime and Pillow + PyTorch pipelines on the same model.
+    Index(index::IndexBenchArgs),
+    /// HNSW build time, recall@10 against exact search, query latency
+    /// (p50/p99) and QPS, on vectors derived from a collection's embeddings.
+    ///
+    /// Synthesises N vectors as mixtures of two real embeddings plus Gaussian
+    /// noise (real-like neighbour structure; uniform random vectors would say
+    /// nothing about HNSW), builds each store, and measures queries from the
+    /// same distribution. --dump writes the vectors and the exact neighbours
+    /// as .npy for benches/ann.py (faiss-cpu, hnswlib).
+    Query(query::QueryBenchArgs),
+}
+
+/// Runs a `bench` subcommand.
+pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    if cfg!(debug_assertions) {
+        eprintln!("warning: this is a debug build; numbers are not meaningful (use cargo run --release)");
+    }
+    match cmd {
+        BenchCommand::Encode(a) => encode::run(a),
+        BenchCommand::Index(a) => index::run(a),
+        BenchCommand::Query(a) => query::run(a),
+    }
+}
