@@ -219,8 +219,9 @@ def main():
     print("|---|---|---|")
     for k, v in best.items():
         print(f"| {k} | {v:.1f} | {best['squire'] / v:.2f}× |")
-    print(f"squire time shares: read+decode+resize {100 * last['decode_share']:.1f}%, model {100 * last['model_share']:.1f}%, "
-          f"peak RSS {last['peak_rss_bytes'] / 2**20:.0f} MiB")
+    print(f"squire: model waited for decoding {100 * last['decode_wait_share']:.1f}% of the run; decoding, storage and "
+          f"checkpoints added {100 * last['pipeline_overhead_share']:.1f}% over the model alone "
+          f"({last['model_only_seconds']:.1f} s for {last['images']} images); peak RSS {last['peak_rss_bytes'] / 2**20:.0f} MiB")
     if a.json:
         Path(a.json).write_text(json.dumps({"machine": {"cpu": cpu_name(), "threads": a.threads},
                                             "model": a.model, "images": n, "rounds": rows, "best": best,

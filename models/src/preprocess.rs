@@ -8,7 +8,7 @@ use image::RgbImage;
 use serde::Deserialize;
 
 use crate::error::{ModelError, Result};
-use crate::resample::{resize_u8, Filter};
+use crate::resample::{resize_u8, resize_u8_region, Filter};
 
 /// The CLIP training mean, per RGB channel.
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
@@ -147,26 +147,8 @@ impl ImagePreprocessor {
     /// (length `3 × out_h × out_w`, see [`Self::output_size`]).
     pub fn preprocess_into(&self, img: &RgbImage, out: &mut [f32]) -> Result<()> {
         let (w, h) = img.dimensions();
-        let (mut cur, mut cw, mut ch);
-        let resized;
-        if self.do_resize {
-            let (rw, rh) = self.resized_size(w, h);
-            resized = resize_u8(img.as_raw(), w as usize, h as usize, 3, rw as usize, rh as usize, self.filter);
-            cur = &resized[..];
-            cw = rw;
-            ch = rh;
-        } else {
-            cur = img.as_raw();
-            cw = w;
-            ch = h;
-        }
-        let cropped;
-        let (mut top, mut left) = (0i64, 0i64);
-        let (oh, ow) = if self.do_center_crop { (self.crop_height, self.crop_width) } else { (ch, cw) };
-        if self.do_center_crop {
-            top = (ch as i64 - oh as i64).div_euclid(2);
-            left = (cw as i64 - ow as i64).div_euclid(2);
-        }
+        let (rw, rh) = if self.do_resize { self.resized_size(w, h) } else { (w, h) };
+        let (oh, ow) = if self.do_center_crop { (self.crop_height, self.crop_width) } else { (rh, rw) };
         if out.len() != 3 * (oh * ow) as usize {
             return Err(ModelError::InvalidRequest(format!(
                 "preprocess buffer holds {} values, {} needed",
@@ -174,41 +156,63 @@ impl ImagePreprocessor {
                 3 * oh * ow
             )));
         }
-        // Crop (zero padding where the crop leaves the image, as the reference pads).
-        if top != 0 || left != 0 || oh != ch || ow != cw {
-            let mut buf = vec![0u8; (oh * ow * 3) as usize];
-            for y in 0..oh as i64 {
-                let sy = y + top;
-                if sy < 0 || sy >= ch as i64 {
-                    continue;
-                }
-                for x in 0..ow as i64 {
-                    let sx = x + left;
-                    if sx < 0 || sx >= cw as i64 {
+        let top = (rh as i64 - oh as i64).div_euclid(2);
+        let left = (rw as i64 - ow as i64).div_euclid(2);
+        let inside = top >= 0 && left >= 0;
+        // The crop's pixels (zero where the crop leaves the image, as the reference pads).
+        let pixels: Vec<u8>;
+        let cur: &[u8] = if inside && self.do_resize {
+            // Resize only the pixels the crop keeps.
+            let region = (left as usize, top as usize, ow as usize, oh as usize);
+            pixels = resize_u8_region(img.as_raw(), w as usize, h as usize, 3, rw as usize, rh as usize, self.filter, region);
+            &pixels
+        } else {
+            let resized = if self.do_resize {
+                std::borrow::Cow::Owned(resize_u8(img.as_raw(), w as usize, h as usize, 3, rw as usize, rh as usize, self.filter))
+            } else {
+                std::borrow::Cow::Borrowed(img.as_raw().as_slice())
+            };
+            if (top, left, oh, ow) == (0, 0, rh, rw) {
+                pixels = resized.into_owned();
+            } else {
+                let mut buf = vec![0u8; (oh * ow * 3) as usize];
+                for y in 0..oh as i64 {
+                    let sy = y + top;
+                    if sy < 0 || sy >= rh as i64 {
                         continue;
                     }
-                    let si = ((sy * cw as i64 + sx) * 3) as usize;
-                    let di = ((y * ow as i64 + x) * 3) as usize;
-                    buf[di..di + 3].copy_from_slice(&cur[si..si + 3]);
+                    for x in 0..ow as i64 {
+                        let sx = x + left;
+                        if sx < 0 || sx >= rw as i64 {
+                            continue;
+                        }
+                        let si = ((sy * rw as i64 + sx) * 3) as usize;
+                        let di = ((y * ow as i64 + x) * 3) as usize;
+                        buf[di..di + 3].copy_from_slice(&resized[si..si + 3]);
+                    }
                 }
+                pixels = buf;
             }
-            cropped = buf;
-            cur = &cropped[..];
-            cw = ow;
-            ch = oh;
-        }
-        let plane = (cw * ch) as usize;
+            &pixels
+        };
+        // Normalisation through a table per channel: the reference rescales in
+        // f64, casts to f32, then normalises in f32; 256 inputs cover every case.
+        let plane = (ow * oh) as usize;
         for c in 0..3 {
             let (mean, std) = (self.mean[c], self.std[c]);
+            let lut: Vec<f32> = (0..256)
+                .map(|v| {
+                    let v = v as f64;
+                    let mut x = if self.do_rescale { (v * self.rescale_factor) as f32 } else { v as f32 };
+                    if self.do_normalize {
+                        x = (x - mean) / std;
+                    }
+                    x
+                })
+                .collect();
             let dst = &mut out[c * plane..(c + 1) * plane];
-            for (i, d) in dst.iter_mut().enumerate() {
-                let v = cur[i * 3 + c] as f64;
-                // The reference rescales in f64 and casts to f32, then normalises in f32.
-                let mut x = if self.do_rescale { (v * self.rescale_factor) as f32 } else { v as f32 };
-                if self.do_normalize {
-                    x = (x - mean) / std;
-                }
-                *d = x;
+            for (d, px) in dst.iter_mut().zip(cur.chunks_exact(3)) {
+                *d = lut[px[c] as usize];
             }
         }
         Ok(())

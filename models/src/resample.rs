@@ -101,9 +101,8 @@ fn precompute(in_size: usize, out_size: usize, filter: Filter) -> Coeffs {
 }
 
 #[inline]
-fn clip8(v: i64) -> u8 {
-    let v = v >> PRECISION_BITS;
-    v.clamp(0, 255) as u8
+fn clip8(v: i32) -> u8 {
+    (v >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
 /// Resizes an interleaved 8-bit image with `channels` samples per pixel to
@@ -117,60 +116,107 @@ pub fn resize_u8(
     out_h: usize,
     filter: Filter,
 ) -> Vec<u8> {
+    resize_u8_region(src, width, height, channels, out_w, out_h, filter, (0, 0, out_w, out_h))
+}
+
+/// Like [`resize_u8`], but computes only the output pixels in `region`
+/// (`left, top, width, height`, inside `out_w × out_h`): a centre crop after a
+/// resize costs only the pixels it keeps. Each output pixel depends only on
+/// its own coefficients, so the result equals cropping the full resize.
+/// Accumulates in 32-bit integers, as Pillow does (22-bit weights × 8-bit
+/// samples cannot overflow).
+#[allow(clippy::too_many_arguments)]
+pub fn resize_u8_region(
+    src: &[u8],
+    width: usize,
+    height: usize,
+    channels: usize,
+    out_w: usize,
+    out_h: usize,
+    filter: Filter,
+    region: (usize, usize, usize, usize),
+) -> Vec<u8> {
+    let (left, top, rw, rh) = region;
+    debug_assert!(left + rw <= out_w && top + rh <= out_h);
     let need_h = out_w != width;
     let need_v = out_h != height;
     let vert = precompute(height, out_h, filter);
-    // Rows of the source that the vertical pass will read.
+    // Rows of the source that the vertical pass (or the crop) will read.
     let (row_first, row_last) = if need_v {
-        let first = vert.bounds.first().map(|b| b.0).unwrap_or(0);
-        let last = vert.bounds.last().map(|b| b.0 + b.1).unwrap_or(height);
-        (first, last)
+        let first = (top..top + rh).map(|y| vert.bounds[y].0).min().unwrap_or(0);
+        let last = (top..top + rh).map(|y| vert.bounds[y].0 + vert.bounds[y].1).max().unwrap_or(0);
+        (first, last.max(first))
     } else {
-        (0, height)
+        (top, top + rh)
     };
-
-    let horiz = need_h.then(|| {
+    // Horizontal pass over those rows, for the region's columns only.
+    let mid_w = if need_h { rw } else { width };
+    let mid: std::borrow::Cow<[u8]> = if need_h {
         let hc = precompute(width, out_w, filter);
-        let rows = row_last - row_first;
-        let mut out = vec![0u8; rows * out_w * channels];
-        out.par_chunks_mut(out_w * channels).enumerate().for_each(|(r, orow)| {
+        let mut out = vec![0u8; (row_last - row_first) * rw * channels];
+        out.par_chunks_mut(rw * channels).with_min_len(16).enumerate().for_each(|(r, orow)| {
             let y = r + row_first;
             let irow = &src[y * width * channels..(y + 1) * width * channels];
-            for xx in 0..out_w {
+            for (ox, opx) in orow.chunks_exact_mut(channels).enumerate() {
+                let xx = left + ox;
                 let (xmin, count) = hc.bounds[xx];
                 let k = &hc.weights[xx * hc.ksize..xx * hc.ksize + count];
-                for c in 0..channels {
-                    let mut ss: i64 = 1 << (PRECISION_BITS - 1);
-                    for (x, &w) in k.iter().enumerate() {
-                        ss += irow[(xmin + x) * channels + c] as i64 * w as i64;
+                let window = &irow[xmin * channels..(xmin + count) * channels];
+                if channels == 3 {
+                    let mut ss = [1i32 << (PRECISION_BITS - 1); 3];
+                    for (px, &w) in window.chunks_exact(3).zip(k) {
+                        ss[0] += px[0] as i32 * w;
+                        ss[1] += px[1] as i32 * w;
+                        ss[2] += px[2] as i32 * w;
                     }
-                    orow[xx * channels + c] = clip8(ss);
+                    opx[0] = clip8(ss[0]);
+                    opx[1] = clip8(ss[1]);
+                    opx[2] = clip8(ss[2]);
+                } else {
+                    for c in 0..channels {
+                        let mut ss = 1i32 << (PRECISION_BITS - 1);
+                        for (x, &w) in k.iter().enumerate() {
+                            ss += window[x * channels + c] as i32 * w;
+                        }
+                        opx[c] = clip8(ss);
+                    }
                 }
             }
         });
-        out
-    });
-    if !need_v {
-        return horiz.unwrap_or_else(|| src.to_vec());
-    }
-    let (mid, mid_w, mid_first) = match &horiz {
-        Some(h) => (&h[..], out_w, row_first),
-        None => (src, width, 0usize),
+        std::borrow::Cow::Owned(out)
+    } else {
+        std::borrow::Cow::Borrowed(&src[row_first * width * channels..row_last * width * channels])
     };
     let stride = mid_w * channels;
-    let mut out = vec![0u8; out_h * stride];
-    out.par_chunks_mut(stride).enumerate().for_each(|(yy, orow)| {
-        let (ymin, count) = vert.bounds[yy];
-        let k = &vert.weights[yy * vert.ksize..yy * vert.ksize + count];
-        let base = ymin - mid_first;
-        for (i, o) in orow.iter_mut().enumerate() {
-            let mut ss: i64 = 1 << (PRECISION_BITS - 1);
-            for (y, &w) in k.iter().enumerate() {
-                ss += mid[(base + y) * stride + i] as i64 * w as i64;
-            }
-            *o = clip8(ss);
+    // Columns of `mid` the region covers (all of them after a horizontal pass).
+    let (c0, c1) = if need_h { (0, stride) } else { (left * channels, (left + rw) * channels) };
+    if !need_v {
+        let mut out = Vec::with_capacity(rh * (c1 - c0));
+        for r in mid.chunks_exact(stride) {
+            out.extend_from_slice(&r[c0..c1]);
         }
-    });
+        return out;
+    }
+    let width_out = c1 - c0;
+    let mut out = vec![0u8; rh * width_out];
+    out.par_chunks_mut(width_out).with_min_len(16).enumerate().for_each_init(
+        || vec![0i32; width_out],
+        |acc, (r, orow)| {
+            let yy = top + r;
+            let (ymin, count) = vert.bounds[yy];
+            let k = &vert.weights[yy * vert.ksize..yy * vert.ksize + count];
+            acc.iter_mut().for_each(|a| *a = 1 << (PRECISION_BITS - 1));
+            for (y, &w) in k.iter().enumerate() {
+                let row = &mid[(ymin + y - row_first) * stride + c0..(ymin + y - row_first) * stride + c1];
+                for (a, &v) in acc.iter_mut().zip(row) {
+                    *a += v as i32 * w;
+                }
+            }
+            for (o, &a) in orow.iter_mut().zip(acc.iter()) {
+                *o = clip8(a);
+            }
+        },
+    );
     out
 }
 
@@ -182,6 +228,20 @@ mod tests {
     fn identity_size_is_a_copy() {
         let src: Vec<u8> = (0..48).map(|v| v as u8).collect();
         assert_eq!(resize_u8(&src, 4, 4, 3, 4, 4, Filter::Bicubic), src);
+    }
+
+    #[test]
+    fn a_region_equals_cropping_the_full_resize() {
+        let (w, h) = (53usize, 41usize);
+        let src: Vec<u8> = (0..w * h * 3).map(|i| ((i * 7919) % 251) as u8).collect();
+        for (ow, oh) in [(31, 24), (53, 20), (30, 41), (80, 60)] {
+            let full = resize_u8(&src, w, h, 3, ow, oh, Filter::Bicubic);
+            for (l, t, rw, rh) in [(0, 0, ow, oh), (3, 2, ow - 5, oh - 4), (ow / 2, oh / 3, 1, 1)] {
+                let part = resize_u8_region(&src, w, h, 3, ow, oh, Filter::Bicubic, (l, t, rw, rh));
+                let want: Vec<u8> = (t..t + rh).flat_map(|y| full[(y * ow + l) * 3..(y * ow + l + rw) * 3].to_vec()).collect();
+                assert_eq!(part, want, "{ow}x{oh} region {l},{t} {rw}x{rh}");
+            }
+        }
     }
 
     #[test]

@@ -144,11 +144,11 @@ pub fn run(a: IndexArgs) -> anyhow::Result<()> {
         );
         if embedded > 0 {
             println!(
-                "{:.1} s, {:.1} images/s (decode+resize {:.1} s, model {:.1} s)",
+                "{:.1} s, {:.1} images/s (model {:.1} s; waiting for decoding {:.1} s)",
                 report.seconds,
                 embedded as f64 / report.seconds.max(1e-9),
-                report.decode_seconds,
-                report.model_seconds
+                report.model_seconds,
+                report.decode_seconds
             );
         }
     }
