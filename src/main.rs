@@ -38,7 +38,18 @@ enum Command {
     Bench(cmd::bench::BenchCommand),
 }
 
+/// Dies quietly on a closed pipe (`squire search … | head`), as Unix tools do,
+/// instead of panicking on the next print.
+fn default_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> std::process::ExitCode {
+    default_sigpipe();
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
