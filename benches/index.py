@@ -93,6 +93,8 @@ class ClipVision(torch.nn.Module):
 
     def forward(self, px):
         v = self.m.get_image_features(pixel_values=px)
+        if not torch.is_tensor(v):  # transformers 5 returns the vision output, projected pooler_output
+            v = v.pooler_output
         return v / v.norm(dim=1, keepdim=True)
 
 
@@ -163,7 +165,10 @@ def main():
             shutil.copy(ROOT / "models/tests/fixtures/tiny-clip/tokenizer.json", model_dir / "tokenizer.json")
         prep_cfg = model_dir / "preprocessor_config.json"
         if not prep_cfg.exists():
-            shutil.copy(ROOT / "models/tests/fixtures/tiny-clip/preprocessor_config.json", prep_cfg)
+            prep_cfg.write_text(json.dumps({
+                "do_resize": True, "size": {"shortest_edge": 224}, "resample": 3, "do_center_crop": True,
+                "crop_size": {"height": 224, "width": 224}, "do_rescale": True, "rescale_factor": 1 / 255,
+                "do_normalize": True, "image_mean": CLIP[0], "image_std": CLIP[1], "do_convert_rgb": True}))
         model = ClipVision(CLIPModel.from_pretrained(model_dir).eval()).eval()
         short, crop, (mean, std) = 224, 224, CLIP
         squire_model = str(model_dir)
