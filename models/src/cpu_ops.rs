@@ -393,20 +393,31 @@ mod tests {
 
     #[test]
     fn small_and_large_row_counts_agree_with_naive_product() {
-        for rows in [1, 5, 6, 7, 50, 97, 130] {
-            let (inp, out) = (40, 48);
+        // Depths below, at and across the kernel's depth blocks (256), with an
+        // activation that must see the whole sum, not a block's.
+        for (rows, inp) in [(1, 40), (5, 40), (6, 40), (7, 40), (50, 40), (97, 40), (130, 40), (13, 256), (13, 600), (97, 600)] {
+            let out = 48;
             let x: Vec<f32> = (0..rows * inp).map(|i| ((i * 7) % 13) as f32 * 0.1 - 0.6).collect();
             let w: Vec<f32> = (0..out * inp).map(|i| ((i * 5) % 11) as f32 * 0.1 - 0.5).collect();
             let b: Vec<f32> = (0..out).map(|i| i as f32 * 0.01).collect();
-            for (bias, acc) in [(None, false), (Some(b.clone()), false), (Some(b.clone()), true)] {
+            for (bias, acc, act) in [
+                (None, false, None),
+                (Some(b.clone()), false, None),
+                (Some(b.clone()), true, None),
+                (Some(b.clone()), true, Some(Activation::Relu6)),
+            ] {
                 let layer = DenseT::from_torch(&w, bias.clone(), out, inp);
                 let mut dst = vec![0.25f32; rows * out];
-                dense(&x, rows, &layer, &mut dst, acc, None);
+                dense(&x, rows, &layer, &mut dst, acc, act);
                 for r in 0..rows {
                     for o in 0..out {
                         let base = if acc { 0.25 } else { 0.0 } + bias.as_ref().map(|b| b[o]).unwrap_or(0.0);
-                        let want = base + (0..inp).map(|i| x[r * inp + i] * w[o * inp + i]).sum::<f32>();
-                        assert!((dst[r * out + o] - want).abs() < 1e-4, "rows {rows} ({r},{o}): {} vs {want}", dst[r * out + o]);
+                        let mut want = base + (0..inp).map(|i| x[r * inp + i] * w[o * inp + i]).sum::<f32>();
+                        if act.is_some() {
+                            want = want.clamp(0.0, 6.0);
+                        }
+                        let tol = 1e-4 * (1.0 + want.abs());
+                        assert!((dst[r * out + o] - want).abs() < tol, "rows {rows} k {inp} ({r},{o}): {} vs {want}", dst[r * out + o]);
                     }
                 }
             }
