@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use squire_indexer::Collection;
+use squire_indexer::{Collection, OpenOptions};
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/tests/fixtures")
@@ -55,6 +55,9 @@ fn present_once(index: &Path) -> Option<Vec<String>> {
     }
     let col = Collection::open(index).unwrap_or_else(|e| panic!("the collection in {} does not load: {e}", index.display()));
     let paths: Vec<String> = col.records().iter().map(|r| r.path.clone()).collect();
+    // Read-only serving opens the same generation (HNSW memory-mapped).
+    let view = Collection::open_with(index, OpenOptions { view: true }).expect("open as a view");
+    assert_eq!(view.records().len(), paths.len());
     let unique: BTreeSet<&String> = paths.iter().collect();
     assert_eq!(unique.len(), paths.len(), "duplicate records after a kill");
     // The HNSW index answers: a stored vector finds itself (or one of its

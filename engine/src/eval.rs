@@ -31,6 +31,18 @@ pub enum EvalError {
         /// What is wrong.
         message: String,
     },
+    /// A malformed record of a JSON annotation file.
+    #[error("{path}: record {record}{what}: {message}")]
+    Record {
+        /// The file.
+        path: PathBuf,
+        /// 0-based index of the record in the file.
+        record: usize,
+        /// The record's own id, where it has one (" (pairid 12060)").
+        what: String,
+        /// What is wrong.
+        message: String,
+    },
     /// A failure in the model or the collection.
     #[error("{0}")]
     Backend(String),

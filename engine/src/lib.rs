@@ -3,6 +3,8 @@
 //! and the evaluation harness that measures them.
 //!
 //! Depends on `squire-indexer` and `squire-models`. Today it holds the
-//! text-to-image evaluation ([`eval`]); the stages arrive with their issues.
+//! text-to-image evaluation ([`eval`]) and the benchmark annotation loaders
+//! ([`datasets`]); the stages arrive with their issues.
 
+pub mod datasets;
 pub mod eval;

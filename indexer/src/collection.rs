@@ -204,6 +204,7 @@ pub struct Collection {
     records: Vec<ImageRecord>,
     rows: HashMap<u64, usize>,
     vectors: BTreeMap<String, NamedVectors>,
+    read_only: bool,
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -229,9 +230,24 @@ fn build_ann(config: &StoreConfig, raw: &ExactStore) -> Result<Option<Box<dyn Ve
     Ok(Some(ann))
 }
 
+/// How [`Collection::open_with`] opens a collection.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpenOptions {
+    /// Read-only, for serving and searching: HNSW files are memory-mapped
+    /// (usearch `view`) rather than copied; indexing is refused.
+    pub view: bool,
+}
+
 impl Collection {
-    /// Opens the collection in `dir`, verifying every file of its current generation.
+    /// Opens the collection in `dir` for reading and writing, verifying every
+    /// file of its current generation.
     pub fn open(dir: &Path) -> Result<Self> {
+        Self::open_with(dir, OpenOptions::default())
+    }
+
+    /// Opens the collection in `dir` as `opts` says, verifying every file of
+    /// its current generation.
+    pub fn open_with(dir: &Path, opts: OpenOptions) -> Result<Self> {
         let mpath = dir.join("manifest.json");
         let text = fs::read_to_string(&mpath).map_err(io(&mpath))?;
         let version = serde_json::from_str::<serde_json::Value>(&text)
@@ -278,7 +294,7 @@ impl Collection {
             let ann = if manifest.store.kind == StoreKind::Exact || dim == 0 {
                 None
             } else {
-                let ann = open_store(&manifest.store, dim, &gen_dir, name, &mut contents)?;
+                let ann = open_store(&manifest.store, dim, &gen_dir, name, &mut contents, opts.view)?;
                 if ann.len() == raw.len() {
                     Some(ann)
                 } else {
@@ -289,7 +305,17 @@ impl Collection {
             vectors.insert(name.clone(), NamedVectors { raw, ann });
         }
         let rows = ids.iter().enumerate().map(|(i, &id)| (id, i)).collect();
-        Ok(Collection { dir: dir.to_path_buf(), manifest, records, rows, vectors })
+        Ok(Collection { dir: dir.to_path_buf(), manifest, records, rows, vectors, read_only: opts.view })
+    }
+
+    fn writable(&self) -> Result<()> {
+        if self.read_only {
+            return Err(IndexError::InvalidRequest(format!(
+                "the collection in {} was opened read-only (view); open it with Collection::open to change it",
+                self.dir.display()
+            )));
+        }
+        Ok(())
     }
 
     /// Opens `dir` if it holds a collection (which must come from `model`),
@@ -332,7 +358,7 @@ impl Collection {
             files: BTreeMap::new(),
         };
         let vectors = names.iter().map(|n| (n.to_string(), NamedVectors { raw: ExactStore::new(0), ann: None })).collect();
-        Ok(Collection { dir: dir.to_path_buf(), manifest, records: Vec::new(), rows: HashMap::new(), vectors })
+        Ok(Collection { dir: dir.to_path_buf(), manifest, records: Vec::new(), rows: HashMap::new(), vectors, read_only: false })
     }
 
     /// The manifest.
@@ -393,6 +419,7 @@ impl Collection {
         if store == self.manifest.store {
             return Ok(());
         }
+        self.writable()?;
         for nv in self.vectors.values_mut() {
             nv.ann = build_ann(&store, &nv.raw)?;
         }
@@ -524,6 +551,7 @@ impl Collection {
         opts: IndexOptions,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<IndexReport> {
+        self.writable()?;
         let start = Instant::now();
         let names = encoder.vector_names();
         let known: Vec<String> = self.vectors.keys().cloned().collect();

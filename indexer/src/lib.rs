@@ -11,6 +11,6 @@ mod fsio;
 pub mod scan;
 pub mod store;
 
-pub use collection::{Collection, ImageRecord, IndexOptions, IndexReport, Manifest, RowHit};
+pub use collection::{Collection, ImageRecord, IndexOptions, IndexReport, Manifest, OpenOptions, RowHit};
 pub use error::{IndexError, Result};
 pub use store::{ExactStore, Hit, SearchParams, StoreConfig, StoreKind, StoredPrecision, VectorStore};

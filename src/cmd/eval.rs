@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use squire_engine::eval::{evaluate_t2i, read_query_tsv};
-use squire_indexer::{Collection, SearchParams};
+use squire_indexer::{Collection, OpenOptions, SearchParams};
 use squire_models::clip::LoadOptions;
 
 /// Evaluations.
@@ -52,7 +52,7 @@ pub fn run(cmd: EvalCommand) -> anyhow::Result<()> {
 }
 
 fn t2i(a: T2iArgs) -> anyhow::Result<()> {
-    let col = Collection::open(&a.index).with_context(|| format!("opening {}", a.index.display()))?;
+    let col = Collection::open_with(&a.index, OpenOptions { view: true }).with_context(|| format!("opening {}", a.index.display()))?;
     let queries = read_query_tsv(&a.queries)?;
     let encoder = super::load_encoder(&col.manifest().model, LoadOptions::default())?;
     let t0 = std::time::Instant::now();

@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::{ArgGroup, Args};
 use serde_json::json;
-use squire_indexer::{Collection, SearchParams, StoreKind};
+use squire_indexer::{Collection, OpenOptions, SearchParams, StoreKind};
 use squire_models::clip::LoadOptions;
 use squire_models::image_io;
 
@@ -100,7 +100,7 @@ pub fn embed_query(
 
 /// Runs `squire search`.
 pub fn run(a: SearchArgs) -> anyhow::Result<()> {
-    let col = Collection::open(&a.index).with_context(|| format!("opening the collection in {}", a.index.display()))?;
+    let col = Collection::open_with(&a.index, OpenOptions { view: true }).with_context(|| format!("opening the collection in {}", a.index.display()))?;
     let encoder = super::load_encoder(&col.manifest().model, LoadOptions::default())?;
     let t0 = Instant::now();
     let Query { vector, values: query } = embed_query(&col, encoder.as_ref(), a.text.as_deref(), a.image.as_deref(), a.alpha)?;

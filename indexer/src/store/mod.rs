@@ -162,14 +162,22 @@ pub fn new_store(config: &StoreConfig, dim: usize) -> Result<Box<dyn VectorStore
 
 /// Reads back a store that [`VectorStore::save`] wrote into `dir` under `name`.
 /// `bytes` holds the already read (and checksummed) files, by file name.
+/// With `view`, stores that can (usearch) memory-map their file read-only
+/// instead of copying it: pages are shared with the OS cache and with other
+/// processes serving the same collection; `add` and `remove` then fail.
 pub fn open_store(
     config: &StoreConfig,
     dim: usize,
     dir: &Path,
     name: &str,
     bytes: &mut std::collections::HashMap<String, Vec<u8>>,
+    view: bool,
 ) -> Result<Box<dyn VectorStore>> {
     Ok(match config.kind {
+        StoreKind::Usearch if view => {
+            bytes.remove(&format!("{name}.usearch"));
+            Box::new(UsearchStore::view(config, dim, dir, name)?)
+        }
         StoreKind::Usearch => Box::new(UsearchStore::open(config, dim, dir, name, bytes)?),
         StoreKind::HnswRs => Box::new(HnswRsStore::open(config, dim, dir, name)?),
         StoreKind::Exact => Box::new(ExactStore::open(dim, dir, name, bytes)?),

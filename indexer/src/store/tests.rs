@@ -67,13 +67,20 @@ fn every_store_finds_the_true_neighbours_and_reads_back_what_it_saved() {
         let files = store.save(&dir, "clip").unwrap();
         assert!(!files.is_empty());
         let mut bytes = read_back(&files, &dir);
-        let back = open_store(&cfg, dim, &dir, "clip", &mut bytes).unwrap();
+        let back = open_store(&cfg, dim, &dir, "clip", &mut bytes, false).unwrap();
+        let mut viewed = open_store(&cfg, dim, &dir, "clip", &mut read_back(&files, &dir), true).unwrap();
         assert_eq!(back.len(), n, "{kind:?}");
+        assert_eq!(viewed.len(), n, "{kind:?}");
         for q in queries.chunks(dim).take(10) {
             let a = store.search(q, 10, &SearchParams { ef: Some(200) }).unwrap();
             let b = back.search(q, 10, &SearchParams { ef: Some(200) }).unwrap();
-            let (ka, kb): (Vec<u64>, Vec<u64>) = (a.iter().map(|h| h.key).collect(), b.iter().map(|h| h.key).collect());
-            assert_eq!(ka, kb, "{kind:?}");
+            let c = viewed.search(q, 10, &SearchParams { ef: Some(200) }).unwrap();
+            let keys = |h: &[Hit]| h.iter().map(|h| h.key).collect::<Vec<u64>>();
+            assert_eq!(keys(&a), keys(&b), "{kind:?}");
+            assert_eq!(keys(&a), keys(&c), "{kind:?} (view)");
+        }
+        if kind == StoreKind::Usearch {
+            assert!(viewed.add(&keys[..1], &data[..dim]).is_err(), "a viewed index is read-only");
         }
         // Wrong query size is an error, not a panic.
         assert!(store.search(&[1.0; 3], 5, &SearchParams::default()).is_err());

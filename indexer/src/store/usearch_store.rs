@@ -19,6 +19,8 @@ fn err(e: impl std::fmt::Display) -> IndexError {
 pub struct UsearchStore {
     index: Index,
     dim: usize,
+    /// Memory-mapped read-only (`view`).
+    read_only: bool,
     default_ef: usize,
     /// The `ef` the index is currently set to; searches with another `ef`
     /// take the write lock to change it.
@@ -50,7 +52,36 @@ impl UsearchStore {
     /// An empty index for `dim`-long vectors.
     pub fn new(config: &StoreConfig, dim: usize) -> Result<Self> {
         let index = Index::new(&options(config, dim)).map_err(err)?;
-        Ok(UsearchStore { index, dim, default_ef: config.expansion_search, current_ef: RwLock::new(config.expansion_search) })
+        Ok(UsearchStore {
+            index,
+            dim,
+            read_only: false,
+            default_ef: config.expansion_search,
+            current_ef: RwLock::new(config.expansion_search),
+        })
+    }
+
+    /// Memory-maps `<name>.usearch` in `dir` read-only (usearch's `view`):
+    /// opening costs no copy and the pages are shared. The file must stay in
+    /// place while the store lives (unlinking it is harmless on Unix).
+    pub fn view(config: &StoreConfig, dim: usize, dir: &Path, name: &str) -> Result<Self> {
+        let path = dir.join(format!("{name}.usearch"));
+        let s = path.to_str().ok_or_else(|| IndexError::InvalidRequest(format!("{} is not UTF-8", path.display())))?;
+        let mut store = Self::new(config, dim)?;
+        store.index.view(s).map_err(|e| IndexError::Corrupt { path: path.clone(), message: e.to_string() })?;
+        if store.index.dimensions() != dim {
+            return Err(IndexError::Corrupt { path, message: format!("{} dims, the manifest says {dim}", store.index.dimensions()) });
+        }
+        store.index.change_expansion_search(config.expansion_search);
+        store.read_only = true;
+        Ok(store)
+    }
+
+    fn writable(&self) -> Result<()> {
+        if self.read_only {
+            return Err(IndexError::InvalidRequest("this usearch index is a read-only view".into()));
+        }
+        Ok(())
     }
 
     /// Loads `<name>.usearch` from `bytes` (files of `dir`, already checksummed).
@@ -104,6 +135,7 @@ impl VectorStore for UsearchStore {
     }
 
     fn add(&mut self, keys: &[u64], vectors: &[f32]) -> Result<()> {
+        self.writable()?;
         if vectors.len() != keys.len() * self.dim {
             return Err(IndexError::InvalidRequest(format!(
                 "{} values for {} vectors of {} dims",
@@ -125,6 +157,7 @@ impl VectorStore for UsearchStore {
     }
 
     fn remove(&mut self, keys: &[u64]) -> Result<bool> {
+        self.writable()?;
         for &k in keys {
             self.index.remove(k).map_err(err)?;
         }
