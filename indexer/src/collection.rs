@@ -642,7 +642,8 @@ impl Collection {
                             pixels.extend(px);
                         }
                         Err(reason) => {
-                            tracing::warn!(file = %f.rel, %reason, "skipped");
+                            // Listed in the run's report (the CLI prints it once, at the end).
+                            tracing::debug!(file = %f.rel, %reason, "skipped");
                             report.skipped.push((f.rel.clone(), reason));
                         }
                     }
