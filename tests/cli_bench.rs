@@ -2,26 +2,12 @@
 //! CLIP fixture and report what they promise (no timing is asserted: numbers
 //! come from release builds, see README).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/tests/fixtures")
-}
-
-fn squire(home: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_squire"))
-        .args(args)
-        .env("SQUIRE_HOME", home)
-        .env("SQUIRE_OFFLINE", "1")
-        .output()
-        .expect("run squire")
-}
+mod common;
+use common::{fixtures, scratch, squire};
 
 #[test]
 fn bench_index_and_query_report_throughput_shares_and_recall() {
-    let root = std::env::temp_dir().join(format!("squire-cli-bench-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
+    let root = scratch("bench");
     let (home, images, index) = (root.join("home"), root.join("images"), root.join("index"));
     std::fs::create_dir_all(&images).expect("mkdir");
     for e in std::fs::read_dir(fixtures().join("images")).expect("ls").flatten() {

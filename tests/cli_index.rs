@@ -1,32 +1,10 @@
 //! `squire index`, `search` and `eval t2i` end to end on the tiny CLIP
 //! fixture (random weights: the plumbing is tested, not retrieval quality).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/tests/fixtures")
-}
-
-fn squire(home: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_squire"))
-        .args(args)
-        .env("SQUIRE_HOME", home)
-        .env("SQUIRE_OFFLINE", "1")
-        .output()
-        .expect("run squire")
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-fn scratch(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("squire-cli-index-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("mkdir");
-    d
-}
+mod common;
+use common::{fixtures, scratch, squire, text};
 
 /// A gallery of the fixture images plus every kind of bad file.
 fn gallery(dir: &Path) {

@@ -9,16 +9,8 @@ use std::time::{Duration, Instant};
 
 use squire_indexer::{Collection, OpenOptions};
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/tests/fixtures")
-}
-
-fn scratch(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("squire-kill-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("mkdir");
-    d
-}
+mod common;
+use common::{fixtures, scratch};
 
 /// `copies` copies of each fixture image under distinct names, in two folders.
 fn gallery(dir: &Path, copies: usize) -> BTreeSet<String> {

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use rayon::prelude::*;
 
-use super::{top_k, Hit, SearchParams, StoreKind, VectorStore};
+use super::{check_batch, check_query, top_k, Hit, SearchParams, StoreKind, VectorStore};
 use crate::error::{IndexError, Result};
 
 /// Row-major `len × dim` vectors with one key per row.
@@ -16,6 +16,8 @@ pub struct ExactStore {
     dim: usize,
     keys: Vec<u64>,
     data: Vec<f32>,
+    /// The keys as a set, so that an `add` checks for replacements in O(batch).
+    present: HashSet<u64>,
 }
 
 fn corrupt(dir: &Path, file: &str, message: String) -> IndexError {
@@ -25,7 +27,7 @@ fn corrupt(dir: &Path, file: &str, message: String) -> IndexError {
 impl ExactStore {
     /// An empty store of `dim`-long vectors.
     pub fn new(dim: usize) -> Self {
-        ExactStore { dim, keys: Vec::new(), data: Vec::new() }
+        ExactStore { dim, keys: Vec::new(), data: Vec::new(), present: HashSet::new() }
     }
 
     /// Wraps `data` (`keys.len() × dim`, row-major).
@@ -37,7 +39,8 @@ impl ExactStore {
                 keys.len()
             )));
         }
-        Ok(ExactStore { dim, keys, data })
+        let present = keys.iter().copied().collect();
+        Ok(ExactStore { dim, keys, data, present })
     }
 
     /// Reads `<name>.f32` and `<name>.keys` from `bytes` (files of `dir`).
@@ -48,9 +51,10 @@ impl ExactStore {
         if k.len() % 8 != 0 || v.len() != k.len() / 8 * dim * 4 {
             return Err(corrupt(dir, &vf, format!("{} bytes for {} keys × {dim} dims", v.len(), k.len() / 8)));
         }
-        let keys = k.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default())).collect();
+        let keys: Vec<u64> = k.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default())).collect();
         let data = v.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-        Ok(ExactStore { dim, keys, data })
+        let present = keys.iter().copied().collect();
+        Ok(ExactStore { dim, keys, data, present })
     }
 
     /// The vector in row `row` (rows are in insertion order).
@@ -99,6 +103,7 @@ impl ExactStore {
         }
         self.keys.truncate(w);
         self.data.truncate(w * dim);
+        self.present = self.keys.iter().copied().collect();
     }
 }
 
@@ -116,20 +121,14 @@ impl VectorStore for ExactStore {
     }
 
     fn add(&mut self, keys: &[u64], vectors: &[f32]) -> Result<()> {
-        if vectors.len() != keys.len() * self.dim {
-            return Err(IndexError::InvalidRequest(format!(
-                "{} values for {} vectors of {} dims",
-                vectors.len(),
-                keys.len(),
-                self.dim
-            )));
-        }
-        let new: HashSet<u64> = keys.iter().copied().collect();
-        if self.keys.iter().any(|k| new.contains(k)) {
+        check_batch(keys, vectors, self.dim)?;
+        if keys.iter().any(|k| self.present.contains(k)) {
+            let new: HashSet<u64> = keys.iter().copied().collect();
             let keep: HashSet<u64> = self.keys.iter().copied().filter(|k| !new.contains(k)).collect();
             self.retain(&keep);
         }
         self.keys.extend_from_slice(keys);
+        self.present.extend(keys);
         self.data.extend_from_slice(vectors);
         Ok(())
     }
@@ -142,9 +141,7 @@ impl VectorStore for ExactStore {
     }
 
     fn search(&self, query: &[f32], k: usize, _params: &SearchParams) -> Result<Vec<Hit>> {
-        if query.len() != self.dim {
-            return Err(IndexError::InvalidRequest(format!("query has {} dims, the store {}", query.len(), self.dim)));
-        }
+        check_query(query, self.dim)?;
         if k == 0 || self.dim == 0 {
             return Ok(Vec::new());
         }

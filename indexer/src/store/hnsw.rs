@@ -10,7 +10,7 @@ use hnsw_rs::api::AnnT;
 use hnsw_rs::hnswio::HnswIo;
 use hnsw_rs::prelude::{DistDot, Hnsw};
 
-use super::{Hit, SearchParams, StoreConfig, StoreKind, VectorStore};
+use super::{check_batch, check_query, Hit, SearchParams, StoreConfig, StoreKind, VectorStore};
 use crate::error::{IndexError, Result};
 
 /// Most layers hnsw_rs supports.
@@ -54,7 +54,6 @@ impl HnswRsStore {
         let io: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new(dir, name)));
         let graph: Hnsw<'static, f32, DistDot> = io.load_hnsw::<f32, DistDot>().map_err(|e| corrupt(e.to_string()))?;
         let keys: HashSet<u64> = graph.get_point_indexation().into_iter().map(|p| p.get_origin_id() as u64).collect();
-        let _ = connectivity(config);
         Ok(HnswRsStore { graph, keys, dim, default_ef: config.expansion_search })
     }
 }
@@ -73,14 +72,7 @@ impl VectorStore for HnswRsStore {
     }
 
     fn add(&mut self, keys: &[u64], vectors: &[f32]) -> Result<()> {
-        if vectors.len() != keys.len() * self.dim {
-            return Err(IndexError::InvalidRequest(format!(
-                "{} values for {} vectors of {} dims",
-                vectors.len(),
-                keys.len(),
-                self.dim
-            )));
-        }
+        check_batch(keys, vectors, self.dim)?;
         if let Some(k) = keys.iter().find(|k| self.keys.contains(k)) {
             return Err(IndexError::InvalidRequest(format!("hnsw_rs cannot replace the vector of key {k}; rebuild the store")));
         }
@@ -95,9 +87,7 @@ impl VectorStore for HnswRsStore {
     }
 
     fn search(&self, query: &[f32], k: usize, params: &SearchParams) -> Result<Vec<Hit>> {
-        if query.len() != self.dim {
-            return Err(IndexError::InvalidRequest(format!("query has {} dims, the store {}", query.len(), self.dim)));
-        }
+        check_query(query, self.dim)?;
         if k == 0 || self.keys.is_empty() {
             return Ok(Vec::new());
         }

@@ -184,6 +184,26 @@ pub fn open_store(
     })
 }
 
+/// Checks that `vectors` holds `keys.len()` vectors of `dim` values.
+pub(crate) fn check_batch(keys: &[u64], vectors: &[f32], dim: usize) -> Result<()> {
+    if vectors.len() != keys.len() * dim {
+        return Err(crate::error::IndexError::InvalidRequest(format!(
+            "{} values for {} vectors of {dim} dims",
+            vectors.len(),
+            keys.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Checks that a query has `dim` values.
+pub(crate) fn check_query(query: &[f32], dim: usize) -> Result<()> {
+    if query.len() != dim {
+        return Err(crate::error::IndexError::InvalidRequest(format!("query has {} dims, the store {dim}", query.len())));
+    }
+    Ok(())
+}
+
 /// Orders hits by descending score, then ascending key, and keeps `k`.
 pub(crate) fn top_k(mut hits: Vec<Hit>, k: usize) -> Vec<Hit> {
     let by_score = |a: &Hit, b: &Hit| b.score.total_cmp(&a.score).then(a.key.cmp(&b.key));

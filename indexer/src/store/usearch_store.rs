@@ -8,7 +8,7 @@ use std::sync::RwLock;
 use rayon::prelude::*;
 use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
 
-use super::{Hit, SearchParams, StoreConfig, StoreKind, StoredPrecision, VectorStore};
+use super::{check_batch, check_query, Hit, SearchParams, StoreConfig, StoreKind, StoredPrecision, VectorStore};
 use crate::error::{IndexError, Result};
 
 fn err(e: impl std::fmt::Display) -> IndexError {
@@ -136,14 +136,7 @@ impl VectorStore for UsearchStore {
 
     fn add(&mut self, keys: &[u64], vectors: &[f32]) -> Result<()> {
         self.writable()?;
-        if vectors.len() != keys.len() * self.dim {
-            return Err(IndexError::InvalidRequest(format!(
-                "{} values for {} vectors of {} dims",
-                vectors.len(),
-                keys.len(),
-                self.dim
-            )));
-        }
+        check_batch(keys, vectors, self.dim)?;
         for &k in keys {
             if self.index.contains(k) {
                 self.index.remove(k).map_err(err)?;
@@ -165,9 +158,7 @@ impl VectorStore for UsearchStore {
     }
 
     fn search(&self, query: &[f32], k: usize, params: &SearchParams) -> Result<Vec<Hit>> {
-        if query.len() != self.dim {
-            return Err(IndexError::InvalidRequest(format!("query has {} dims, the store {}", query.len(), self.dim)));
-        }
+        check_query(query, self.dim)?;
         if k == 0 || self.index.size() == 0 {
             return Ok(Vec::new());
         }
