@@ -405,6 +405,29 @@ impl Collection {
         self.to_rows(vector, query, nv.raw.search(query, k, &SearchParams::default()))
     }
 
+    /// Exact search on a kernel backend: the CPU backend scans the stored
+    /// matrix in place; a GPU backend uploads it first (one upload per call:
+    /// long-lived servers should keep a [`squire_kernels::Database`]).
+    pub fn search_exact_on(&self, compute: &squire_kernels::Compute, vector: &str, query: &[f32], k: usize) -> Result<Vec<RowHit>> {
+        if !compute.is_gpu() {
+            return self.search_exact(vector, query, k);
+        }
+        let nv = self.named(vector)?;
+        let raw = &nv.raw;
+        let hits = if raw.len() == 0 || k == 0 || query.len() != raw.dim() {
+            Vec::new()
+        } else {
+            let db = compute.upload(raw.data(), raw.dim(), squire_kernels::Precision::F32)?;
+            let mut all = compute.top_k(&db, query, k, squire_kernels::Metric::InnerProduct)?;
+            all.pop()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|s| crate::store::Hit { key: raw.keys()[s.row], score: s.score })
+                .collect()
+        };
+        self.to_rows(vector, query, Ok(hits))
+    }
+
     fn to_rows(&self, vector: &str, query: &[f32], hits: Result<Vec<crate::store::Hit>>) -> Result<Vec<RowHit>> {
         let dim = self.manifest.vectors.get(vector).copied().unwrap_or(0);
         if query.len() != dim && !self.records.is_empty() {

@@ -38,6 +38,9 @@ pub enum IndexError {
     /// An encoder failed.
     #[error(transparent)]
     Model(#[from] squire_models::ModelError),
+    /// A compute kernel (CPU or GPU backend) failed.
+    #[error(transparent)]
+    Kernel(#[from] squire_kernels::KernelError),
 }
 
 /// Result alias for the indexer crate.

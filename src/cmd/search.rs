@@ -8,6 +8,7 @@ use clap::{ArgGroup, Args};
 use serde_json::json;
 use squire_indexer::{Collection, OpenOptions, SearchParams, StoreKind};
 use squire_models::clip::LoadOptions;
+use squire_kernels::{Compute, DeviceChoice};
 use squire_models::image_io;
 
 /// Search a collection by text, by image, or both (composed search).
@@ -45,6 +46,11 @@ pub struct SearchArgs {
     /// Brute-force search over every vector (exact; ignores the HNSW index).
     #[arg(long, conflicts_with = "ef")]
     exact: bool,
+    /// Compute backend for --exact: auto (a hardware GPU when present, else
+    /// the CPU; `--log info` shows the choice), cpu, or gpu (any wgpu adapter,
+    /// software ones included; an error when there is none).
+    #[arg(long, default_value = "auto")]
+    device: DeviceChoice,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -100,6 +106,8 @@ pub fn embed_query(
 
 /// Runs `squire search`.
 pub fn run(a: SearchArgs) -> anyhow::Result<()> {
+    // The backend is only needed (and only probed) for exact search.
+    let compute = if a.exact || a.device == DeviceChoice::Gpu { Some(Compute::new(a.device)?) } else { None };
     let col = Collection::open_with(&a.index, OpenOptions { view: true }).with_context(|| format!("opening the collection in {}", a.index.display()))?;
     let encoder = super::load_encoder(&col.manifest().model, LoadOptions::default())?;
     let t0 = Instant::now();
@@ -107,7 +115,7 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
     let encode_ms = t0.elapsed().as_secs_f64() * 1e3;
     let t1 = Instant::now();
     let hits = if a.exact {
-        col.search_exact(&vector, &query, a.k)?
+        col.search_exact_on(compute.as_ref().unwrap_or(&Compute::cpu()), &vector, &query, a.k)?
     } else {
         col.search(&vector, &query, a.k, &SearchParams { ef: a.ef })?
     };
@@ -134,6 +142,7 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
                 "method": method,
                 "ef": if method == "exact" { None } else { Some(a.ef.unwrap_or(store.expansion_search)) },
                 "images": col.records().len(),
+                "device": compute.as_ref().map(|c| if c.is_gpu() { "gpu" } else { "cpu" }),
             },
             "results": results,
             "timings": { "encode_ms": encode_ms, "search_ms": search_ms, "total_ms": encode_ms + search_ms },

@@ -4,6 +4,7 @@
 
 mod encode;
 mod index;
+mod kernels;
 mod query;
 
 use clap::Subcommand;
@@ -33,6 +34,15 @@ pub enum BenchCommand {
     /// same distribution. --dump writes the vectors and the exact neighbours
     /// as .npy for benches/ann.py (faiss-cpu, hnswlib).
     Query(query::QueryBenchArgs),
+    /// Exact similarity + top-k throughput of the compute kernels (CPU or
+    /// GPU) against the machine's roofline.
+    ///
+    /// Scores a batch of queries (compute bound) and a few queries
+    /// (memory-bandwidth bound) against N synthetic unit vectors stored as f32
+    /// and f16; reports GFLOP/s, GB/s and the share of the roofline (FMA peak
+    /// and streaming bandwidth, probed in the same run), and peak memory.
+    /// benches/kernels.py runs it side by side with faiss-cpu flat search.
+    Kernels(kernels::KernelsBenchArgs),
 }
 
 /// Runs a `bench` subcommand.
@@ -44,5 +54,6 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Encode(a) => encode::run(a),
         BenchCommand::Index(a) => index::run(a),
         BenchCommand::Query(a) => query::run(a),
+        BenchCommand::Kernels(a) => kernels::run(a),
     }
 }

@@ -1,0 +1,80 @@
+//! `--device auto|cpu|gpu` through the CLI: exact search on the GPU backend
+//! gives the CPU's results, and a machine without any GPU driver falls back
+//! (auto) or fails clearly (gpu).
+//!
+//! "No driver at all" is simulated with `WGPU_BACKEND=metal` on Linux: wgpu
+//! then enables no backend that exists here, exactly what it sees on a
+//! machine without Vulkan or GL drivers.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+mod common;
+use common::{fixtures, scratch, squire, text};
+
+fn squire_env(home: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_squire"));
+    c.args(args).env("SQUIRE_HOME", home).env("SQUIRE_OFFLINE", "1");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("run squire")
+}
+
+fn results(o: &Output) -> Vec<(String, f64)> {
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("json: {e}\n{}", text(o)));
+    v["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| (r["id"].as_str().expect("id").to_string(), r["score"].as_f64().expect("score")))
+        .collect()
+}
+
+#[test]
+fn device_choice_through_the_cli() {
+    let root = scratch("device");
+    let (home, index) = (root.join("home"), root.join("index"));
+    let model = fixtures().join("tiny-clip").display().to_string();
+    let images = fixtures().join("images").display().to_string();
+    let idx = index.display().to_string();
+    let o = squire(&home, &["index", &images, "--index", &idx, "--model", &model]);
+    assert!(o.status.success(), "{}", text(&o));
+    let query = ["search", "--index", &idx, "--text", "a cat", "-k", "5", "--exact", "--json"];
+
+    // The CPU backend is the reference.
+    let cpu = squire(&home, &[&query[..], &["--device", "cpu"]].concat());
+    assert!(cpu.status.success(), "{}", text(&cpu));
+    let want = results(&cpu);
+    assert_eq!(want.len(), 5);
+
+    // No driver: auto falls back with exactly one log line, gpu fails clearly.
+    let none = [("WGPU_BACKEND", "metal")];
+    let auto = squire_env(&home, &[&query[..], &["--device", "auto", "--log", "info"]].concat(), &none);
+    assert!(auto.status.success(), "{}", text(&auto));
+    let stderr = String::from_utf8_lossy(&auto.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("device auto")).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(lines[0].contains("using the CPU backend"), "{stderr}");
+    assert_eq!(results(&auto), want);
+    let gpu = squire_env(&home, &[&query[..], &["--device", "gpu"]].concat(), &none);
+    assert_eq!(gpu.status.code(), Some(1), "{}", text(&gpu));
+    let err = String::from_utf8_lossy(&gpu.stderr);
+    assert!(err.contains("no GPU adapter found") && err.contains("--device cpu"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    // With an adapter (lavapipe in CI), the GPU backend returns the same ids.
+    let gpu = squire(&home, &[&query[..], &["--device", "gpu"]].concat());
+    if !gpu.status.success() {
+        assert_ne!(std::env::var("SQUIRE_REQUIRE_GPU").as_deref(), Ok("1"), "SQUIRE_REQUIRE_GPU=1: {}", text(&gpu));
+        eprintln!("skipping the GPU half: {}", text(&gpu));
+        return;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&gpu.stdout).expect("json");
+    assert_eq!(v["store"]["device"], "gpu");
+    let got = results(&gpu);
+    assert_eq!(got.iter().map(|r| &r.0).collect::<Vec<_>>(), want.iter().map(|r| &r.0).collect::<Vec<_>>());
+    for (g, c) in got.iter().zip(&want) {
+        assert!((g.1 - c.1).abs() <= 1e-4 * c.1.abs().max(1.0), "{} vs {}", g.1, c.1);
+    }
+}
