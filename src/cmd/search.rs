@@ -142,7 +142,7 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
                 "method": method,
                 "ef": if method == "exact" { None } else { Some(a.ef.unwrap_or(store.expansion_search)) },
                 "images": col.records().len(),
-                "device": compute.as_ref().map(|c| if c.is_gpu() { "gpu" } else { "cpu" }),
+                "device": if a.exact { Some(if compute.as_ref().is_some_and(Compute::is_gpu) { "gpu" } else { "cpu" }) } else { None },
             },
             "results": results,
             "timings": { "encode_ms": encode_ms, "search_ms": search_ms, "total_ms": encode_ms + search_ms },

@@ -36,6 +36,9 @@ pub struct KernelsBenchArgs {
     /// Timed repetitions per case (the best is reported).
     #[arg(long, default_value_t = 3)]
     repeat: usize,
+    /// SuperGlobal refinement case: candidates (M) × descriptor length (D).
+    #[arg(long, default_value = "400x1280")]
+    refine: String,
     /// Random seed of the synthetic vectors.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -121,8 +124,23 @@ pub fn run(a: KernelsBenchArgs) -> anyhow::Result<()> {
             }));
         }
     }
+    // SuperGlobal's per-query cost: the M×M Gram matrix plus K = 9 neighbour
+    // averaging over the top-M candidates.
+    let (m, d) = a
+        .refine
+        .split_once('x')
+        .and_then(|(m, d)| Some((m.parse::<usize>().ok()?, d.parse::<usize>().ok()?)))
+        .context("--refine: expected MxD, e.g. 400x1280")?;
+    let cand = vectors(m, d, a.seed + 2);
+    let mut refine_best = f64::INFINITY;
+    for _ in 0..(5 * a.repeat).max(1) {
+        let t = Instant::now();
+        std::hint::black_box(compute.refine(&cand, d, 9, 0.15)?);
+        refine_best = refine_best.min(t.elapsed().as_secs_f64());
+    }
     let report = json!({
         "device": device, "threads": threads,
+        "refine": {"m": m, "dim": d, "k": 9, "ms": refine_best * 1e3},
         "roofline": {"peak_gflops": if compute.is_gpu() { Value::Null } else { json!(peak) },
                       "bandwidth_gb_per_s": bandwidth, "bandwidth_source": bw_source},
         "cases": cases,
@@ -153,6 +171,7 @@ pub fn run(a: KernelsBenchArgs) -> anyhow::Result<()> {
             c["bound"].as_str().unwrap_or(""),
         );
     }
+    println!("SuperGlobal refinement, M = {m}, D = {d}, K = 9: {:.2} ms per query", refine_best * 1e3);
     if let Some(r) = report["peak_rss_mib"].as_f64() {
         println!("peak RSS {r:.0} MiB");
     }
