@@ -2,8 +2,9 @@
 //! gives the CPU's results, and a machine without any GPU driver falls back
 //! (auto) or fails clearly (gpu).
 //!
-//! "No driver at all" is simulated with `WGPU_BACKEND=metal` on Linux: wgpu
-//! then enables no backend that exists here, exactly what it sees on a
+//! "No driver at all" is simulated by restricting wgpu to Vulkan
+//! (`WGPU_BACKEND=vulkan`) and pointing the Vulkan loader at a driver list
+//! that does not exist: the loader then finds no driver, exactly as on a
 //! machine without Vulkan or GL drivers.
 
 use std::path::Path;
@@ -49,12 +50,17 @@ fn device_choice_through_the_cli() {
     assert_eq!(want.len(), 5);
 
     // No driver: auto falls back with exactly one log line, gpu fails clearly.
-    let none = [("WGPU_BACKEND", "metal")];
+    let none = [
+        ("WGPU_BACKEND", "vulkan"),
+        ("VK_ICD_FILENAMES", "/nonexistent/icd.json"),
+        ("VK_DRIVER_FILES", "/nonexistent/icd.json"),
+    ];
     let auto = squire_env(&home, &[&query[..], &["--device", "auto", "--log", "info"]].concat(), &none);
     assert!(auto.status.success(), "{}", text(&auto));
     let stderr = String::from_utf8_lossy(&auto.stderr);
     let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("device auto")).collect();
     assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(!stderr.contains("ERROR"), "{stderr}");
     assert!(lines[0].contains("using the CPU backend"), "{stderr}");
     assert_eq!(results(&auto), want);
     let gpu = squire_env(&home, &[&query[..], &["--device", "gpu"]].concat(), &none);

@@ -1,7 +1,6 @@
 //! The M×M Gram matrix of a candidate list and SuperGlobal's database-side
 //! neighbour refinement.
 
-use gemm::Parallelism;
 use rayon::prelude::*;
 
 use crate::error::{KernelError, Result};
@@ -14,32 +13,7 @@ pub fn gram(x: &[f32], dim: usize) -> Result<Vec<f32>> {
     if m == 0 {
         return Ok(out);
     }
-    let par = if m >= 64 { Parallelism::Rayon(rayon::current_num_threads()) } else { Parallelism::None };
-    // SAFETY: dst m × m (row stride m); lhs m × dim (row stride dim); rhs is X
-    // read as dim × m (column j = row j, stride dim).
-    unsafe {
-        gemm::gemm(
-            m,
-            m,
-            dim,
-            out.as_mut_ptr(),
-            1,
-            m as isize,
-            false,
-            x.as_ptr(),
-            1,
-            dim as isize,
-            x.as_ptr(),
-            dim as isize,
-            1,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            par,
-        );
-    }
+    super::matmul::a_bt(&mut out, x, x, m, m, dim, m >= 64);
     Ok(out)
 }
 

@@ -3,6 +3,7 @@
 //! on the CPU, and the reference the wgpu backend is tested against.
 
 mod gram;
+mod matmul;
 mod pooling;
 mod simd;
 mod similarity;
@@ -17,3 +18,15 @@ pub(crate) use pooling::{check_scales, inv_norm};
 pub(crate) use similarity::{scores_rows, topk_rows, RowsRef};
 
 pub use crate::types::Scored;
+
+/// Deterministic pseudo-random test data shared by the unit tests.
+#[cfg(test)]
+pub(crate) fn test_values(seed: u64, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            lo + (hi - lo) * ((s >> 40) as f32 / (1u64 << 24) as f32)
+        })
+        .collect()
+}

@@ -137,13 +137,7 @@ mod tests {
     use super::*;
 
     fn rnd(seed: u64, n: usize) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 0.5
-            })
-            .collect()
+        crate::cpu::test_values(seed, n, -0.5, 1.5)
     }
 
     fn close(a: &[f32], b: &[f32], tol: f32) {

@@ -11,10 +11,11 @@
 //! Both keep each query's best candidates with a running floor, so the top-k
 //! costs O(rows) comparisons plus O(k log k) per block.
 
-use gemm::Parallelism;
 use half::f16;
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
+use super::matmul::a_bt;
 use super::simd::{dot_f16, dot_f32};
 use crate::types::{better, Scored};
 
@@ -96,17 +97,11 @@ pub(crate) fn topk_rows(rows: RowsRef<'_>, dim: usize, inv_norms: Option<&[f32]>
         return vec![Vec::new(); nq];
     }
     let n = rows.len_values() / dim;
-    let blocks = n.div_ceil(BLOCK_ROWS);
-    let partial: Vec<Vec<Vec<Scored>>> = (0..blocks)
+    let partial: Vec<Vec<Vec<Scored>>> = (0..n.div_ceil(BLOCK_ROWS))
         .into_par_iter()
         .map(|b| {
-            let (lo, hi) = (b * BLOCK_ROWS, ((b + 1) * BLOCK_ROWS).min(n));
             let mut best: Vec<Candidates> = (0..nq).map(|_| Candidates::new(k)).collect();
-            if nq < GEMM_MIN_QUERIES {
-                stream_block(rows, dim, lo, hi, inv_norms, queries, |q, row, s| best[q].offer(row, s));
-            } else {
-                gemm_block(rows, dim, lo, hi, inv_norms, queries, |q, row, s| best[q].offer(row, s));
-            }
+            Block::new(rows, dim, b, n, inv_norms, queries).score(|q, row, s| best[q].offer(row, s));
             best.into_iter().map(Candidates::finish).collect()
         })
         .collect();
@@ -127,19 +122,13 @@ pub(crate) fn scores_rows(rows: RowsRef<'_>, dim: usize, inv_norms: Option<&[f32
     }
     let nq = queries.len() / dim;
     let n = rows.len_values() / dim;
-    let blocks = n.div_ceil(BLOCK_ROWS);
-    let parts: Vec<(usize, Vec<f32>)> = (0..blocks)
+    let parts: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(BLOCK_ROWS))
         .into_par_iter()
         .map(|b| {
-            let (lo, hi) = (b * BLOCK_ROWS, ((b + 1) * BLOCK_ROWS).min(n));
-            let width = hi - lo;
+            let block = Block::new(rows, dim, b, n, inv_norms, queries);
+            let (lo, width) = (block.lo, block.hi - block.lo);
             let mut out = vec![0f32; nq * width];
-            let sink = |q: usize, row: usize, s: f32| out[q * width + row - lo] = s;
-            if nq < GEMM_MIN_QUERIES {
-                stream_block(rows, dim, lo, hi, inv_norms, queries, sink);
-            } else {
-                gemm_block(rows, dim, lo, hi, inv_norms, queries, sink);
-            }
+            block.score(|q, row, s| out[q * width + row - lo] = s);
             (lo, out)
         })
         .collect();
@@ -153,87 +142,76 @@ pub(crate) fn scores_rows(rows: RowsRef<'_>, dim: usize, inv_norms: Option<&[f32
     all
 }
 
-/// Scores rows `lo..hi` against every query one row at a time.
-fn stream_block(
-    rows: RowsRef<'_>,
+/// Rows `lo..hi` of the database, to be scored against every query.
+struct Block<'a> {
+    rows: RowsRef<'a>,
     dim: usize,
     lo: usize,
     hi: usize,
-    inv_norms: Option<&[f32]>,
-    queries: &[f32],
-    mut sink: impl FnMut(usize, usize, f32),
-) {
-    for r in lo..hi {
-        let scale = inv_norms.map_or(1.0, |n| n[r]);
-        for (q, qv) in queries.chunks_exact(dim).enumerate() {
-            let s = match rows {
-                RowsRef::F32(v) => dot_f32(&v[r * dim..(r + 1) * dim], qv),
-                RowsRef::F16(v) => dot_f16(&v[r * dim..(r + 1) * dim], qv),
-            };
-            sink(q, r, s * scale);
-        }
-    }
+    inv_norms: Option<&'a [f32]>,
+    queries: &'a [f32],
 }
 
-/// Scores rows `lo..hi` against the queries with matrix products.
-fn gemm_block(
-    rows: RowsRef<'_>,
-    dim: usize,
-    lo: usize,
-    hi: usize,
-    inv_norms: Option<&[f32]>,
-    queries: &[f32],
-    mut sink: impl FnMut(usize, usize, f32),
-) {
-    let width = hi - lo;
-    let converted;
-    let block: &[f32] = match rows {
-        RowsRef::F32(v) => &v[lo * dim..hi * dim],
-        RowsRef::F16(v) => {
-            let mut buf = vec![0f32; width * dim];
-            half::slice::HalfFloatSliceExt::convert_to_f32_slice(&v[lo * dim..hi * dim], &mut buf);
-            converted = buf;
-            &converted
+impl<'a> Block<'a> {
+    /// Block number `b` of a database of `n` rows.
+    fn new(rows: RowsRef<'a>, dim: usize, b: usize, n: usize, inv_norms: Option<&'a [f32]>, queries: &'a [f32]) -> Self {
+        Block { rows, dim, lo: b * BLOCK_ROWS, hi: ((b + 1) * BLOCK_ROWS).min(n), inv_norms, queries }
+    }
+
+    /// Feeds `sink(query, row, score)` every score of the block, by the
+    /// streaming path for a few queries and the blocked one otherwise.
+    fn score(&self, sink: impl FnMut(usize, usize, f32)) {
+        if self.queries.len() / self.dim < GEMM_MIN_QUERIES {
+            self.stream(sink);
+        } else {
+            self.gemm(sink);
         }
-    };
-    let nq = queries.len() / dim;
-    let mut scores = vec![0f32; QUERY_CHUNK.min(nq) * width];
-    for (c, qs) in queries.chunks(QUERY_CHUNK * dim).enumerate() {
-        let m = qs.len() / dim;
-        // SAFETY: dst is m × width (row stride width), lhs m × dim (row stride
-        // dim), rhs is the block read as dim × width (column j = row j, stride dim).
-        unsafe {
-            gemm::gemm(
-                m,
-                width,
-                dim,
-                scores.as_mut_ptr(),
-                1,
-                width as isize,
-                false,
-                qs.as_ptr(),
-                1,
-                dim as isize,
-                block.as_ptr(),
-                dim as isize,
-                1,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                Parallelism::None,
-            );
+    }
+
+    /// One row at a time, dotted with every query while it is in L1.
+    fn stream(&self, mut sink: impl FnMut(usize, usize, f32)) {
+        let dim = self.dim;
+        for r in self.lo..self.hi {
+            let scale = self.inv_norms.map_or(1.0, |n| n[r]);
+            for (q, qv) in self.queries.chunks_exact(dim).enumerate() {
+                let s = match self.rows {
+                    RowsRef::F32(v) => dot_f32(&v[r * dim..(r + 1) * dim], qv),
+                    RowsRef::F16(v) => dot_f16(&v[r * dim..(r + 1) * dim], qv),
+                };
+                sink(q, r, s * scale);
+            }
         }
-        for i in 0..m {
-            let row_scores = &scores[i * width..(i + 1) * width];
-            match inv_norms {
-                None => row_scores.iter().enumerate().for_each(|(j, &s)| sink(c * QUERY_CHUNK + i, lo + j, s)),
-                Some(n) => row_scores
-                    .iter()
-                    .zip(&n[lo..hi])
-                    .enumerate()
-                    .for_each(|(j, (&s, &inv))| sink(c * QUERY_CHUNK + i, lo + j, s * inv)),
+    }
+
+    /// Matrix products of up to 256 queries with the whole block (converted
+    /// to f32 once when stored as f16).
+    fn gemm(&self, mut sink: impl FnMut(usize, usize, f32)) {
+        let (dim, lo, hi) = (self.dim, self.lo, self.hi);
+        let width = hi - lo;
+        let converted;
+        let block: &[f32] = match self.rows {
+            RowsRef::F32(v) => &v[lo * dim..hi * dim],
+            RowsRef::F16(v) => {
+                let mut buf = vec![0f32; width * dim];
+                v[lo * dim..hi * dim].convert_to_f32_slice(&mut buf);
+                converted = buf;
+                &converted
+            }
+        };
+        let nq = self.queries.len() / dim;
+        let mut scores = vec![0f32; QUERY_CHUNK.min(nq) * width];
+        for (c, qs) in self.queries.chunks(QUERY_CHUNK * dim).enumerate() {
+            let m = qs.len() / dim;
+            a_bt(&mut scores, qs, block, m, width, dim, false);
+            for i in 0..m {
+                let row_scores = &scores[i * width..(i + 1) * width];
+                let q = c * QUERY_CHUNK + i;
+                match self.inv_norms {
+                    None => row_scores.iter().enumerate().for_each(|(j, &s)| sink(q, lo + j, s)),
+                    Some(n) => {
+                        row_scores.iter().zip(&n[lo..hi]).enumerate().for_each(|(j, (&s, &inv))| sink(q, lo + j, s * inv))
+                    }
+                }
             }
         }
     }
@@ -244,13 +222,7 @@ mod tests {
     use super::*;
 
     fn rnd(seed: u64, n: usize) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-            })
-            .collect()
+        crate::cpu::test_values(seed, n, -0.5, 0.5)
     }
 
     fn naive(base: &[f32], queries: &[f32], dim: usize, k: usize) -> Vec<Vec<Scored>> {

@@ -72,6 +72,20 @@ struct SelectParams {
     gbase: u32,
 }
 
+impl SimParams {
+    fn new(nq: usize, rows: usize, dim: usize, row0: usize, stride: usize, cosine: bool) -> Self {
+        SimParams {
+            nq: nq as u32,
+            rows: rows as u32,
+            dim: dim as u32,
+            row0: row0 as u32,
+            stride: stride as u32,
+            cosine: u32::from(cosine),
+            _pad: [0; 2],
+        }
+    }
+}
+
 fn as_u32(v: usize, what: &str) -> Result<u32> {
     u32::try_from(v).map_err(|_| KernelError::Shape(format!("{what} = {v} is too large for the GPU backend (max {})", u32::MAX)))
 }
@@ -189,15 +203,7 @@ impl GpuContext {
             let mut encoder = self.encoder();
             let mut flip = false;
             for (chunk, start, rows) in self.blocks(db) {
-                let params = SimParams {
-                    nq: m as u32,
-                    rows: rows as u32,
-                    dim: dim as u32,
-                    row0: start as u32,
-                    stride: block as u32,
-                    cosine: u32::from(cosine),
-                    _pad: [0; 2],
-                };
+                let params = SimParams::new(m, rows, dim, start, block, cosine);
                 let (group, shape) = self.sim_group(half, params, &qbuf, chunk, &sbuf);
                 Self::dispatch(&mut encoder, &self.pipelines.similarity[usize::from(half)], &group, shape);
                 let (src, dst) = if flip { (&lists[3..6], &lists[0..3]) } else { (&lists[0..3], &lists[3..6]) };
@@ -251,15 +257,7 @@ impl GpuContext {
                 let m = (nq - q0).min(SCORES_BYTES / (rows * 4)).max(1);
                 let sbuf = self.empty("scores", (m * rows * 4) as u64);
                 let qpart = self.storage("queries", bytemuck::cast_slice(&queries[q0 * dim..(q0 + m) * dim]));
-                let params = SimParams {
-                    nq: m as u32,
-                    rows: rows as u32,
-                    dim: dim as u32,
-                    row0: start as u32,
-                    stride: rows as u32,
-                    cosine: u32::from(cosine),
-                    _pad: [0; 2],
-                };
+                let params = SimParams::new(m, rows, dim, start, rows, cosine);
                 let (group, shape) = self.sim_group(half, params, &qpart, chunk, &sbuf);
                 let mut encoder = self.encoder();
                 Self::dispatch(&mut encoder, &self.pipelines.similarity[usize::from(half)], &group, shape);
@@ -295,15 +293,7 @@ impl GpuContext {
         let sbuf = self.empty("gram", (m * m * 4) as u64);
         let ones = self.storage("unused norms", &[0u8; 4]);
         let chunk = Chunk { row0: 0, rows: m, base: xbuf.clone(), inv_norms: ones };
-        let params = SimParams {
-            nq: m as u32,
-            rows: m as u32,
-            dim: dim as u32,
-            row0: 0,
-            stride: m as u32,
-            cosine: 0,
-            _pad: [0; 2],
-        };
+        let params = SimParams::new(m, m, dim, 0, m, false);
         let (group, shape) = self.sim_group(false, params, &xbuf, &chunk, &sbuf);
         let mut encoder = self.encoder();
         Self::dispatch(&mut encoder, &self.pipelines.similarity[0], &group, shape);

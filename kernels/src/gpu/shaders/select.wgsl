@@ -38,6 +38,14 @@ fn to_key(f: f32) -> u32 {
     return select(b | 0x80000000u, ~b, (b & 0x80000000u) != 0u);
 }
 
+// Key of candidate i of query q: the current list first, then the block.
+fn key_at(q: u32, i: u32, c_in: u32) -> u32 {
+    if (i < c_in) {
+        return keys_in[q * prm.k + i];
+    }
+    return to_key(scores[q * prm.stride + (i - c_in)]);
+}
+
 @compute @workgroup_size(256, 1, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let q = wg.x;
@@ -61,12 +69,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
         let pfx = prefix;
         let msk = mask;
         for (var i = lo; i < hi; i++) {
-            var key: u32;
-            if (i < c_in) {
-                key = keys_in[q * prm.k + i];
-            } else {
-                key = to_key(scores[q * prm.stride + (i - c_in)]);
-            }
+            let key = key_at(q, i, c_in);
             if ((key & msk) == pfx) {
                 atomicAdd(&hist[(key >> shift) & 255u], 1u);
             }
@@ -93,12 +96,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     var g = 0u;
     var e = 0u;
     for (var i = lo; i < hi; i++) {
-        var key: u32;
-        if (i < c_in) {
-            key = keys_in[q * prm.k + i];
-        } else {
-            key = to_key(scores[q * prm.stride + (i - c_in)]);
-        }
+        let key = key_at(q, i, c_in);
         if (key > t) {
             g += 1u;
         } else if (key == t) {
@@ -128,14 +126,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     var pos = kept_start[tid];
     var take = take_cnt[tid];
     for (var i = lo; i < hi; i++) {
-        var key: u32;
-        var id: u32;
+        let key = key_at(q, i, c_in);
+        var id = prm.gbase + (i - c_in);
         if (i < c_in) {
-            key = keys_in[q * prm.k + i];
             id = ids_in[q * prm.k + i];
-        } else {
-            key = to_key(scores[q * prm.stride + (i - c_in)]);
-            id = prm.gbase + (i - c_in);
         }
         var keep = key > t;
         if (!keep && key == t && take > 0u) {
