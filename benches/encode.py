@@ -18,7 +18,6 @@ squire (cargo build --release). Usage:
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -27,6 +26,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_name  # noqa: E402
 from transformers import CLIPConfig, CLIPModel
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,16 +41,6 @@ def timeit(fn, seconds, min_iters=3):
         fn()
         n += 1
     return (time.perf_counter() - t0) / n
-
-
-def cpu_name():
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def main():

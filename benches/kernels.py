@@ -20,21 +20,12 @@ import sys
 import time
 from pathlib import Path
 
-import platform
-
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_name  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def cpu_name():
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def best_time(fn, repeat):
