@@ -2,9 +2,11 @@
 //! search, SuperGlobal refinement and MLLM reranking as a pipeline of stages,
 //! and the evaluation harness that measures them.
 //!
-//! Depends on `squire-indexer` and `squire-models`. Today it holds the
-//! text-to-image evaluation ([`eval`]) and the benchmark annotation loaders
-//! ([`datasets`]); the stages arrive with their issues.
+//! Depends on `squire-indexer`, `squire-models` and `squire-kernels`. Today
+//! it holds SuperGlobal reranking ([`superglobal`]), the text-to-image
+//! evaluation ([`eval`]) and the benchmark annotation loaders ([`datasets`]);
+//! the other stages arrive with their issues.
 
 pub mod datasets;
 pub mod eval;
+pub mod superglobal;

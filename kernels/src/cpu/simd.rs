@@ -30,6 +30,37 @@ pub fn dot_f16(a: &[f16], b: &[f32]) -> f32 {
     portable_dot(a.iter().map(|x| x.to_f32()), b)
 }
 
+/// Calls `offer(j, scores[j])` for every `scores[j] >= floor`, in order;
+/// `offer` returns the (never lower) floor to use from then on. With AVX2,
+/// 16 scores are compared at once and skipped together when all are below.
+#[inline]
+pub fn scan_at_least(scores: &[f32], floor: f32, mut offer: impl FnMut(usize, f32) -> f32) {
+    let mut floor = floor;
+    let mut start = 0;
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            while start + 16 <= scores.len() {
+                // SAFETY: AVX2 is present (checked above); 16 values are in bounds.
+                let any = unsafe { x86::any_at_least16(scores.as_ptr().add(start), floor) };
+                if any {
+                    for (j, &s) in scores[start..start + 16].iter().enumerate() {
+                        if s >= floor {
+                            floor = offer(start + j, s);
+                        }
+                    }
+                }
+                start += 16;
+            }
+        }
+    }
+    for (j, &s) in scores.iter().enumerate().skip(start) {
+        if s >= floor {
+            floor = offer(j, s);
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[inline]
 fn has_avx2_fma() -> bool {
@@ -58,6 +89,15 @@ mod x86 {
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
         _mm_cvtss_f32(s)
+    }
+
+    /// Whether any of the 16 floats at `p` is ≥ `floor`.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn any_at_least16(p: *const f32, floor: f32) -> bool {
+        let f = _mm256_set1_ps(floor);
+        let a = _mm256_cmp_ps::<_CMP_GE_OQ>(_mm256_loadu_ps(p), f);
+        let b = _mm256_cmp_ps::<_CMP_GE_OQ>(_mm256_loadu_ps(p.add(8)), f);
+        _mm256_movemask_ps(_mm256_or_ps(a, b)) != 0
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -117,6 +157,27 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scan_visits_exactly_the_scores_at_or_above_a_rising_floor() {
+        let scores: Vec<f32> = (0..103).map(|i| ((i * 37) % 101) as f32).collect();
+        let mut seen = Vec::new();
+        // The floor rises to each offered value: only new maxima (and ties) pass.
+        scan_at_least(&scores, 50.0, |j, s| {
+            seen.push(j);
+            s
+        });
+        let mut want = Vec::new();
+        let mut floor = 50.0;
+        for (j, &s) in scores.iter().enumerate() {
+            if s >= floor {
+                want.push(j);
+                floor = s;
+            }
+        }
+        assert_eq!(seen, want);
+        assert!(!seen.is_empty());
+    }
 
     #[test]
     fn simd_and_portable_dots_agree() {
