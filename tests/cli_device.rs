@@ -84,3 +84,37 @@ fn device_choice_through_the_cli() {
         assert!((g.1 - c.1).abs() <= 1e-4 * c.1.abs().max(1.0), "{} vs {}", g.1, c.1);
     }
 }
+
+#[test]
+fn superglobal_rerank_through_the_cli() {
+    let root = scratch("superglobal");
+    let (home, index) = (root.join("home"), root.join("index"));
+    let model = fixtures().join("tiny-clip").display().to_string();
+    let images = fixtures().join("images").display().to_string();
+    let idx = index.display().to_string();
+    let o = squire(&home, &["index", &images, "--index", &idx, "--model", &model]);
+    assert!(o.status.success(), "{}", text(&o));
+    let first = squire(&home, &["search", "--index", &idx, "--image", &format!("{images}/astronaut.jpg"), "-k", "8", "--json"]);
+    assert!(first.status.success(), "{}", text(&first));
+    let first_ids: Vec<String> = results(&first).into_iter().map(|r| r.0).collect();
+    let args = ["search", "--index", &idx, "--image", &format!("{images}/astronaut.jpg"), "-k", "5", "--rerank", "superglobal",
+        "--sg-m", "8", "--sg-k", "2", "--device", "cpu", "--json"];
+    let o = squire(&home, &args);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["rerank"]["method"], "superglobal");
+    assert_eq!(v["rerank"]["m"], 8);
+    assert!(v["timings"]["rerank_ms"].as_f64().is_some(), "{v}");
+    let got = results(&o);
+    assert_eq!(got.len(), 5);
+    // Reranking reorders the first stage's top M; it never invents results.
+    for (i, r) in v["results"].as_array().expect("results").iter().enumerate() {
+        let id = r["id"].as_str().expect("id");
+        assert!(first_ids.iter().any(|f| f == id), "{id} not in the first stage's top 8");
+        let fr = r["first_stage_rank"].as_u64().expect("first_stage_rank") as usize;
+        assert_eq!(first_ids[fr - 1], id, "result {i}");
+    }
+    // Bad parameters are refused before any work.
+    let o = squire(&home, &["search", "--index", &idx, "--text", "x", "--rerank", "magic"]);
+    assert!(!o.status.success() && text(&o).contains("magic"), "{}", text(&o));
+}

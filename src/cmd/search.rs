@@ -6,8 +6,9 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::{ArgGroup, Args};
 use serde_json::json;
-use squire_indexer::{Collection, OpenOptions, SearchParams, StoreKind};
+use squire_indexer::{Collection, OpenOptions, SearchParams, StoreKind, VectorStore};
 use squire_models::clip::LoadOptions;
+use squire_engine::superglobal::{self, Ranked, SuperGlobalParams};
 use squire_kernels::{Compute, DeviceChoice};
 use squire_models::image_io;
 
@@ -46,7 +47,21 @@ pub struct SearchArgs {
     /// Brute-force search over every vector (exact; ignores the HNSW index).
     #[arg(long, conflicts_with = "ef")]
     exact: bool,
-    /// Compute backend for --exact: auto (a hardware GPU when present, else
+    /// Reranking after the first stage: none, or superglobal (SuperGlobal
+    /// refinement of the top --sg-m candidates with their neighbours and an
+    /// expanded query; works on any named vector).
+    #[arg(long, default_value = "none", value_parser = ["none", "superglobal"])]
+    rerank: String,
+    /// SuperGlobal: candidates refined (M); the first stage retrieves max(k, M).
+    #[arg(long, default_value_t = 400)]
+    sg_m: usize,
+    /// SuperGlobal: neighbours averaged into each candidate (K).
+    #[arg(long, default_value_t = 9)]
+    sg_k: usize,
+    /// SuperGlobal: neighbour weight per unit of similarity (β).
+    #[arg(long, default_value_t = 0.15)]
+    sg_beta: f32,
+    /// Compute backend for --exact and SuperGlobal: auto (a hardware GPU when present, else
     /// the CPU; `--log info` shows the choice), cpu, or gpu (any wgpu adapter,
     /// software ones included; an error when there is none).
     #[arg(long, default_value = "auto")]
@@ -106,26 +121,49 @@ pub fn embed_query(
 
 /// Runs `squire search`.
 pub fn run(a: SearchArgs) -> anyhow::Result<()> {
-    // The backend is only needed (and only probed) for exact search.
-    let compute = if a.exact || a.device == DeviceChoice::Gpu { Some(Compute::new(a.device)?) } else { None };
+    // The backend is only needed (and only probed) for exact search and reranking.
+    let superglobal = a.rerank == "superglobal";
+    let compute =
+        if a.exact || superglobal || a.device == DeviceChoice::Gpu { Some(Compute::new(a.device)?) } else { None };
+    let cpu = Compute::cpu();
+    let compute_ref = compute.as_ref().unwrap_or(&cpu);
+    let sg = SuperGlobalParams { m: a.sg_m, k: a.sg_k, beta: a.sg_beta, ..SuperGlobalParams::default() };
+    let depth = if superglobal { a.k.max(sg.m) } else { a.k };
     let col = Collection::open_with(&a.index, OpenOptions { view: true }).with_context(|| format!("opening the collection in {}", a.index.display()))?;
     let encoder = super::load_encoder(&col.manifest().model, LoadOptions::default())?;
     let t0 = Instant::now();
     let Query { vector, values: query } = embed_query(&col, encoder.as_ref(), a.text.as_deref(), a.image.as_deref(), a.alpha)?;
     let encode_ms = t0.elapsed().as_secs_f64() * 1e3;
     let t1 = Instant::now();
+    // HNSW needs a search breadth of at least the depth asked for.
+    let ef = a.ef.unwrap_or(col.manifest().store.expansion_search).max(depth);
     let hits = if a.exact {
-        col.search_exact_on(compute.as_ref().unwrap_or(&Compute::cpu()), &vector, &query, a.k)?
+        col.search_exact_on(compute_ref, &vector, &query, depth)?
     } else {
-        col.search(&vector, &query, a.k, &SearchParams { ef: a.ef })?
+        col.search(&vector, &query, depth, &SearchParams { ef: Some(ef) })?
     };
     let search_ms = t1.elapsed().as_secs_f64() * 1e3;
-    let results: Vec<_> = hits
+    let first: Vec<Ranked> = hits.iter().map(|h| Ranked { row: h.row, score: h.score }).collect();
+    let t2 = Instant::now();
+    let ranked = if superglobal {
+        let store = col.vectors(&vector)?;
+        superglobal::rerank(compute_ref, &query, store.data(), store.dim(), &first, &sg)?
+    } else {
+        first.clone()
+    };
+    let rerank_ms = t2.elapsed().as_secs_f64() * 1e3;
+    let first_rank: std::collections::HashMap<usize, usize> = first.iter().enumerate().map(|(i, r)| (r.row, i + 1)).collect();
+    let results: Vec<_> = ranked
         .iter()
+        .take(a.k)
         .enumerate()
         .map(|(i, h)| {
             let r = &col.records()[h.row];
-            json!({ "rank": i + 1, "id": format!("{:016x}", r.id), "path": r.path, "score": h.score })
+            let mut v = json!({ "rank": i + 1, "id": format!("{:016x}", r.id), "path": r.path, "score": h.score });
+            if superglobal {
+                v["first_stage_rank"] = json!(first_rank.get(&h.row));
+            }
+            v
         })
         .collect();
     if a.json {
@@ -140,12 +178,17 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
             },
             "store": {
                 "method": method,
-                "ef": if method == "exact" { None } else { Some(a.ef.unwrap_or(store.expansion_search)) },
+                "ef": if method == "exact" { None } else { Some(ef) },
                 "images": col.records().len(),
                 "device": if a.exact { Some(if compute.as_ref().is_some_and(Compute::is_gpu) { "gpu" } else { "cpu" }) } else { None },
             },
+            "rerank": if superglobal { json!({"method": "superglobal", "m": sg.m, "k": sg.k, "beta": sg.beta, "query_top": sg.query_top}) } else { serde_json::Value::Null },
             "results": results,
-            "timings": { "encode_ms": encode_ms, "search_ms": search_ms, "total_ms": encode_ms + search_ms },
+            "timings": if superglobal {
+                json!({ "encode_ms": encode_ms, "search_ms": search_ms, "rerank_ms": rerank_ms, "total_ms": encode_ms + search_ms + rerank_ms })
+            } else {
+                json!({ "encode_ms": encode_ms, "search_ms": search_ms, "total_ms": encode_ms + search_ms })
+            },
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -154,6 +197,7 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
     for r in &results {
         println!("{:>4}  {:>7.4}  {}", r["rank"], r["score"].as_f64().unwrap_or(0.0), r["path"].as_str().unwrap_or(""));
     }
-    println!("({} images searched on `{vector}`; encode {encode_ms:.1} ms, search {search_ms:.2} ms)", col.records().len());
+    let rerank_note = if superglobal { format!(", SuperGlobal rerank {rerank_ms:.2} ms") } else { String::new() };
+    println!("({} images searched on `{vector}`; encode {encode_ms:.1} ms, search {search_ms:.2} ms{rerank_note})", col.records().len());
     Ok(())
 }
