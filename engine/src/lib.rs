@@ -4,9 +4,11 @@
 //!
 //! Depends on `squire-indexer`, `squire-models` and `squire-kernels`. Today
 //! it holds SuperGlobal reranking ([`superglobal`]), the text-to-image
-//! evaluation ([`eval`]) and the benchmark annotation loaders ([`datasets`]);
+//! evaluation ([`eval`]), the transformed-copy benchmark ([`copies`]) and the
+//! benchmark annotation loaders ([`datasets`]);
 //! the other stages arrive with their issues.
 
+pub mod copies;
 pub mod datasets;
 pub mod eval;
 pub mod superglobal;

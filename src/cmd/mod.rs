@@ -30,3 +30,18 @@ pub fn load_encoder(spec: &str, opts: LoadOptions) -> anyhow::Result<Box<dyn Dua
     }
     Ok(Box::new(load_clip(spec, opts)?))
 }
+
+/// A progress bar with rate and ETA on stderr ({msg} says what is counted);
+/// hidden when `hidden` (e.g. under --json).
+pub fn progress_bar(hidden: bool) -> indicatif::ProgressBar {
+    if hidden {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len}, {per_sec}, ETA {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar
+}

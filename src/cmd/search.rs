@@ -61,6 +61,9 @@ pub struct SearchArgs {
     /// SuperGlobal: neighbour weight per unit of similarity (β).
     #[arg(long, default_value_t = 0.15)]
     sg_beta: f32,
+    /// SuperGlobal: refined candidates whose element-wise max expands the query.
+    #[arg(long, default_value_t = 10)]
+    sg_query_top: usize,
     /// Compute backend for --exact and SuperGlobal: auto (a hardware GPU when present, else
     /// the CPU; `--log info` shows the choice), cpu, or gpu (any wgpu adapter,
     /// software ones included; an error when there is none).
@@ -127,7 +130,7 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
         if a.exact || superglobal || a.device == DeviceChoice::Gpu { Some(Compute::new(a.device)?) } else { None };
     let cpu = Compute::cpu();
     let compute_ref = compute.as_ref().unwrap_or(&cpu);
-    let sg = SuperGlobalParams { m: a.sg_m, k: a.sg_k, beta: a.sg_beta, ..SuperGlobalParams::default() };
+    let sg = SuperGlobalParams { m: a.sg_m, k: a.sg_k, beta: a.sg_beta, query_top: a.sg_query_top };
     let depth = if superglobal { a.k.max(sg.m) } else { a.k };
     let col = Collection::open_with(&a.index, OpenOptions { view: true }).with_context(|| format!("opening the collection in {}", a.index.display()))?;
     let encoder = super::load_encoder(&col.manifest().model, LoadOptions::default())?;

@@ -6,6 +6,10 @@ use rayon::prelude::*;
 use crate::error::{KernelError, Result};
 use crate::types::{better, rows_of, Scored};
 
+/// Rows per tile of the Gram matrix: only tiles on or above the diagonal are
+/// multiplied (the rest mirrored), about (T + 1) / 2T of the full product.
+const GRAM_TILE: usize = 128;
+
 /// `X Xᵀ` for `X` = `m × dim` (row-major): `m × m`.
 pub fn gram(x: &[f32], dim: usize) -> Result<Vec<f32>> {
     let m = rows_of(x, dim, "Gram matrix input")?;
@@ -13,7 +17,31 @@ pub fn gram(x: &[f32], dim: usize) -> Result<Vec<f32>> {
     if m == 0 {
         return Ok(out);
     }
-    super::matmul::a_bt(&mut out, x, x, m, m, dim, m >= 64);
+    if m <= GRAM_TILE {
+        super::matmul::a_bt(&mut out, x, x, m, m, dim, false);
+        return Ok(out);
+    }
+    let tiles = m.div_ceil(GRAM_TILE);
+    let pairs: Vec<(usize, usize)> = (0..tiles).flat_map(|i| (i..tiles).map(move |j| (i, j))).collect();
+    let blocks: Vec<(usize, usize, Vec<f32>)> = pairs
+        .par_iter()
+        .map(|&(i, j)| {
+            let (r0, r1) = (i * GRAM_TILE, ((i + 1) * GRAM_TILE).min(m));
+            let (c0, c1) = (j * GRAM_TILE, ((j + 1) * GRAM_TILE).min(m));
+            let mut b = vec![0f32; (r1 - r0) * (c1 - c0)];
+            super::matmul::a_bt(&mut b, &x[r0 * dim..r1 * dim], &x[c0 * dim..c1 * dim], r1 - r0, c1 - c0, dim, false);
+            (r0, c0, b)
+        })
+        .collect();
+    for (r0, c0, b) in blocks {
+        let w = b.len() / (GRAM_TILE.min(m - r0));
+        for (di, row) in b.chunks_exact(w).enumerate() {
+            out[(r0 + di) * m + c0..(r0 + di) * m + c0 + w].copy_from_slice(row);
+            for (dj, &v) in row.iter().enumerate() {
+                out[(c0 + dj) * m + r0 + di] = v;
+            }
+        }
+    }
     Ok(out)
 }
 
@@ -87,6 +115,16 @@ mod tests {
             }
         }
         assert!(gram(&x[..6], dim).is_err());
+        // Past one tile, the mirrored upper triangle equals the full product.
+        let (m, d) = (300, 9);
+        let y: Vec<f32> = (0..m * d).map(|i| ((i * 31 % 23) as f32 - 11.0) / 8.0).collect();
+        let g = gram(&y, d).unwrap();
+        for i in 0..m {
+            for j in 0..m {
+                let want: f32 = (0..d).map(|k| y[i * d + k] * y[j * d + k]).sum();
+                assert_eq!(g[i * m + j], want, "({i}, {j})");
+            }
+        }
     }
 
     #[test]
