@@ -149,8 +149,8 @@ fn edit(img: RgbImage, kind: usize, rng: &mut Rng) -> (RgbImage, String) {
         0 => {
             let area = rng.uniform(0.5, 0.8);
             let aspect = rng.uniform(0.75, 1.333);
-            let cw = ((area * aspect).sqrt() * w as f64).min(w as f64).max(8.0) as u32;
-            let ch = ((area / aspect).sqrt() * h as f64).min(h as f64).max(8.0) as u32;
+            let cw = ((area * aspect).sqrt() * w as f64).clamp(1.0, w as f64) as u32;
+            let ch = ((area / aspect).sqrt() * h as f64).clamp(1.0, h as f64) as u32;
             let (x, y) = (rng.below((w - cw + 1) as usize) as u32, rng.below((h - ch + 1) as usize) as u32);
             (imageops::crop_imm(&img, x, y, cw, ch).to_image(), format!("crop {:.0}% at ({x},{y})", 100.0 * (cw * ch) as f64 / (w * h) as f64))
         }
@@ -339,8 +339,15 @@ mod tests {
         assert!(ea.len() >= 3 && ea.last().unwrap().starts_with("jpeg q"), "{ea:?}");
         let (c, _) = make_copy(&img, &mut Rng::new(8)).unwrap();
         assert_ne!(a, c);
-        // Rotation by 0° is the identity; by 90° moves the corner pixel.
+        // Rotation by 0° is the identity; by 15° it is not.
         assert_eq!(rotate(&img, 0.0), img);
         assert_ne!(rotate(&img, 15.0), img);
+        // Every edit works on a tiny image (1×1 crops, 0-pixel borders).
+        let tiny = RgbImage::from_pixel(3, 2, Rgb([10, 20, 30]));
+        let mut rng = Rng::new(1);
+        for kind in 0..6 {
+            let (out, _) = edit(tiny.clone(), kind, &mut rng);
+            assert!(out.width() >= 1 && out.height() >= 1);
+        }
     }
 }
