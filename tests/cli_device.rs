@@ -32,15 +32,21 @@ fn results(o: &Output) -> Vec<(String, f64)> {
         .collect()
 }
 
-#[test]
-fn device_choice_through_the_cli() {
-    let root = scratch("device");
-    let (home, index) = (root.join("home"), root.join("index"));
+/// A collection of the fixture photos under the tiny CLIP: (home, index dir, images dir).
+fn tiny_collection(tag: &str) -> (std::path::PathBuf, String, String) {
+    let root = scratch(tag);
+    let home = root.join("home");
     let model = fixtures().join("tiny-clip").display().to_string();
     let images = fixtures().join("images").display().to_string();
-    let idx = index.display().to_string();
+    let idx = root.join("index").display().to_string();
     let o = squire(&home, &["index", &images, "--index", &idx, "--model", &model]);
     assert!(o.status.success(), "{}", text(&o));
+    (home, idx, images)
+}
+
+#[test]
+fn device_choice_through_the_cli() {
+    let (home, idx, _) = tiny_collection("device");
     let query = ["search", "--index", &idx, "--text", "a cat", "-k", "5", "--exact", "--json"];
 
     // The CPU backend is the reference.
@@ -87,13 +93,7 @@ fn device_choice_through_the_cli() {
 
 #[test]
 fn superglobal_rerank_through_the_cli() {
-    let root = scratch("superglobal");
-    let (home, index) = (root.join("home"), root.join("index"));
-    let model = fixtures().join("tiny-clip").display().to_string();
-    let images = fixtures().join("images").display().to_string();
-    let idx = index.display().to_string();
-    let o = squire(&home, &["index", &images, "--index", &idx, "--model", &model]);
-    assert!(o.status.success(), "{}", text(&o));
+    let (home, idx, images) = tiny_collection("superglobal");
     let first = squire(&home, &["search", "--index", &idx, "--image", &format!("{images}/astronaut.jpg"), "-k", "8", "--json"]);
     assert!(first.status.success(), "{}", text(&first));
     let first_ids: Vec<String> = results(&first).into_iter().map(|r| r.0).collect();

@@ -61,18 +61,8 @@ pub struct CopiesArgs {
     /// Reranking to measure against the first stage: none or superglobal.
     #[arg(long, default_value = "none", value_parser = ["none", "superglobal"])]
     rerank: String,
-    /// SuperGlobal: candidates refined (M).
-    #[arg(long, default_value_t = 400)]
-    sg_m: usize,
-    /// SuperGlobal: neighbours averaged into each candidate (K).
-    #[arg(long, default_value_t = 9)]
-    sg_k: usize,
-    /// SuperGlobal: neighbour weight per unit of similarity (β).
-    #[arg(long, default_value_t = 0.15)]
-    sg_beta: f32,
-    /// SuperGlobal: refined candidates whose element-wise max expands the query.
-    #[arg(long, default_value_t = 10)]
-    sg_query_top: usize,
+    #[command(flatten)]
+    sg: super::search::SuperGlobalArgs,
     /// Compute backend for search and reranking: auto, cpu or gpu.
     #[arg(long, default_value = "auto")]
     device: squire_kernels::DeviceChoice,
@@ -136,7 +126,7 @@ fn stage_metrics(per_query: &[(f64, bool, bool)]) -> StageMetrics {
 
 fn copies(a: CopiesArgs) -> anyhow::Result<()> {
     use squire_engine::copies::{self, average_precision_at, CopiesSpec};
-    use squire_engine::superglobal::{self, Ranked, SuperGlobalParams};
+    use squire_engine::superglobal::{self, Ranked};
     use squire_indexer::{IndexOptions, StoreConfig, StoreKind, VectorStore};
 
     let spec = CopiesSpec { sources: a.sources, variants: a.variants, others: a.others, seed: a.seed };
@@ -159,7 +149,7 @@ fn copies(a: CopiesArgs) -> anyhow::Result<()> {
     bar.finish_and_clear();
     let compute = squire_kernels::Compute::new(a.device)?;
     let superglobal = a.rerank == "superglobal";
-    let sg = SuperGlobalParams { m: a.sg_m, k: a.sg_k, beta: a.sg_beta, query_top: a.sg_query_top };
+    let sg = a.sg.params();
     let depth = if superglobal { a.k.max(sg.m) } else { a.k };
     let row_of_path: std::collections::HashMap<&str, usize> =
         col.records().iter().enumerate().map(|(i, r)| (r.path.as_str(), i)).collect();

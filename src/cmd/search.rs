@@ -8,7 +8,7 @@ use clap::{ArgGroup, Args};
 use serde_json::json;
 use squire_indexer::{Collection, OpenOptions, SearchParams, StoreKind, VectorStore};
 use squire_models::clip::LoadOptions;
-use squire_engine::superglobal::{self, Ranked, SuperGlobalParams};
+use squire_engine::superglobal::{self, Ranked};
 use squire_kernels::{Compute, DeviceChoice};
 use squire_models::image_io;
 
@@ -52,18 +52,8 @@ pub struct SearchArgs {
     /// expanded query; works on any named vector).
     #[arg(long, default_value = "none", value_parser = ["none", "superglobal"])]
     rerank: String,
-    /// SuperGlobal: candidates refined (M); the first stage retrieves max(k, M).
-    #[arg(long, default_value_t = 400)]
-    sg_m: usize,
-    /// SuperGlobal: neighbours averaged into each candidate (K).
-    #[arg(long, default_value_t = 9)]
-    sg_k: usize,
-    /// SuperGlobal: neighbour weight per unit of similarity (β).
-    #[arg(long, default_value_t = 0.15)]
-    sg_beta: f32,
-    /// SuperGlobal: refined candidates whose element-wise max expands the query.
-    #[arg(long, default_value_t = 10)]
-    sg_query_top: usize,
+    #[command(flatten)]
+    sg: SuperGlobalArgs,
     /// Compute backend for --exact and SuperGlobal: auto (a hardware GPU when present, else
     /// the CPU; `--log info` shows the choice), cpu, or gpu (any wgpu adapter,
     /// software ones included; an error when there is none).
@@ -78,6 +68,30 @@ fn normalise(v: &mut [f32]) {
     let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
     if n > 0.0 {
         v.iter_mut().for_each(|x| *x /= n);
+    }
+}
+
+/// SuperGlobal's options, shared by `search` and `eval copies`.
+#[derive(Args, Debug, Clone)]
+pub struct SuperGlobalArgs {
+    /// SuperGlobal: candidates refined (M); the first stage retrieves max(k, M).
+    #[arg(long, default_value_t = 400)]
+    pub sg_m: usize,
+    /// SuperGlobal: neighbours averaged into each candidate (K).
+    #[arg(long, default_value_t = 9)]
+    pub sg_k: usize,
+    /// SuperGlobal: neighbour weight per unit of similarity (β).
+    #[arg(long, default_value_t = 0.15)]
+    pub sg_beta: f32,
+    /// SuperGlobal: refined candidates whose element-wise max expands the query.
+    #[arg(long, default_value_t = 10)]
+    pub sg_query_top: usize,
+}
+
+impl SuperGlobalArgs {
+    /// The engine's parameters.
+    pub fn params(&self) -> squire_engine::superglobal::SuperGlobalParams {
+        squire_engine::superglobal::SuperGlobalParams { m: self.sg_m, k: self.sg_k, beta: self.sg_beta, query_top: self.sg_query_top }
     }
 }
 
@@ -130,7 +144,7 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
         if a.exact || superglobal || a.device == DeviceChoice::Gpu { Some(Compute::new(a.device)?) } else { None };
     let cpu = Compute::cpu();
     let compute_ref = compute.as_ref().unwrap_or(&cpu);
-    let sg = SuperGlobalParams { m: a.sg_m, k: a.sg_k, beta: a.sg_beta, query_top: a.sg_query_top };
+    let sg = a.sg.params();
     let depth = if superglobal { a.k.max(sg.m) } else { a.k };
     let col = Collection::open_with(&a.index, OpenOptions { view: true }).with_context(|| format!("opening the collection in {}", a.index.display()))?;
     let encoder = super::load_encoder(&col.manifest().model, LoadOptions::default())?;
