@@ -23,6 +23,7 @@ pub mod image_io;
 pub mod lite;
 pub mod minilm;
 pub mod perf;
+pub mod pooling;
 pub mod preprocess;
 pub mod registry;
 pub mod resample;

@@ -43,6 +43,9 @@ pub struct CopiesArgs {
     /// Model name or checkpoint directory.
     #[arg(long, short, default_value = "lite")]
     model: String,
+    /// Lite pack pooling of the image descriptor: gem, gem+, gem+rgem, gem+rgem+sgem.
+    #[arg(long, default_value = "gem")]
+    pool: squire_models::pooling::Pooling,
     /// Photos that get edited copies (one query each).
     #[arg(long, default_value_t = 100)]
     sources: usize,
@@ -136,11 +139,12 @@ fn copies(a: CopiesArgs) -> anyhow::Result<()> {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     })?;
-    let encoder = super::load_encoder(&a.model, LoadOptions::default())?;
-    let model_tag: String = a.model.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    let model = super::with_pooling(&a.model, a.pool)?;
+    let encoder = super::load_encoder(&model, LoadOptions::default())?;
+    let model_tag: String = model.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
     let index_dir = set.gallery.with_file_name(format!("index-{model_tag}"));
     let exact = StoreConfig { kind: StoreKind::Exact, ..StoreConfig::default() };
-    let mut col = Collection::open_or_create(&index_dir, &a.model, encoder.as_ref(), &set.gallery, exact)?;
+    let mut col = Collection::open_or_create(&index_dir, &model, encoder.as_ref(), &set.gallery, exact)?;
     bar.set_message("indexing the gallery");
     col.index(&set.gallery, encoder.as_ref(), IndexOptions::default(), &mut |done, total| {
         bar.set_length(total as u64);
@@ -193,7 +197,7 @@ fn copies(a: CopiesArgs) -> anyhow::Result<()> {
     rerank_ms.sort_by(f64::total_cmp);
     let p50 = rerank_ms.get(rerank_ms.len() / 2).copied();
     let report = serde_json::json!({
-        "benchmark": "copies", "spec": spec, "model": a.model, "device": compute.describe(),
+        "benchmark": "copies", "spec": spec, "model": model, "pool": a.pool.to_string(), "device": compute.describe(),
         "vector": col.manifest().image_query_vector, "queries": set.queries.len(), "gallery": col.records().len(),
         "k": a.k, "metrics": metrics,
         "superglobal": if superglobal { serde_json::json!({"params": sg, "wins": wins, "losses": losses, "ties": ties, "rerank_ms_p50": p50}) } else { serde_json::Value::Null },
@@ -207,7 +211,7 @@ fn copies(a: CopiesArgs) -> anyhow::Result<()> {
         "copies: {} queries, {} gallery images (model {}, vector `{}`, seed {})",
         set.queries.len(),
         col.records().len(),
-        a.model,
+        model,
         col.manifest().image_query_vector,
         a.seed
     );

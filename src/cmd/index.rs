@@ -25,6 +25,11 @@ pub struct IndexArgs {
     /// Model name or checkpoint directory (`lite`, `clip-vit-b32`, a directory).
     #[arg(long, short, default_value = "lite")]
     model: String,
+    /// How the lite pack pools its image descriptor (`gem` vector): gem
+    /// (GeM p = 3), gem+ (GeM+ p = 4.6), gem+rgem (Regional-GeM, then GeM+),
+    /// gem+rgem+sgem (that at 3 scales merged by Scale-GeM: ~3.5× the compute).
+    #[arg(long, default_value = "gem")]
+    pool: squire_models::pooling::Pooling,
     /// Images per forward pass.
     #[arg(long, default_value_t = 32)]
     batch: usize,
@@ -97,8 +102,9 @@ pub fn run(a: IndexArgs) -> anyhow::Result<()> {
         anyhow::bail!("{} is not a directory", a.images.display());
     }
     let root = a.images.canonicalize().with_context(|| format!("resolving {}", a.images.display()))?;
-    let encoder = super::load_encoder(&a.model, LoadOptions::default())?;
-    let mut col = Collection::open_or_create(&a.index, &a.model, encoder.as_ref(), &root, a.store_config(StoreConfig::default())?)?;
+    let model = super::with_pooling(&a.model, a.pool)?;
+    let encoder = super::load_encoder(&model, LoadOptions::default())?;
+    let mut col = Collection::open_or_create(&a.index, &model, encoder.as_ref(), &root, a.store_config(StoreConfig::default())?)?;
     let wanted = a.store_config(col.manifest().store)?;
     if wanted != col.manifest().store {
         eprintln!("rebuilding the vector store as {} ({wanted:?})", wanted.kind.name());

@@ -11,6 +11,7 @@ pub mod search;
 use anyhow::Context;
 use squire_models::clip::{ClipModel, LoadOptions};
 use squire_models::lite::{LiteOptions, LitePack};
+use squire_models::pooling::Pooling;
 use squire_models::{registry, DualEncoder};
 
 /// Resolves `--model` (name or directory) and loads it as a CLIP model.
@@ -21,14 +22,32 @@ pub fn load_clip(spec: &str, opts: LoadOptions) -> anyhow::Result<ClipModel> {
 }
 
 /// Resolves `--model` and loads whichever family it names.
+///
+/// `lite@POOL` is the lite pack with its `gem` vector pooled by POOL (`gem+`,
+/// `gem+rgem`, `gem+rgem+sgem`; see [`with_pooling`]): a collection records
+/// the whole spec, so one built with one pooling refuses another.
 pub fn load_encoder(spec: &str, opts: LoadOptions) -> anyhow::Result<Box<dyn DualEncoder>> {
-    if spec == "lite" {
-        let resolved = registry::resolve(spec)?;
-        let pack = LitePack::load(&resolved.dir, LiteOptions::default())
+    let (name, pool) = match spec.split_once('@') {
+        Some((name, pool)) => (name, pool.parse::<Pooling>().map_err(|e| anyhow::anyhow!("model `{spec}`: {e}"))?),
+        None => (spec, Pooling::Gem),
+    };
+    if name == "lite" {
+        let resolved = registry::resolve(name)?;
+        let pack = LitePack::load(&resolved.dir, LiteOptions { pool, ..LiteOptions::default() })
             .with_context(|| format!("loading the lite pack from {}", resolved.dir.display()))?;
         return Ok(Box::new(pack));
     }
+    anyhow::ensure!(spec == name, "model `{spec}`: only the lite pack takes a pooling (@…)");
     Ok(Box::new(load_clip(spec, opts)?))
+}
+
+/// The model spec for `--model M --pool P`: `M` for plain GeM, `M@P` otherwise.
+pub fn with_pooling(model: &str, pool: Pooling) -> anyhow::Result<String> {
+    if pool == Pooling::Gem {
+        return Ok(model.to_string());
+    }
+    anyhow::ensure!(model == "lite", "--pool {pool} needs --model lite (CLIP models have no feature map to pool)");
+    Ok(format!("{model}@{pool}"))
 }
 
 /// A progress bar with rate and ETA on stderr ({msg} says what is counted);

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use image::RgbImage;
 
 use crate::efficientnet::{gem_pool, EfficientNetLite};
+use crate::pooling::{resize_bilinear, Pooling};
 use crate::encoder::{ImageEncoder, TextEncoder};
 use crate::error::{ModelError, Result};
 use crate::minilm::SentenceEncoder;
@@ -48,13 +49,16 @@ pub struct LiteOptions {
     pub template: String,
     /// Name each class by all its lemmas ("tench, Tinca tinca") rather than the first.
     pub all_lemmas: bool,
-    /// GeM exponent for the `gem` vector.
+    /// GeM exponent for the `gem` vector (with `pool` = `gem`).
     pub gem_p: f64,
+    /// How the `gem` vector pools the feature map: GeM p = `gem_p`, or
+    /// SuperGlobal's GeM+ / Regional-GeM / Scale-GeM pipelines.
+    pub pool: Pooling,
 }
 
 impl Default for LiteOptions {
     fn default() -> Self {
-        LiteOptions { top_t: 30, temperature: 2.0, template: "a photo of a {}.".into(), all_lemmas: true, gem_p: 3.0 }
+        LiteOptions { top_t: 30, temperature: 2.0, template: "a photo of a {}.".into(), all_lemmas: true, gem_p: 3.0, pool: Pooling::Gem }
     }
 }
 
@@ -182,7 +186,10 @@ impl LitePack {
     /// Both vectors (and the logits) for a batch of preprocessed images.
     pub fn embed_pixels(&self, pixels: &[f32], batch: usize) -> Result<LiteVectors> {
         let out = self.image.forward_pixels(pixels, batch, 224, 224)?;
-        let gem = gem_pool(&out.feature_map, self.options.gem_p, 1e-6)?;
+        let gem = match self.options.pool {
+            Pooling::Gem => gem_pool(&out.feature_map, self.options.gem_p, 1e-6)?,
+            pool => self.pooled(pool, pixels, batch, &out.feature_map)?,
+        };
         let logits = out.logits.flatten_all()?.to_vec1::<f32>()?;
         let n = self.classes.len();
         let d = self.text.text_dim();
@@ -204,6 +211,26 @@ impl LitePack {
             }
         }
         Ok(LiteVectors { gem, text, logits })
+    }
+
+    /// SuperGlobal pooling of a batch: the 224 px map already computed, plus
+    /// the other scales' maps from bilinearly resized pixels.
+    fn pooled(&self, pool: Pooling, pixels: &[f32], batch: usize, map224: &candle_core::Tensor) -> Result<Vec<f32>> {
+        let mut per_scale = Vec::new();
+        let mut c = 0;
+        for &scale in pool.scales() {
+            let map = if scale == 1.0 {
+                map224.clone()
+            } else {
+                let side = (224.0 * scale).round() as usize;
+                let resized = resize_bilinear(pixels, batch, 3, (224, 224), (side, side));
+                self.image.forward_pixels(&resized, batch, side, side)?.feature_map
+            };
+            let (b, ch, h, w) = map.dims4()?;
+            c = ch;
+            per_scale.push(pool.pool_scale(&map.flatten_all()?.to_vec1::<f32>()?, b, ch, h, w)?);
+        }
+        pool.merge_scales(&per_scale, c)
     }
 
     /// The `k` most probable ImageNet classes of one image's logits, with probabilities.
