@@ -46,7 +46,7 @@ pub struct Ranked {
 }
 
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+    squire_kernels::cpu::dot_f32(a, b)
 }
 
 /// Reranks `ranking` (best first; rows of `database`, an `n × dim` row-major
