@@ -1,11 +1,13 @@
-//! Loaders for the published annotation files of the composed and
-//! natural-language retrieval benchmarks, read as distributed (no
-//! conversion step): CIRR, CIRCO and INQUIRE's query lists. Each loader
+//! Loaders for the published annotation files of the composed,
+//! natural-language and landmark retrieval benchmarks, read as distributed
+//! (no conversion step): CIRR, CIRCO, INQUIRE's query lists and the
+//! Revisited Oxford/Paris ground-truth pickles. Each loader
 //! parses every record and names the file and record of the first bad one.
 
 pub mod circo;
 pub mod cirr;
 pub mod inquire;
+pub mod revisitop;
 
 use std::path::Path;
 
