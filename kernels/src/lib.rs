@@ -160,6 +160,15 @@ impl Compute {
         self.gpu.is_some()
     }
 
+    /// GPU only: where a top-k call's time goes (see
+    /// [`GpuContext::profile_top_k`]); `None` on the CPU backend.
+    pub fn profile_top_k(&self, db: &Database, queries: &[f32], k: usize, runs: usize) -> Result<Option<Vec<(&'static str, f64)>>> {
+        match (&self.gpu, &db.store) {
+            (Some(g), Store::Gpu(d)) => Ok(Some(g.profile_top_k(d, db.precision, queries, db.dim, k, runs)?)),
+            _ => Ok(None),
+        }
+    }
+
     /// The open GPU device, when this is the GPU backend.
     pub fn gpu_context(&self) -> Option<&GpuContext> {
         self.gpu.as_deref()

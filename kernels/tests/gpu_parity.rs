@@ -108,6 +108,36 @@ fn top_k_ids_agree_exactly_with_ties_broken_by_id() {
 }
 
 #[test]
+fn few_query_kernel_agrees_exactly_with_ties_broken_by_id() {
+    // Up to 16 queries with a length divisible by 4 (f32) or 8 (f16) take the
+    // few-query kernel; 17 queries and dim 36 in f16 take the tiled one.
+    let Some(gpu) = gpu() else { return };
+    let cpu = Compute::cpu();
+    let mut rng = Rng(7);
+    for dim in [32usize, 36] {
+        // Not a multiple of the kernel's 128 rows per workgroup.
+        let n = 2_999;
+        let base = rng.quantised(n * dim);
+        for nq in [1usize, 3, 4, 5, 16, 17] {
+            let queries = rng.quantised(nq * dim);
+            for precision in [Precision::F32, Precision::F16] {
+                let (dc, dg) = (cpu.upload(&base, dim, precision).unwrap(), gpu.upload(&base, dim, precision).unwrap());
+                for metric in [Metric::InnerProduct, Metric::Cosine] {
+                    let what = format!("dim {dim}, {nq} queries, {precision:?} {metric:?}");
+                    let (c, g) = (cpu.scores(&dc, &queries, metric).unwrap(), gpu.scores(&dg, &queries, metric).unwrap());
+                    assert_close(&g, &c, &format!("scores, {what}"));
+                    if metric == Metric::InnerProduct {
+                        let c = cpu.top_k(&dc, &queries, 50, metric).unwrap();
+                        let g = gpu.top_k(&dg, &queries, 50, metric).unwrap();
+                        assert_eq!(ids(&g), ids(&c), "top-50 ids, {what}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn adversarial_top_k_inputs() {
     let Some(gpu) = gpu() else { return };
     let cpu = Compute::cpu();

@@ -7,6 +7,32 @@ use super::{grid, GpuContext};
 use crate::error::{KernelError, Result};
 use crate::types::{better, FeatureMaps, GemParams, Precision, RegionalGemParams, ScaleGemMode, Scored};
 
+/// At most this many queries go through the few-query similarity kernel.
+const NARROW_MAX_QUERIES: usize = 16;
+/// Rows per workgroup of the few-query kernel (32 rows × 4 steps).
+const NARROW_ROWS: usize = 128;
+
+/// Whether `m` queries of length `dim` take the few-query kernel, which
+/// reads 16-byte words (4 f32 or 8 f16 values).
+fn use_narrow(m: usize, dim: usize, half: bool) -> bool {
+    m <= NARROW_MAX_QUERIES && dim % if half { 8 } else { 4 } == 0
+}
+
+/// The few-query kernel's layout: groups of four queries, transposed and
+/// zero-padded, `out[(g * dim + d) * 4 + i]` = `queries[4g + i][d]`.
+fn narrow_queries(queries: &[f32], dim: usize) -> Vec<f32> {
+    let m = queries.len() / dim;
+    let groups = m.div_ceil(4);
+    let mut out = vec![0f32; groups * dim * 4];
+    for (q, row) in queries.chunks_exact(dim).enumerate() {
+        let (g, i) = (q / 4, q % 4);
+        for (d, &v) in row.iter().enumerate() {
+            out[(g * dim + d) * 4 + i] = v;
+        }
+    }
+    out
+}
+
 /// Rows scored per similarity dispatch (a block); the select pass then
 /// merges the block into each query's running list.
 const BLOCK_ROWS: usize = 32_768;
@@ -147,20 +173,32 @@ impl GpuContext {
         })
     }
 
-    fn sim_group(
+    /// Records one similarity dispatch: the 64×64-tile kernel, or with
+    /// `narrow` the few-query kernel (queries laid out by [`narrow_queries`]).
+    #[allow(clippy::too_many_arguments)]
+    fn record_similarity(
         &self,
+        encoder: &mut wgpu::CommandEncoder,
         half: bool,
+        narrow: bool,
         params: SimParams,
         queries: &wgpu::Buffer,
         chunk: &Chunk,
         scores: &wgpu::Buffer,
-    ) -> (wgpu::BindGroup, (u32, u32)) {
-        let pipeline = &self.pipelines.similarity[usize::from(half)];
+    ) {
+        let pipeline = if narrow {
+            &self.pipelines.similarity_narrow[usize::from(half)]
+        } else {
+            &self.pipelines.similarity[usize::from(half)]
+        };
         let p = self.uniform(&params);
         let group = self.bind(pipeline, &[&p, queries, &chunk.base, &chunk.inv_norms, scores]);
-        let x = (params.rows as usize).div_ceil(64);
-        let y = (params.nq as usize).div_ceil(64);
-        (group, (x as u32, y as u32))
+        let shape = if narrow {
+            ((params.rows as usize).div_ceil(NARROW_ROWS), (params.nq as usize).div_ceil(4))
+        } else {
+            ((params.rows as usize).div_ceil(64), (params.nq as usize).div_ceil(64))
+        };
+        Self::dispatch(encoder, pipeline, &group, (shape.0 as u32, shape.1 as u32));
     }
 
     /// Top-`k` rows per query (queries already normalised for cosine).
@@ -189,7 +227,7 @@ impl GpuContext {
         let mut out = Vec::with_capacity(nq);
         for qs in queries.chunks(per_chunk * dim) {
             let m = qs.len() / dim;
-            let qbuf = grow(&mut scratch.queries, self, "queries", (per_chunk * dim * 4) as u64);
+            let qbuf = grow(&mut scratch.queries, self, "queries", (per_chunk.max(NARROW_MAX_QUERIES) * dim * 4) as u64);
             let sbuf = grow(&mut scratch.scores, self, "scores", (per_chunk * block * 4) as u64);
             let list_bytes = (per_chunk * k * 4) as u64;
             if scratch.lists.is_none() || scratch.lists_bytes < list_bytes {
@@ -198,14 +236,18 @@ impl GpuContext {
                 scratch.lists_bytes = list_bytes;
             }
             let lists = scratch.lists.clone().ok_or_else(|| KernelError::Device("list buffers missing".into()))?;
-            self.queue.write_buffer(&qbuf, 0, bytemuck::cast_slice(qs));
+            let narrow = use_narrow(m, dim, half);
+            if narrow {
+                self.queue.write_buffer(&qbuf, 0, bytemuck::cast_slice(&narrow_queries(qs, dim)));
+            } else {
+                self.queue.write_buffer(&qbuf, 0, bytemuck::cast_slice(qs));
+            }
             self.queue.write_buffer(&lists[2], 0, &vec![0u8; m * 4]);
             let mut encoder = self.encoder();
             let mut flip = false;
             for (chunk, start, rows) in self.blocks(db) {
                 let params = SimParams::new(m, rows, dim, start, block, cosine);
-                let (group, shape) = self.sim_group(half, params, &qbuf, chunk, &sbuf);
-                Self::dispatch(&mut encoder, &self.pipelines.similarity[usize::from(half)], &group, shape);
+                self.record_similarity(&mut encoder, half, narrow, params, &qbuf, chunk, &sbuf);
                 let (src, dst) = if flip { (&lists[3..6], &lists[0..3]) } else { (&lists[0..3], &lists[3..6]) };
                 let sp = self.uniform(&SelectParams {
                     k: k as u32,
@@ -256,11 +298,13 @@ impl GpuContext {
             while q0 < nq {
                 let m = (nq - q0).min(SCORES_BYTES / (rows * 4)).max(1);
                 let sbuf = self.empty("scores", (m * rows * 4) as u64);
-                let qpart = self.storage("queries", bytemuck::cast_slice(&queries[q0 * dim..(q0 + m) * dim]));
+                let part = &queries[q0 * dim..(q0 + m) * dim];
+                let narrow = use_narrow(m, dim, half);
+                let laid_out = if narrow { narrow_queries(part, dim) } else { part.to_vec() };
+                let qpart = self.storage("queries", bytemuck::cast_slice(&laid_out));
                 let params = SimParams::new(m, rows, dim, start, rows, cosine);
-                let (group, shape) = self.sim_group(half, params, &qpart, chunk, &sbuf);
                 let mut encoder = self.encoder();
-                Self::dispatch(&mut encoder, &self.pipelines.similarity[usize::from(half)], &group, shape);
+                self.record_similarity(&mut encoder, half, narrow, params, &qpart, chunk, &sbuf);
                 let data = f32s(&self.submit_and_read(encoder, &[(&sbuf, (m * rows * 4) as u64)])?[0]);
                 let col = chunk.row0 + start;
                 for q in 0..m {
@@ -294,9 +338,8 @@ impl GpuContext {
         let ones = self.storage("unused norms", &[0u8; 4]);
         let chunk = Chunk { row0: 0, rows: m, base: xbuf.clone(), inv_norms: ones };
         let params = SimParams::new(m, m, dim, 0, m, false);
-        let (group, shape) = self.sim_group(false, params, &xbuf, &chunk, &sbuf);
         let mut encoder = self.encoder();
-        Self::dispatch(&mut encoder, &self.pipelines.similarity[0], &group, shape);
+        self.record_similarity(&mut encoder, false, false, params, &xbuf, &chunk, &sbuf);
         Ok((xbuf, sbuf, encoder))
     }
 
@@ -406,6 +449,86 @@ impl GpuContext {
         let mut encoder = self.encoder();
         Self::dispatch(&mut encoder, &self.pipelines.sgem, &group, grid(n));
         Ok(f32s(&self.submit_and_read(encoder, &[(&out, (n * dim * 4) as u64)])?[0]))
+    }
+
+    /// Where a top-k call's time goes on this device, in seconds (best of
+    /// `runs` each): an empty submit + wait round trip, the similarity pass
+    /// over the first block alone, the select pass over it alone, and both
+    /// passes over every block in one submit. For `squire bench kernels
+    /// --profile`; the numbers steer tuning, they are not results.
+    pub fn profile_top_k(
+        &self,
+        db: &GpuDatabase,
+        precision: Precision,
+        queries: &[f32],
+        dim: usize,
+        k: usize,
+        runs: usize,
+    ) -> Result<Vec<(&'static str, f64)>> {
+        let total: usize = db.chunks.iter().map(|c| c.rows).sum();
+        let k = k.min(total).clamp(1, MAX_K);
+        let half = precision == Precision::F16;
+        let block = BLOCK_ROWS.min(db.chunks.iter().map(|c| c.rows).max().unwrap_or(1));
+        // As many queries as one top-k submit holds.
+        let m = (queries.len() / dim).min((SCORES_BYTES / (block * 4)).max(1));
+        let queries = &queries[..m * dim];
+        let narrow = use_narrow(m, dim, half);
+        let laid_out = if narrow { narrow_queries(queries, dim) } else { queries.to_vec() };
+        let qbuf = self.storage("queries", bytemuck::cast_slice(&laid_out));
+        let sbuf = self.empty("scores", (m.max(1) * block * 4) as u64);
+        let mk = |l| self.empty(l, (m.max(1) * k * 4) as u64);
+        let lists = [mk("keys a"), mk("ids a"), mk("count a"), mk("keys b"), mk("ids b"), mk("count b")];
+        let time = |record: &dyn Fn(&mut wgpu::CommandEncoder) -> Result<()>| -> Result<f64> {
+            let mut best = f64::INFINITY;
+            for _ in 0..runs.max(1) {
+                let mut encoder = self.encoder();
+                record(&mut encoder)?;
+                let t = std::time::Instant::now();
+                self.queue.submit([encoder.finish()]);
+                self.device
+                    .poll(wgpu::PollType::wait_indefinitely())
+                    .map_err(|e| KernelError::Device(format!("waiting for the GPU: {e}")))?;
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+            Ok(best)
+        };
+        let sim = |encoder: &mut wgpu::CommandEncoder, chunk: &Chunk, start: usize, rows: usize| {
+            let params = SimParams::new(m, rows, dim, start, block, false);
+            self.record_similarity(encoder, half, narrow, params, &qbuf, chunk, &sbuf);
+        };
+        let select = |encoder: &mut wgpu::CommandEncoder, gbase: usize, rows: usize| -> Result<()> {
+            let sp = self.uniform(&SelectParams { k: k as u32, rows: rows as u32, stride: block as u32, gbase: as_u32(gbase, "row id")? });
+            let group = self.bind(
+                &self.pipelines.select,
+                &[&sp, &sbuf, &lists[0], &lists[1], &lists[2], &lists[3], &lists[4], &lists[5]],
+            );
+            Self::dispatch(encoder, &self.pipelines.select, &group, (m as u32, 1));
+            Ok(())
+        };
+        let (c0, s0, r0) = self.blocks(db).next().ok_or_else(|| KernelError::Shape("empty database".into()))?;
+        let blocks = self.blocks(db).count();
+        Ok(vec![
+            ("blocks", blocks as f64),
+            ("empty submit + wait", time(&|_| Ok(()))?),
+            ("similarity, one block", time(&|e| {
+                sim(e, c0, s0, r0);
+                Ok(())
+            })?),
+            ("select, one block", time(&|e| select(e, c0.row0 + s0, r0))?),
+            ("similarity, every block", time(&|e| {
+                for (c, s, r) in self.blocks(db) {
+                    sim(e, c, s, r);
+                }
+                Ok(())
+            })?),
+            ("similarity + select, every block", time(&|e| {
+                for (c, s, r) in self.blocks(db) {
+                    sim(e, c, s, r);
+                    select(e, c.row0 + s, r)?;
+                }
+                Ok(())
+            })?),
+        ])
     }
 
     /// Device memory bandwidth in GB/s (bytes read + written per second) of a

@@ -42,6 +42,10 @@ pub struct KernelsBenchArgs {
     /// Random seed of the synthetic vectors.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// GPU only: also print where each top-k call's time goes (one block's
+    /// similarity and select passes, submit latency), for tuning.
+    #[arg(long)]
+    profile: bool,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -106,6 +110,13 @@ pub fn run(a: KernelsBenchArgs) -> anyhow::Result<()> {
                 let hits = compute.top_k(&db, q, a.k, Metric::InnerProduct)?;
                 best = best.min(t.elapsed().as_secs_f64());
                 std::hint::black_box(hits);
+            }
+            if a.profile {
+                if let Some(phases) = compute.profile_top_k(&db, q, a.k, a.repeat)? {
+                    for (what, v) in phases {
+                        eprintln!("profile {case} {p} q={nq}: {what}: {}", if what == "blocks" { format!("{v}") } else { format!("{:.3} ms", v * 1e3) });
+                    }
+                }
             }
             let flops = 2.0 * nq as f64 * a.rows as f64 * a.dim as f64;
             let bytes = db.bytes() as f64;

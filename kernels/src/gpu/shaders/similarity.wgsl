@@ -43,10 +43,13 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     let row_base = wg.x * TILE;
     let q_base = wg.y * TILE;
     let tid = lid.y * 16u + lid.x;
-    var acc: array<f32, 16>;
-    for (var i = 0u; i < 16u; i++) {
-        acc[i] = 0.0;
-    }
+    // The 4×4 accumulators as four vec4 rows (query a, rows b = 0..3):
+    // named values, never a dynamically indexed array, so they stay in
+    // registers on every compiler.
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
     for (var k0 = 0u; k0 < prm.dim; k0 += KT) {
         for (var t = 0u; t < 4u; t++) {
             let idx = tid + 256u * t;
@@ -68,31 +71,34 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
         }
         workgroupBarrier();
         for (var kk = 0u; kk < KT; kk++) {
-            var qa: array<f32, 4>;
-            var xb: array<f32, 4>;
-            for (var a = 0u; a < 4u; a++) {
-                qa[a] = qs[kk * TILE + lid.y + 16u * a];
-                xb[a] = xs[kk * TILE + lid.x + 16u * a];
-            }
-            for (var a = 0u; a < 4u; a++) {
-                for (var b = 0u; b < 4u; b++) {
-                    acc[a * 4u + b] = fma(qa[a], xb[b], acc[a * 4u + b]);
-                }
-            }
+            let o = kk * TILE;
+            let xb = vec4<f32>(xs[o + lid.x], xs[o + lid.x + 16u], xs[o + lid.x + 32u], xs[o + lid.x + 48u]);
+            acc0 = fma(vec4<f32>(qs[o + lid.y]), xb, acc0);
+            acc1 = fma(vec4<f32>(qs[o + lid.y + 16u]), xb, acc1);
+            acc2 = fma(vec4<f32>(qs[o + lid.y + 32u]), xb, acc2);
+            acc3 = fma(vec4<f32>(qs[o + lid.y + 48u]), xb, acc3);
         }
         workgroupBarrier();
     }
-    for (var a = 0u; a < 4u; a++) {
-        let q = q_base + lid.y + 16u * a;
-        for (var b = 0u; b < 4u; b++) {
-            let r = row_base + lid.x + 16u * b;
-            if (q < prm.nq && r < prm.rows) {
-                var s = acc[a * 4u + b];
-                if (prm.cosine == 1u) {
-                    s = s * inv_norms[prm.row0 + r];
-                }
-                scores[q * prm.stride + r] = s;
+    store(q_base + lid.y, row_base + lid.x, acc0);
+    store(q_base + lid.y + 16u, row_base + lid.x, acc1);
+    store(q_base + lid.y + 32u, row_base + lid.x, acc2);
+    store(q_base + lid.y + 48u, row_base + lid.x, acc3);
+}
+
+/// Writes one query's four scores (rows r, r + 16, r + 32, r + 48).
+fn store(q: u32, r: u32, v: vec4<f32>) {
+    if (q >= prm.nq) {
+        return;
+    }
+    for (var b = 0u; b < 4u; b++) {
+        let row = r + 16u * b;
+        if (row < prm.rows) {
+            var s = v[b];
+            if (prm.cosine == 1u) {
+                s = s * inv_norms[prm.row0 + row];
             }
+            scores[q * prm.stride + row] = s;
         }
     }
 }
