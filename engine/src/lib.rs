@@ -3,12 +3,18 @@
 //! and the evaluation harness that measures them.
 //!
 //! Depends on `squire-indexer`, `squire-models` and `squire-kernels`. Today
-//! it holds SuperGlobal reranking ([`superglobal`]), the text-to-image
-//! evaluation ([`eval`]), the transformed-copy benchmark ([`copies`]) and the
-//! benchmark annotation loaders ([`datasets`]);
-//! the other stages arrive with their issues.
+//! it holds SuperGlobal reranking ([`superglobal`]), SQUARE's query fusion
+//! ([`sqaf`]) and grid-mark batch reranking ([`ebr`], drawing in [`grid`],
+//! answer parsing in [`ranking`], cost accounting in [`cost`]), the
+//! text-to-image evaluation ([`eval`]), the transformed-copy benchmark
+//! ([`copies`]) and the benchmark annotation loaders ([`datasets`]).
 
 pub mod copies;
+pub mod cost;
 pub mod datasets;
+pub mod ebr;
 pub mod eval;
+pub mod grid;
+pub mod ranking;
+pub mod sqaf;
 pub mod superglobal;

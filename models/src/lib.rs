@@ -22,6 +22,7 @@ pub mod error;
 pub mod image_io;
 pub mod lite;
 pub mod minilm;
+pub mod mllm;
 pub mod perf;
 pub mod pooling;
 pub mod preprocess;

@@ -5,6 +5,7 @@ pub mod demo;
 pub mod embed;
 pub mod eval;
 pub mod index;
+pub mod mllm;
 pub mod models;
 pub mod search;
 

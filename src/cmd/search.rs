@@ -8,6 +8,9 @@ use clap::{ArgGroup, Args};
 use serde_json::json;
 use squire_indexer::{Collection, OpenOptions, SearchParams, StoreKind, VectorStore};
 use squire_models::clip::LoadOptions;
+use squire_engine::cost::MllmCost;
+use squire_engine::ebr::{GridReranker, RerankQuery};
+use squire_engine::sqaf;
 use squire_engine::superglobal::{self, Ranked};
 use squire_kernels::{Compute, DeviceChoice};
 use squire_models::image_io;
@@ -17,10 +20,17 @@ use squire_models::image_io;
 /// With --image and --text together the query is
 /// normalise((1 − α)·image + α·text) in the text-query space (--alpha, default 0.8).
 ///
+/// With --sqaf (composed queries, needs --mllm) an MLLM captions the target
+/// image and the query becomes normalise(w_i·image + w_t·text + w_c·caption);
+/// the caption is printed with the results. --rerank ebr reorders the top
+/// --ebr-k with one MLLM call on a marked grid (--save-grid writes it).
+///
 /// JSON output (--json; schema in README.md, "squire search --json"):
 /// {"schema": "squire.search/1", "query": {...}, "store": {...},
 ///  "results": [{"rank", "id", "path", "score"}, ...],
-///  "timings": {"encode_ms", "search_ms", "total_ms"}}.
+///  "timings": {"encode_ms", "search_ms", "total_ms"}}; with an MLLM also
+/// "mllm", "sqaf", "ebr" and "cost" (calls, requests, cache hits, images,
+/// tokens and wall time per stage).
 /// `id` is the image's stable id (16 hex digits); `path` is relative to the indexed folder.
 #[derive(Args)]
 #[command(group(ArgGroup::new("q").required(true).multiple(true).args(["text", "image"])))]
@@ -47,13 +57,21 @@ pub struct SearchArgs {
     /// Brute-force search over every vector (exact; ignores the HNSW index).
     #[arg(long, conflicts_with = "ef")]
     exact: bool,
-    /// Reranking after the first stage: none, or superglobal (SuperGlobal
-    /// refinement of the top --sg-m candidates with their neighbours and an
-    /// expanded query; works on any named vector).
-    #[arg(long, default_value = "none", value_parser = ["none", "superglobal"])]
-    rerank: String,
+    /// Reranking stages after the first stage, in order, comma-separated:
+    /// none; superglobal (SuperGlobal refinement of the top --sg-m candidates
+    /// with their neighbours and an expanded query; any named vector); ebr
+    /// (SQUARE's batch reranking: the top --ebr-k drawn as one marked grid,
+    /// ranked by one MLLM call; needs --mllm). E.g. --rerank superglobal,ebr.
+    #[arg(long, default_value = "none", value_delimiter = ',', value_parser = ["none", "superglobal", "ebr"])]
+    rerank: Vec<String>,
     #[command(flatten)]
     sg: SuperGlobalArgs,
+    #[command(flatten)]
+    sqaf: super::mllm::SqafArgs,
+    #[command(flatten)]
+    ebr: super::mllm::EbrArgs,
+    #[command(flatten)]
+    mllm: super::mllm::MllmArgs,
     /// Compute backend for --exact and SuperGlobal: auto (a hardware GPU when present, else
     /// the CPU; `--log info` shows the choice), cpu, or gpu (any wgpu adapter,
     /// software ones included; an error when there is none).
@@ -126,8 +144,7 @@ pub fn embed_query(
         (Some(t), None) => Query { vector: m.text_query_vector.clone(), values: encoder.embed_texts(&[t])? },
         (None, Some(p)) => Query { vector: m.image_query_vector.clone(), values: embed_image(p, &m.image_query_vector)? },
         (Some(t), Some(p)) => {
-            let img = embed_image(p, &m.text_query_vector)?;
-            let txt = encoder.embed_texts(&[t])?;
+            let (img, txt) = composed_parts(col, encoder, t, p)?;
             let mut q: Vec<f32> = img.iter().zip(&txt).map(|(i, t)| (1.0 - alpha) * i + alpha * t).collect();
             normalise(&mut q);
             Query { vector: m.text_query_vector.clone(), values: q }
@@ -136,20 +153,76 @@ pub fn embed_query(
     })
 }
 
+/// The two halves of a composed query in the collection's text-query space:
+/// the reference image's embedding and the modification text's.
+pub fn composed_parts(
+    col: &Collection,
+    encoder: &dyn squire_models::DualEncoder,
+    text: &str,
+    image: &std::path::Path,
+) -> anyhow::Result<(Vec<f32>, Vec<f32>)> {
+    let vector = &col.manifest().text_query_vector;
+    let img = image_io::load_rgb(image)?;
+    let s = encoder.input_size();
+    let mut px = vec![0f32; 3 * s * s];
+    encoder.preprocess_into(&img, &mut px)?;
+    let mut all = encoder.embed_named(&px, 1)?;
+    let i = encoder
+        .vector_names()
+        .iter()
+        .position(|n| n == vector)
+        .context("the model lacks the collection's query vector")?;
+    Ok((all.swap_remove(i), encoder.embed_texts(&[text])?))
+}
+
 /// Runs `squire search`.
 pub fn run(a: SearchArgs) -> anyhow::Result<()> {
+    let stages: Vec<&str> = a.rerank.iter().map(String::as_str).filter(|s| *s != "none").collect();
+    let superglobal = stages.contains(&"superglobal");
+    let ebr = stages.contains(&"ebr");
+    let mllm = a.mllm.open()?;
+    anyhow::ensure!(!(a.sqaf.sqaf || ebr) || mllm.is_some(), "--sqaf and --rerank ebr need an MLLM: give --mllm openai --mllm-url URL --mllm-model NAME");
+    anyhow::ensure!(!a.sqaf.sqaf || (a.text.is_some() && a.image.is_some()), "--sqaf needs a composed query: --image (the reference) and --text (the modification)");
+    let sqaf_options = a.sqaf.options()?;
+    let ebr_options = if ebr { Some(a.ebr.options()?) } else { None };
     // The backend is only needed (and only probed) for exact search and reranking.
-    let superglobal = a.rerank == "superglobal";
     let compute =
         if a.exact || superglobal || a.device == DeviceChoice::Gpu { Some(Compute::new(a.device)?) } else { None };
     let cpu = Compute::cpu();
     let compute_ref = compute.as_ref().unwrap_or(&cpu);
     let sg = a.sg.params();
-    let depth = if superglobal { a.k.max(sg.m) } else { a.k };
+    let ebr_k = ebr_options.as_ref().map_or(0, |o| o.k);
+    let depth = a.k.max(if superglobal { sg.m } else { 0 }).max(ebr_k);
     let col = Collection::open_with(&a.index, OpenOptions { view: true }).with_context(|| format!("opening the collection in {}", a.index.display()))?;
     let encoder = super::load_encoder(&col.manifest().model, LoadOptions::default())?;
     let t0 = Instant::now();
-    let Query { vector, values: query } = embed_query(&col, encoder.as_ref(), a.text.as_deref(), a.image.as_deref(), a.alpha)?;
+    // SQAF: caption the target, fuse its embedding into the composed query.
+    let mut sqaf_report = serde_json::Value::Null;
+    let mut caption = None;
+    let mut cost_sqaf = None;
+    let Query { vector, values: query } = match (&mllm, a.sqaf.sqaf, a.text.as_deref(), a.image.as_deref()) {
+        (Some(m), true, Some(text), Some(image)) => {
+            let (img_vec, txt_vec) = composed_parts(&col, encoder.as_ref(), text, image)?;
+            let reference = std::sync::Arc::new(image_io::load_rgb(image)?);
+            let out = sqaf::caption_target(m.model.as_ref(), reference, text, &sqaf_options);
+            let cap_vec = match &out.caption {
+                Some(c) => Some(encoder.embed_texts(&[c.as_str()])?),
+                None => {
+                    eprintln!("warning: SQAF fell back to the plain composed query: {}", out.error.as_deref().unwrap_or("no caption"));
+                    None
+                }
+            };
+            let values = sqaf::fuse(&img_vec, &txt_vec, cap_vec.as_deref(), &sqaf_options.weights);
+            sqaf_report = json!({
+                "caption": out.caption, "answer": out.answer, "fallback": out.error,
+                "weights": sqaf_options.weights,
+            });
+            caption = out.caption.clone();
+            cost_sqaf = Some(out.cost);
+            Query { vector: col.manifest().text_query_vector.clone(), values }
+        }
+        _ => embed_query(&col, encoder.as_ref(), a.text.as_deref(), a.image.as_deref(), a.alpha)?,
+    };
     let encode_ms = t0.elapsed().as_secs_f64() * 1e3;
     let t1 = Instant::now();
     // HNSW needs a search breadth of at least the depth asked for.
@@ -162,14 +235,56 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
     let search_ms = t1.elapsed().as_secs_f64() * 1e3;
     let first: Vec<Ranked> = hits.iter().map(|h| Ranked { row: h.row, score: h.score }).collect();
     let t2 = Instant::now();
-    let ranked = if superglobal {
+    let mut ranked = if superglobal {
         let store = col.vectors(&vector)?;
         superglobal::rerank(compute_ref, &query, store.data(), store.dim(), &first, &sg)?
     } else {
         first.clone()
     };
     let rerank_ms = t2.elapsed().as_secs_f64() * 1e3;
+    // EBR: one MLLM call on the marked grid of the top K.
+    let mut ebr_report = serde_json::Value::Null;
+    let mut cost_ebr = None;
+    if let (Some(options), Some(m)) = (ebr_options, &mllm) {
+        let n = options.k.min(ranked.len());
+        let root = &col.manifest().images_root;
+        let candidates: Vec<std::sync::Arc<image::RgbImage>> = ranked[..n]
+            .iter()
+            .map(|h| {
+                let path = root.join(&col.records()[h.row].path);
+                std::sync::Arc::new(image_io::load_rgb(&path).unwrap_or_else(|e| {
+                    eprintln!("warning: candidate {} cannot be shown to the MLLM ({e}); it gets a blank cell", path.display());
+                    image::RgbImage::new(1, 1)
+                }))
+            })
+            .collect();
+        let rq = match (a.text.as_deref(), a.image.as_deref()) {
+            (Some(t), Some(p)) => RerankQuery::Composed {
+                reference: std::sync::Arc::new(image_io::load_rgb(p)?),
+                modification: t.to_string(),
+                caption: caption.clone(),
+            },
+            (Some(t), None) => RerankQuery::Text(t.to_string()),
+            (None, Some(p)) => RerankQuery::Image(std::sync::Arc::new(image_io::load_rgb(p)?)),
+            (None, None) => unreachable!("clap requires --text or --image"),
+        };
+        let reranker = GridReranker::new(options.clone()).map_err(anyhow::Error::msg)?;
+        let out = reranker.rerank(m.model.as_ref(), &rq, &candidates);
+        let saved = a.ebr.save(&out.grids)?;
+        if let Some(why) = &out.fallback {
+            eprintln!("warning: EBR kept the previous order: {why}");
+        }
+        let head: Vec<Ranked> = out.order[..n].iter().map(|&i| ranked[i]).collect();
+        ranked.splice(..n, head);
+        ebr_report = json!({
+            "k": n, "cells": options.grid.cells, "grids": out.grids.len(), "mentioned": out.mentioned,
+            "fallback": out.fallback, "answers": out.answers,
+            "saved_grids": saved.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        });
+        cost_ebr = Some(out.cost);
+    }
     let first_rank: std::collections::HashMap<usize, usize> = first.iter().enumerate().map(|(i, r)| (r.row, i + 1)).collect();
+    let reranked = superglobal || ebr;
     let results: Vec<_> = ranked
         .iter()
         .take(a.k)
@@ -177,16 +292,32 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
         .map(|(i, h)| {
             let r = &col.records()[h.row];
             let mut v = json!({ "rank": i + 1, "id": format!("{:016x}", r.id), "path": r.path, "score": h.score });
-            if superglobal {
+            if reranked {
                 v["first_stage_rank"] = json!(first_rank.get(&h.row));
             }
             v
         })
         .collect();
+    let mut total_cost = MllmCost::default();
+    for c in [&cost_sqaf, &cost_ebr].into_iter().flatten() {
+        total_cost.add(c);
+    }
+    let ebr_ms = cost_ebr.map_or(0.0, |c| c.wall_ms);
     if a.json {
         let store = col.manifest().store;
         let method = if a.exact || store.kind == StoreKind::Exact { "exact" } else { store.kind.name() };
-        let v = json!({
+        let mut timings = json!({ "encode_ms": encode_ms, "search_ms": search_ms });
+        if let Some(c) = &cost_sqaf {
+            timings["sqaf_ms"] = json!(c.wall_ms);
+        }
+        if superglobal {
+            timings["rerank_ms"] = json!(rerank_ms);
+        }
+        if cost_ebr.is_some() {
+            timings["ebr_ms"] = json!(ebr_ms);
+        }
+        timings["total_ms"] = json!(encode_ms + search_ms + if superglobal { rerank_ms } else { 0.0 } + ebr_ms);
+        let mut v = json!({
             "schema": "squire.search/1",
             "query": {
                 "kind": match (&a.text, &a.image) { (Some(_), Some(_)) => "composed", (Some(_), None) => "text", _ => "image" },
@@ -200,21 +331,40 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
                 "device": if a.exact { Some(if compute.as_ref().is_some_and(Compute::is_gpu) { "gpu" } else { "cpu" }) } else { None },
             },
             "rerank": if superglobal { json!({"method": "superglobal", "m": sg.m, "k": sg.k, "beta": sg.beta, "query_top": sg.query_top}) } else { serde_json::Value::Null },
+            "stages": stages,
             "results": results,
-            "timings": if superglobal {
-                json!({ "encode_ms": encode_ms, "search_ms": search_ms, "rerank_ms": rerank_ms, "total_ms": encode_ms + search_ms + rerank_ms })
-            } else {
-                json!({ "encode_ms": encode_ms, "search_ms": search_ms, "total_ms": encode_ms + search_ms })
-            },
+            "timings": timings,
         });
+        if let Some(m) = &mllm {
+            v["mllm"] = m.describe.clone();
+            v["sqaf"] = sqaf_report;
+            v["ebr"] = ebr_report;
+            v["cost"] = json!({ "sqaf": cost_sqaf, "ebr": cost_ebr, "total": total_cost });
+        }
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
+    }
+    if let Some(c) = &caption {
+        println!("caption (SQAF): {c}");
     }
     println!("{:>4}  {:>7}  path", "rank", "score");
     for r in &results {
         println!("{:>4}  {:>7.4}  {}", r["rank"], r["score"].as_f64().unwrap_or(0.0), r["path"].as_str().unwrap_or(""));
     }
-    let rerank_note = if superglobal { format!(", SuperGlobal rerank {rerank_ms:.2} ms") } else { String::new() };
-    println!("({} images searched on `{vector}`; encode {encode_ms:.1} ms, search {search_ms:.2} ms{rerank_note})", col.records().len());
+    let mut notes = String::new();
+    if superglobal {
+        notes.push_str(&format!(", SuperGlobal rerank {rerank_ms:.2} ms"));
+    }
+    if let Some(c) = &cost_ebr {
+        notes.push_str(&format!(", EBR {ebr_ms:.0} ms"));
+        let _ = c;
+    }
+    if mllm.is_some() {
+        notes.push_str(&format!(
+            "; MLLM: {} call(s), {} request(s), {} cached, {} image(s), {} + {} tokens",
+            total_cost.calls, total_cost.requests, total_cost.cache_hits, total_cost.images, total_cost.prompt_tokens, total_cost.completion_tokens
+        ));
+    }
+    println!("({} images searched on `{vector}`; encode {encode_ms:.1} ms, search {search_ms:.2} ms{notes})", col.records().len());
     Ok(())
 }

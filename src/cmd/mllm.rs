@@ -1,0 +1,180 @@
+//! The MLLM options shared by every command that calls one (`search`,
+//! later `eval`), and the SQAF / EBR options.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use squire_engine::ebr::EbrOptions;
+use squire_engine::grid::GridOptions;
+use squire_engine::sqaf::{SqafOptions, SqafWeights};
+use squire_models::mllm::{Cached, Mllm, OpenAiChat, OpenAiOptions, ResponseCache, API_KEY_ENV};
+
+/// Which MLLM to call and how.
+#[derive(Args, Debug, Clone)]
+pub struct MllmArgs {
+    /// MLLM backend for --sqaf and --rerank ebr: openai (any OpenAI-compatible
+    /// chat server: vLLM, llama.cpp server, Ollama, hosted APIs; the key, if
+    /// any, comes from $SQUIRE_MLLM_API_KEY and is never printed).
+    #[arg(long, value_parser = ["openai"])]
+    pub mllm: Option<String>,
+    /// Server base URL, e.g. http://localhost:8000/v1 (vLLM), http://localhost:11434/v1 (Ollama).
+    #[arg(long, env = "SQUIRE_MLLM_URL", default_value = "http://localhost:8000/v1")]
+    pub mllm_url: String,
+    /// The served model name, e.g. Qwen/Qwen3-VL-8B-Instruct.
+    #[arg(long, env = "SQUIRE_MLLM_MODEL")]
+    pub mllm_model: Option<String>,
+    /// Response cache folder (identical requests are answered from it, so
+    /// evaluations rerun for free); `none` turns it off
+    /// [default: $XDG_CACHE_HOME/squire/mllm or ~/.cache/squire/mllm].
+    #[arg(long)]
+    pub mllm_cache: Option<PathBuf>,
+    /// Seconds before one request is abandoned (then retried).
+    #[arg(long, default_value_t = 120.0)]
+    pub mllm_timeout: f64,
+    /// Retries after a 429, a 5xx, a timeout or a broken connection (with
+    /// exponential backoff from 0.5 s, or the server's Retry-After).
+    #[arg(long, default_value_t = 3)]
+    pub mllm_retries: u32,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 4)]
+    pub mllm_concurrency: usize,
+    /// Images sent are downscaled to this longer side (JPEG, quality 90).
+    #[arg(long, default_value_t = 1024)]
+    pub mllm_max_image_side: u32,
+}
+
+/// The default response cache folder.
+fn default_cache() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("squire").join("mllm")
+}
+
+/// An opened MLLM and what to report about it.
+pub struct OpenedMllm {
+    /// The model, behind its cache when there is one.
+    pub model: Box<dyn Mllm>,
+    /// For reports: backend, URL, model, cache folder.
+    pub describe: serde_json::Value,
+}
+
+impl MllmArgs {
+    /// Opens the backend; `None` without --mllm.
+    pub fn open(&self) -> anyhow::Result<Option<OpenedMllm>> {
+        let Some(backend) = self.mllm.as_deref() else { return Ok(None) };
+        anyhow::ensure!(backend == "openai", "--mllm {backend}: expected openai");
+        let model = self.mllm_model.clone().context("--mllm openai needs --mllm-model (the served model name)")?;
+        anyhow::ensure!(
+            self.mllm_timeout.is_finite() && self.mllm_timeout > 0.0,
+            "--mllm-timeout {}: expected a positive number of seconds",
+            self.mllm_timeout
+        );
+        let mut options = OpenAiOptions::new(&self.mllm_url, &model);
+        options.timeout = Duration::from_secs_f64(self.mllm_timeout);
+        options.retries = self.mllm_retries;
+        options.max_concurrency = self.mllm_concurrency.max(1);
+        options.max_image_side = self.mllm_max_image_side;
+        let client = OpenAiChat::new(options)?;
+        let cache = match &self.mllm_cache {
+            Some(p) if p.as_os_str() == "none" => None,
+            Some(p) => Some(p.clone()),
+            None => Some(default_cache()),
+        };
+        let describe = serde_json::json!({
+            "backend": backend, "url": client.endpoint(), "model": model,
+            "api_key": std::env::var(API_KEY_ENV).is_ok_and(|k| !k.is_empty()),
+            "cache": cache.as_ref().map(|p| p.display().to_string()),
+        });
+        let model: Box<dyn Mllm> = match cache {
+            Some(dir) => Box::new(Cached::new(client, ResponseCache::new(dir))),
+            None => Box::new(client),
+        };
+        Ok(Some(OpenedMllm { model, describe }))
+    }
+}
+
+/// SQAF's options.
+#[derive(Args, Debug, Clone)]
+pub struct SqafArgs {
+    /// SQAF (composed queries): the MLLM captions the target image and the
+    /// caption's embedding is fused into the query (needs --mllm).
+    #[arg(long)]
+    pub sqaf: bool,
+    /// SQAF weight of the reference image embedding.
+    #[arg(long, default_value_t = SqafWeights::default().image)]
+    pub sqaf_image_weight: f32,
+    /// SQAF weight of the modification text embedding.
+    #[arg(long, default_value_t = SqafWeights::default().text)]
+    pub sqaf_text_weight: f32,
+    /// SQAF weight of the caption embedding.
+    #[arg(long, default_value_t = SqafWeights::default().caption)]
+    pub sqaf_caption_weight: f32,
+}
+
+impl SqafArgs {
+    /// The engine's options (weights checked).
+    pub fn options(&self) -> anyhow::Result<SqafOptions> {
+        let w = SqafWeights { image: self.sqaf_image_weight, text: self.sqaf_text_weight, caption: self.sqaf_caption_weight };
+        for (name, v) in [("--sqaf-image-weight", w.image), ("--sqaf-text-weight", w.text), ("--sqaf-caption-weight", w.caption)] {
+            anyhow::ensure!(v.is_finite() && v >= 0.0, "{name} {v}: expected a finite weight ≥ 0");
+        }
+        anyhow::ensure!(w.image + w.text + w.caption > 0.0, "the SQAF weights are all zero");
+        Ok(SqafOptions { weights: w, ..SqafOptions::default() })
+    }
+}
+
+/// EBR's options.
+#[derive(Args, Debug, Clone)]
+pub struct EbrArgs {
+    /// EBR: candidates reranked in one MLLM call (the top K).
+    #[arg(long, default_value_t = 9)]
+    pub ebr_k: usize,
+    /// EBR: cells per grid image (more candidates go to further grids in the same call).
+    #[arg(long, default_value_t = 9)]
+    pub ebr_cells: usize,
+    /// EBR: side of a grid cell in pixels.
+    #[arg(long, default_value_t = 336)]
+    pub ebr_cell_size: u32,
+    /// EBR: extra calls after an answer with no usable mark.
+    #[arg(long, default_value_t = 1)]
+    pub ebr_retries: u32,
+    /// EBR: write the grid image exactly as sent (PNG; several grids get -2, -3, ... before the extension).
+    #[arg(long)]
+    pub save_grid: Option<PathBuf>,
+}
+
+impl EbrArgs {
+    /// The engine's options (checked).
+    pub fn options(&self) -> anyhow::Result<EbrOptions> {
+        let o = EbrOptions {
+            k: self.ebr_k,
+            grid: GridOptions { cells: self.ebr_cells, cell: self.ebr_cell_size, ..GridOptions::default() },
+            retries: self.ebr_retries,
+            ..EbrOptions::default()
+        };
+        o.validate().map_err(anyhow::Error::msg)?;
+        Ok(o)
+    }
+
+    /// Writes `grids` to --save-grid, if given.
+    pub fn save(&self, grids: &[image::RgbImage]) -> anyhow::Result<Vec<PathBuf>> {
+        let Some(path) = &self.save_grid else { return Ok(Vec::new()) };
+        let mut written = Vec::new();
+        for (i, g) in grids.iter().enumerate() {
+            let p = if i == 0 {
+                path.clone()
+            } else {
+                let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "grid".into());
+                let ext = path.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_else(|| "png".into());
+                path.with_file_name(format!("{stem}-{}.{ext}", i + 1))
+            };
+            g.save(&p).with_context(|| format!("writing the grid to {}", p.display()))?;
+            written.push(p);
+        }
+        Ok(written)
+    }
+}

@@ -1,0 +1,106 @@
+//! `squire search --sqaf` and `--rerank ebr` end to end, against a scripted
+//! stand-in for an OpenAI-compatible server (tests/support: an in-process
+//! HTTP server replaying a script; no model is involved), over a collection
+//! of the sample photos under the tiny CLIP.
+
+use std::process::Output;
+
+mod common;
+#[path = "support/scripted_openai.rs"]
+mod scripted_openai;
+
+use common::{fixtures, scratch, squire, text};
+use scripted_openai::{Reply, ScriptedServer};
+use serde_json::Value;
+
+fn json(o: &Output) -> Value {
+    assert!(o.status.success(), "{}", text(o));
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("json: {e}\n{}", text(o)))
+}
+
+fn paths(v: &Value) -> Vec<String> {
+    v["results"].as_array().expect("results").iter().map(|r| r["path"].as_str().expect("path").to_string()).collect()
+}
+
+#[test]
+fn scripted_server_sqaf_and_ebr_through_the_cli() {
+    let root = scratch("mllm");
+    let home = root.join("home");
+    let model = fixtures().join("tiny-clip").display().to_string();
+    let images = fixtures().join("images");
+    let idx = root.join("index").display().to_string();
+    let o = squire(&home, &["index", &images.display().to_string(), "--index", &idx, "--model", &model]);
+    assert!(o.status.success(), "{}", text(&o));
+    let server = ScriptedServer::start(vec![
+        Reply::answer("Caption: \"An astronaut in a blue suit.\""),
+        Reply::answer("Ranking: {\"ranking\": [4, 3]}"),
+    ]);
+    let cache = root.join("mllm-cache").display().to_string();
+    let grid = root.join("grid.png");
+    let reference = images.join("astronaut.jpg").display().to_string();
+    let base = ["search", "--index", &idx, "--image", &reference, "--text", "make the suit blue", "-k", "5", "--exact", "--json",
+        "--sqaf", "--mllm", "openai", "--mllm-url", &server.url, "--mllm-model", "scripted", "--mllm-cache", &cache];
+    // 1. SQAF alone: one call, the caption fused into the query.
+    let v = json(&squire(&home, &base));
+    assert_eq!(v["sqaf"]["caption"], "An astronaut in a blue suit.");
+    assert_eq!(v["cost"]["sqaf"]["calls"], 1);
+    assert_eq!(v["cost"]["sqaf"]["images"], 1);
+    assert_eq!(v["cost"]["total"]["prompt_tokens"], 100);
+    assert_eq!(v["mllm"]["model"], "scripted");
+    let before = paths(&v);
+    assert_eq!(before.len(), 5);
+    // 2. SQAF + EBR on the top 4: the caption comes from the cache, EBR makes one call.
+    let mut args = base.to_vec();
+    let grid_s = grid.display().to_string();
+    args.extend(["--rerank", "ebr", "--ebr-k", "4", "--save-grid", &grid_s]);
+    let v = json(&squire(&home, &args));
+    assert_eq!((v["cost"]["sqaf"]["cache_hits"].as_u64(), v["cost"]["sqaf"]["requests"].as_u64()), (Some(1), Some(0)));
+    assert_eq!((v["cost"]["ebr"]["calls"].as_u64(), v["cost"]["ebr"]["images"].as_u64()), (Some(1), Some(2)));
+    assert_eq!(v["ebr"]["mentioned"], 2);
+    assert!(v["ebr"]["fallback"].is_null());
+    assert!(v["timings"]["ebr_ms"].as_f64().is_some());
+    let after = paths(&v);
+    let want: Vec<String> = [3, 2, 0, 1, 4].iter().map(|&i| before[i].clone()).collect();
+    assert_eq!(after, want, "the order follows the scripted answer");
+    assert_eq!(v["results"][0]["first_stage_rank"], 4);
+    assert_eq!(server.seen().len(), 2, "one SQAF request, then one EBR request");
+    let g = image::open(&grid).expect("the saved grid").to_rgb8();
+    assert_eq!(g.dimensions(), (6 + 2 * 342, 6 + 2 * 342));
+    // The EBR request carried the caption.
+    let ebr_req = server.seen()[1].body.to_string();
+    assert!(ebr_req.contains("An astronaut in a blue suit.") && ebr_req.contains("marks 1 to 4"));
+    // 3. Text output prints the caption.
+    let o = squire(&home, &base[..base.len()].iter().filter(|a| **a != "--json").copied().collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("caption (SQAF): An astronaut in a blue suit."), "{}", text(&o));
+}
+
+#[test]
+fn an_unreachable_server_falls_back_and_bad_options_are_named() {
+    let root = scratch("mllm-errors");
+    let home = root.join("home");
+    let model = fixtures().join("tiny-clip").display().to_string();
+    let images = fixtures().join("images");
+    let idx = root.join("index").display().to_string();
+    let o = squire(&home, &["index", &images.display().to_string(), "--index", &idx, "--model", &model]);
+    assert!(o.status.success(), "{}", text(&o));
+    // No MLLM given.
+    let o = squire(&home, &["search", "--index", &idx, "--text", "a cat", "--rerank", "ebr"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("--mllm"), "{}", text(&o));
+    // SQAF needs a composed query.
+    let o = squire(&home, &["search", "--index", &idx, "--text", "a cat", "--sqaf", "--mllm", "openai", "--mllm-model", "m"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("composed"), "{}", text(&o));
+    // K beyond the grids allowed.
+    let o = squire(&home, &["search", "--index", &idx, "--text", "a cat", "--rerank", "ebr", "--ebr-k", "100", "--mllm", "openai", "--mllm-model", "m"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("--ebr-k 100"), "{}", text(&o));
+    // Nothing listens on port 9: EBR keeps the first-stage order and says why.
+    let first = json(&squire(&home, &["search", "--index", &idx, "--text", "a cat", "--exact", "--json"]));
+    let v = json(&squire(&home, &["search", "--index", &idx, "--text", "a cat", "--exact", "--json", "--rerank", "ebr",
+        "--mllm", "openai", "--mllm-url", "http://127.0.0.1:9/v1", "--mllm-model", "m", "--mllm-retries", "0", "--mllm-cache", "none"]));
+    assert!(v["ebr"]["fallback"].as_str().expect("fallback").contains("127.0.0.1:9"), "{v}");
+    assert_eq!(paths(&v), paths(&first));
+    assert_eq!(v["cost"]["ebr"]["requests"], 1);
+}
