@@ -21,24 +21,7 @@ use squire_models::mllm::{ChatRequest, Message, Mllm, Part};
 use crate::cost::MllmCost;
 use crate::grid::{draw_grid, GridOptions};
 use crate::ranking::parse_ranking;
-
-/// What the candidates are ranked against.
-#[derive(Debug, Clone)]
-pub enum RerankQuery {
-    /// A text query.
-    Text(String),
-    /// An image query.
-    Image(Arc<RgbImage>),
-    /// A composed query: a reference image and a modification text.
-    Composed {
-        /// The reference image.
-        reference: Arc<RgbImage>,
-        /// The requested change.
-        modification: String,
-        /// The SQAF caption of the target, when there is one.
-        caption: Option<String>,
-    },
-}
+pub use crate::rerank::{ListReranker, RerankOutcome, RerankQuery};
 
 /// Options of [`GridReranker`].
 #[derive(Debug, Clone, PartialEq)]
@@ -81,23 +64,6 @@ impl EbrOptions {
         }
         Ok(())
     }
-}
-
-/// The result of reranking one query's candidates.
-#[derive(Debug, Clone)]
-pub struct RerankOutcome {
-    /// The new order of the candidates given: a permutation of `0..n`.
-    pub order: Vec<usize>,
-    /// Candidates the answer placed.
-    pub mentioned: usize,
-    /// Set when the prior order was kept: why.
-    pub fallback: Option<String>,
-    /// Every raw answer, retries included.
-    pub answers: Vec<String>,
-    /// The grid images exactly as sent.
-    pub grids: Vec<RgbImage>,
-    /// Calls, images, tokens, time.
-    pub cost: MllmCost,
 }
 
 /// SQUARE's grid-mark batch reranker.
@@ -223,6 +189,17 @@ impl GridReranker {
         };
         order.extend(n..candidates.len());
         cost.finish(start.elapsed());
-        RerankOutcome { order, mentioned, fallback, answers, grids, cost }
+        let reasoning = answers.iter().filter_map(|a| crate::rerank::reasoning_of(a)).collect();
+        RerankOutcome { order, mentioned, fallback, answers, reasoning, grids, cost }
+    }
+}
+
+impl ListReranker for GridReranker {
+    fn name(&self) -> &'static str {
+        "ebr"
+    }
+
+    fn rerank(&self, mllm: &dyn Mllm, query: &RerankQuery, candidates: &[Arc<RgbImage>]) -> RerankOutcome {
+        GridReranker::rerank(self, mllm, query, candidates)
     }
 }

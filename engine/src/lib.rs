@@ -11,10 +11,14 @@
 
 pub mod copies;
 pub mod cost;
+pub mod cotrr;
 pub mod datasets;
 pub mod ebr;
 pub mod eval;
 pub mod grid;
+pub mod pointwise;
 pub mod ranking;
+pub mod rerank;
+pub mod simulate;
 pub mod sqaf;
 pub mod superglobal;

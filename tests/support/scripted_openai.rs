@@ -33,6 +33,18 @@ impl Reply {
         Reply { status: 200, body: body.to_string(), delay: Duration::ZERO, headers: Vec::new() }
     }
 
+    /// A 200 answer whose first token carries `top` log-probabilities.
+    pub fn answer_with_logprobs(text: &str, top: &[(&str, f64)]) -> Reply {
+        let top: Vec<Value> = top.iter().map(|(t, lp)| json!({"token": t, "logprob": lp})).collect();
+        let body = json!({
+            "id": "chatcmpl-scripted", "object": "chat.completion", "model": "scripted",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length",
+                         "logprobs": {"content": [{"token": text, "logprob": -0.1, "top_logprobs": top}]}}],
+            "usage": {"prompt_tokens": 50, "completion_tokens": 1, "total_tokens": 51},
+        });
+        Reply { status: 200, body: body.to_string(), delay: Duration::ZERO, headers: Vec::new() }
+    }
+
     /// An error status with a small JSON error body.
     pub fn status(status: u16) -> Reply {
         Reply {
