@@ -104,3 +104,40 @@ fn an_unreachable_server_falls_back_and_bad_options_are_named() {
     assert_eq!(paths(&v), paths(&first));
     assert_eq!(v["cost"]["ebr"]["requests"], 1);
 }
+
+#[test]
+fn scripted_server_cotrr_then_pointwise_through_the_cli() {
+    let root = scratch("mllm-cotrr");
+    let home = root.join("home");
+    let model = fixtures().join("tiny-clip").display().to_string();
+    let images = fixtures().join("images");
+    let idx = root.join("index").display().to_string();
+    let o = squire(&home, &["index", &images.display().to_string(), "--index", &idx, "--model", &model]);
+    assert!(o.status.success(), "{}", text(&o));
+    let first = json(&squire(&home, &["search", "--index", &idx, "--text", "a cat", "--exact", "--json", "-k", "6"]));
+    let before = paths(&first);
+    let lp = |yes: f64| Reply::answer_with_logprobs("Yes", &[("Yes", yes.ln()), ("No", (1.0 - yes).ln())]);
+    let server = ScriptedServer::start(vec![
+        Reply::answer(r#"{"reasoning": "a cat: subject. Image 3 shows one.", "ranking": [3, 2]}"#),
+        // Pointwise over the new top 3, one call at a time.
+        lp(0.1),
+        lp(0.2),
+        lp(0.9),
+    ]);
+    let v = json(&squire(&home, &["search", "--index", &idx, "--text", "a cat", "--exact", "--json", "-k", "6",
+        "--rerank", "cotrr,pointwise", "--cotrr-k", "4", "--pointwise-k", "3", "--mllm", "openai", "--mllm-url", &server.url,
+        "--mllm-model", "scripted", "--mllm-cache", "none", "--mllm-concurrency", "1"]));
+    // CoTRR puts [2, 1, 0, 3] first; pointwise then scores its top 3 at 0.1, 0.2, 0.9 and reverses them.
+    let after = paths(&v);
+    let cotrr: Vec<usize> = vec![2, 1, 0, 3, 4, 5];
+    let pointwise_top: Vec<usize> = vec![cotrr[2], cotrr[1], cotrr[0]];
+    let expected: Vec<String> = pointwise_top.iter().chain(&cotrr[3..]).map(|&i| before[i].clone()).collect();
+    assert_eq!(after, expected);
+    assert_eq!(v["stages"], serde_json::json!(["cotrr", "pointwise"]));
+    assert_eq!(v["cotrr"]["reasoning"][0], "a cat: subject. Image 3 shows one.");
+    assert_eq!(v["cotrr"]["windows"], 1);
+    assert_eq!((v["cost"]["cotrr"]["calls"].as_u64(), v["cost"]["cotrr"]["images"].as_u64()), (Some(1), Some(4)));
+    assert_eq!((v["cost"]["pointwise"]["calls"].as_u64(), v["cost"]["pointwise"]["completion_tokens"].as_u64()), (Some(3), Some(3)));
+    assert!(v["timings"]["cotrr_ms"].as_f64().is_some() && v["timings"]["pointwise_ms"].as_f64().is_some());
+    assert_eq!(server.seen().len(), 4);
+}

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use squire_engine::ebr::EbrOptions;
+use squire_engine::cotrr::{CotrrInput, CotrrOptions, CotrrReasoning, CotrrReranker};
+use squire_engine::ebr::{EbrOptions, GridReranker};
+use squire_engine::pointwise::{PointwiseOptions, PointwiseReranker};
+use squire_engine::rerank::ListReranker;
 use squire_engine::grid::GridOptions;
 use squire_engine::sqaf::{SqafOptions, SqafWeights};
 use squire_models::mllm::{Cached, Mllm, OpenAiChat, OpenAiOptions, ResponseCache, API_KEY_ENV};
@@ -176,5 +179,80 @@ impl EbrArgs {
             written.push(p);
         }
         Ok(written)
+    }
+}
+
+/// CoTRR's options.
+#[derive(Args, Debug, Clone)]
+pub struct CotrrArgs {
+    /// CoTRR: candidates reranked (the top K).
+    #[arg(long, default_value_t = 10)]
+    pub cotrr_k: usize,
+    /// CoTRR: candidates per call; K above it is reranked by a sliding window
+    /// from the bottom up, 1 + ceil((K − window) / step) calls per query.
+    #[arg(long, default_value_t = 10)]
+    pub cotrr_window: usize,
+    /// CoTRR: how far the window moves up between calls.
+    #[arg(long, default_value_t = 5)]
+    pub cotrr_step: usize,
+    /// CoTRR: candidates as separate images labelled "Image i" (images), or as EBR's marked grid (grid).
+    #[arg(long, default_value = "images", value_parser = ["images", "grid"])]
+    pub cotrr_input: String,
+    /// CoTRR: reasoning asked for: full (deconstruct the query, judge each
+    /// image, rank), none, deconstruction, evaluation (the paper's ablations).
+    #[arg(long, default_value = "full", value_parser = ["full", "none", "deconstruction", "evaluation"])]
+    pub cotrr_reasoning: String,
+    /// CoTRR: extra calls after an unusable answer.
+    #[arg(long, default_value_t = 3)]
+    pub cotrr_retries: u32,
+}
+
+impl CotrrArgs {
+    /// The engine's options (checked).
+    pub fn options(&self) -> anyhow::Result<CotrrOptions> {
+        let o = CotrrOptions {
+            k: self.cotrr_k,
+            window: self.cotrr_window,
+            step: self.cotrr_step,
+            input: if self.cotrr_input == "grid" { CotrrInput::Grid } else { CotrrInput::Images },
+            reasoning: self.cotrr_reasoning.parse::<CotrrReasoning>().map_err(anyhow::Error::msg)?,
+            retries: self.cotrr_retries,
+            ..CotrrOptions::default()
+        };
+        o.validate().map_err(anyhow::Error::msg)?;
+        Ok(o)
+    }
+}
+
+/// The pointwise reranker's options.
+#[derive(Args, Debug, Clone)]
+pub struct PointwiseArgs {
+    /// Pointwise: candidates scored, one Yes/No call each (the top K).
+    #[arg(long, default_value_t = 10)]
+    pub pointwise_k: usize,
+}
+
+/// The MLLM reranker named `stage` (`ebr`, `cotrr` or `pointwise`), configured from the arguments.
+pub fn list_reranker(stage: &str, ebr: &EbrArgs, cotrr: &CotrrArgs, pointwise: &PointwiseArgs, concurrency: usize) -> anyhow::Result<Box<dyn ListReranker>> {
+    Ok(match stage {
+        "ebr" => Box::new(GridReranker::new(ebr.options()?).map_err(anyhow::Error::msg)?),
+        "cotrr" => Box::new(CotrrReranker::new(cotrr.options()?).map_err(anyhow::Error::msg)?),
+        "pointwise" => {
+            anyhow::ensure!(pointwise.pointwise_k > 0, "--pointwise-k must be at least 1");
+            Box::new(PointwiseReranker {
+                options: PointwiseOptions { k: pointwise.pointwise_k, parallel: concurrency.max(1), ..PointwiseOptions::default() },
+            })
+        }
+        other => anyhow::bail!("--rerank {other}: not an MLLM reranker"),
+    })
+}
+
+/// Candidates a reranker looks at.
+pub fn rerank_depth(stage: &str, ebr: &EbrArgs, cotrr: &CotrrArgs, pointwise: &PointwiseArgs) -> usize {
+    match stage {
+        "ebr" => ebr.ebr_k,
+        "cotrr" => cotrr.cotrr_k,
+        "pointwise" => pointwise.pointwise_k,
+        _ => 0,
     }
 }

@@ -9,7 +9,7 @@ use serde_json::json;
 use squire_indexer::{Collection, OpenOptions, SearchParams, StoreKind, VectorStore};
 use squire_models::clip::LoadOptions;
 use squire_engine::cost::MllmCost;
-use squire_engine::ebr::{GridReranker, RerankQuery};
+use squire_engine::ebr::RerankQuery;
 use squire_engine::sqaf;
 use squire_engine::superglobal::{self, Ranked};
 use squire_kernels::{Compute, DeviceChoice};
@@ -61,8 +61,11 @@ pub struct SearchArgs {
     /// none; superglobal (SuperGlobal refinement of the top --sg-m candidates
     /// with their neighbours and an expanded query; any named vector); ebr
     /// (SQUARE's batch reranking: the top --ebr-k drawn as one marked grid,
-    /// ranked by one MLLM call; needs --mllm). E.g. --rerank superglobal,ebr.
-    #[arg(long, default_value = "none", value_delimiter = ',', value_parser = ["none", "superglobal", "ebr"])]
+    /// ranked by one MLLM call; needs --mllm); cotrr (listwise
+    /// chain-of-thought reranking of the top --cotrr-k; needs --mllm);
+    /// pointwise (INQUIRE's Yes/No question per candidate, scored from
+    /// first-token log-probabilities; needs --mllm). E.g. --rerank superglobal,ebr.
+    #[arg(long, default_value = "none", value_delimiter = ',', value_parser = ["none", "superglobal", "ebr", "cotrr", "pointwise"])]
     rerank: Vec<String>,
     #[command(flatten)]
     sg: SuperGlobalArgs,
@@ -70,6 +73,10 @@ pub struct SearchArgs {
     sqaf: super::mllm::SqafArgs,
     #[command(flatten)]
     ebr: super::mllm::EbrArgs,
+    #[command(flatten)]
+    cotrr: super::mllm::CotrrArgs,
+    #[command(flatten)]
+    pointwise: super::mllm::PointwiseArgs,
     #[command(flatten)]
     mllm: super::mllm::MllmArgs,
     /// Compute backend for --exact and SuperGlobal: auto (a hardware GPU when present, else
@@ -179,20 +186,30 @@ pub fn composed_parts(
 pub fn run(a: SearchArgs) -> anyhow::Result<()> {
     let stages: Vec<&str> = a.rerank.iter().map(String::as_str).filter(|s| *s != "none").collect();
     let superglobal = stages.contains(&"superglobal");
-    let ebr = stages.contains(&"ebr");
+    anyhow::ensure!(
+        stages.iter().filter(|s| **s == "superglobal").count() <= 1 && stages.iter().position(|s| *s == "superglobal").is_none_or(|i| i == 0),
+        "--rerank: superglobal comes first (it reranks the first stage's vectors), once"
+    );
+    let llm_stages: Vec<&str> = stages.iter().copied().filter(|s| *s != "superglobal").collect();
     let mllm = a.mllm.open()?;
-    anyhow::ensure!(!(a.sqaf.sqaf || ebr) || mllm.is_some(), "--sqaf and --rerank ebr need an MLLM: give --mllm openai --mllm-url URL --mllm-model NAME");
+    anyhow::ensure!(
+        !(a.sqaf.sqaf || !llm_stages.is_empty()) || mllm.is_some(),
+        "--sqaf and --rerank ebr|cotrr|pointwise need an MLLM: give --mllm openai --mllm-url URL --mllm-model NAME"
+    );
     anyhow::ensure!(!a.sqaf.sqaf || (a.text.is_some() && a.image.is_some()), "--sqaf needs a composed query: --image (the reference) and --text (the modification)");
     let sqaf_options = a.sqaf.options()?;
-    let ebr_options = if ebr { Some(a.ebr.options()?) } else { None };
+    let rerankers = llm_stages
+        .iter()
+        .map(|s| super::mllm::list_reranker(s, &a.ebr, &a.cotrr, &a.pointwise, a.mllm.mllm_concurrency))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     // The backend is only needed (and only probed) for exact search and reranking.
     let compute =
         if a.exact || superglobal || a.device == DeviceChoice::Gpu { Some(Compute::new(a.device)?) } else { None };
     let cpu = Compute::cpu();
     let compute_ref = compute.as_ref().unwrap_or(&cpu);
     let sg = a.sg.params();
-    let ebr_k = ebr_options.as_ref().map_or(0, |o| o.k);
-    let depth = a.k.max(if superglobal { sg.m } else { 0 }).max(ebr_k);
+    let llm_k = llm_stages.iter().map(|s| super::mllm::rerank_depth(s, &a.ebr, &a.cotrr, &a.pointwise)).max().unwrap_or(0);
+    let depth = a.k.max(if superglobal { sg.m } else { 0 }).max(llm_k);
     let col = Collection::open_with(&a.index, OpenOptions { view: true }).with_context(|| format!("opening the collection in {}", a.index.display()))?;
     let encoder = super::load_encoder(&col.manifest().model, LoadOptions::default())?;
     let t0 = Instant::now();
@@ -242,49 +259,61 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
         first.clone()
     };
     let rerank_ms = t2.elapsed().as_secs_f64() * 1e3;
-    // EBR: one MLLM call on the marked grid of the top K.
-    let mut ebr_report = serde_json::Value::Null;
-    let mut cost_ebr = None;
-    if let (Some(options), Some(m)) = (ebr_options, &mllm) {
-        let n = options.k.min(ranked.len());
-        let root = &col.manifest().images_root;
-        let candidates: Vec<std::sync::Arc<image::RgbImage>> = ranked[..n]
-            .iter()
-            .map(|h| {
-                let path = root.join(&col.records()[h.row].path);
-                std::sync::Arc::new(image_io::load_rgb(&path).unwrap_or_else(|e| {
-                    eprintln!("warning: candidate {} cannot be shown to the MLLM ({e}); it gets a blank cell", path.display());
-                    image::RgbImage::new(1, 1)
-                }))
-            })
-            .collect();
+    // MLLM rerankers, in the order given, each on the previous order's top K.
+    let mut stage_reports = serde_json::Map::new();
+    let mut stage_costs = Vec::new();
+    let mut caption_seen = caption.clone();
+    if let Some(m) = &mllm {
         let rq = match (a.text.as_deref(), a.image.as_deref()) {
-            (Some(t), Some(p)) => RerankQuery::Composed {
+            (Some(t), Some(p)) => Some(RerankQuery::Composed {
                 reference: std::sync::Arc::new(image_io::load_rgb(p)?),
                 modification: t.to_string(),
-                caption: caption.clone(),
-            },
-            (Some(t), None) => RerankQuery::Text(t.to_string()),
-            (None, Some(p)) => RerankQuery::Image(std::sync::Arc::new(image_io::load_rgb(p)?)),
-            (None, None) => unreachable!("clap requires --text or --image"),
+                caption: caption_seen.take(),
+            }),
+            (Some(t), None) => Some(RerankQuery::Text(t.to_string())),
+            (None, Some(p)) => Some(RerankQuery::Image(std::sync::Arc::new(image_io::load_rgb(p)?))),
+            (None, None) => None,
         };
-        let reranker = GridReranker::new(options.clone()).map_err(anyhow::Error::msg)?;
-        let out = reranker.rerank(m.model.as_ref(), &rq, &candidates);
-        let saved = a.ebr.save(&out.grids)?;
-        if let Some(why) = &out.fallback {
-            eprintln!("warning: EBR kept the previous order: {why}");
+        let root = &col.manifest().images_root;
+        for (reranker, stage) in rerankers.iter().zip(&llm_stages) {
+            let Some(rq) = &rq else { break };
+            let n = super::mllm::rerank_depth(stage, &a.ebr, &a.cotrr, &a.pointwise).min(ranked.len());
+            let candidates: Vec<std::sync::Arc<image::RgbImage>> = ranked[..n]
+                .iter()
+                .map(|h| {
+                    let path = root.join(&col.records()[h.row].path);
+                    std::sync::Arc::new(image_io::load_rgb(&path).unwrap_or_else(|e| {
+                        eprintln!("warning: candidate {} cannot be shown to the MLLM ({e}); it gets a blank image", path.display());
+                        image::RgbImage::new(1, 1)
+                    }))
+                })
+                .collect();
+            let out = reranker.rerank(m.model.as_ref(), rq, &candidates);
+            let saved = if *stage == "ebr" { a.ebr.save(&out.grids)? } else { Vec::new() };
+            if let Some(why) = &out.fallback {
+                eprintln!("warning: {stage}: {why}");
+            }
+            let head: Vec<Ranked> = out.order[..n].iter().map(|&i| ranked[i]).collect();
+            ranked.splice(..n, head);
+            let mut report = json!({
+                "k": n, "mentioned": out.mentioned, "fallback": out.fallback, "answers": out.answers,
+                "reasoning": out.reasoning, "grids": out.grids.len(),
+            });
+            if *stage == "ebr" {
+                report["cells"] = json!(a.ebr.ebr_cells);
+                report["saved_grids"] = json!(saved.iter().map(|p| p.display().to_string()).collect::<Vec<_>>());
+            }
+            if *stage == "cotrr" {
+                report["windows"] = json!(a.cotrr.options()?.calls(n));
+                report["input"] = json!(a.cotrr.cotrr_input);
+                report["reasoning_mode"] = json!(a.cotrr.cotrr_reasoning);
+            }
+            stage_reports.insert(stage.to_string(), report);
+            stage_costs.push((stage.to_string(), out.cost));
         }
-        let head: Vec<Ranked> = out.order[..n].iter().map(|&i| ranked[i]).collect();
-        ranked.splice(..n, head);
-        ebr_report = json!({
-            "k": n, "cells": options.grid.cells, "grids": out.grids.len(), "mentioned": out.mentioned,
-            "fallback": out.fallback, "answers": out.answers,
-            "saved_grids": saved.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
-        });
-        cost_ebr = Some(out.cost);
     }
     let first_rank: std::collections::HashMap<usize, usize> = first.iter().enumerate().map(|(i, r)| (r.row, i + 1)).collect();
-    let reranked = superglobal || ebr;
+    let reranked = !stages.is_empty();
     let results: Vec<_> = ranked
         .iter()
         .take(a.k)
@@ -299,10 +328,10 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
         })
         .collect();
     let mut total_cost = MllmCost::default();
-    for c in [&cost_sqaf, &cost_ebr].into_iter().flatten() {
+    for c in cost_sqaf.iter().chain(stage_costs.iter().map(|(_, c)| c)) {
         total_cost.add(c);
     }
-    let ebr_ms = cost_ebr.map_or(0.0, |c| c.wall_ms);
+    let llm_ms: f64 = stage_costs.iter().map(|(_, c)| c.wall_ms).sum();
     if a.json {
         let store = col.manifest().store;
         let method = if a.exact || store.kind == StoreKind::Exact { "exact" } else { store.kind.name() };
@@ -313,10 +342,10 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
         if superglobal {
             timings["rerank_ms"] = json!(rerank_ms);
         }
-        if cost_ebr.is_some() {
-            timings["ebr_ms"] = json!(ebr_ms);
+        for (stage, c) in &stage_costs {
+            timings[format!("{stage}_ms")] = json!(c.wall_ms);
         }
-        timings["total_ms"] = json!(encode_ms + search_ms + if superglobal { rerank_ms } else { 0.0 } + ebr_ms);
+        timings["total_ms"] = json!(encode_ms + search_ms + if superglobal { rerank_ms } else { 0.0 } + llm_ms);
         let mut v = json!({
             "schema": "squire.search/1",
             "query": {
@@ -338,8 +367,16 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
         if let Some(m) = &mllm {
             v["mllm"] = m.describe.clone();
             v["sqaf"] = sqaf_report;
-            v["ebr"] = ebr_report;
-            v["cost"] = json!({ "sqaf": cost_sqaf, "ebr": cost_ebr, "total": total_cost });
+            let mut cost = serde_json::Map::new();
+            cost.insert("sqaf".into(), json!(cost_sqaf));
+            for (stage, c) in &stage_costs {
+                cost.insert(stage.clone(), json!(c));
+            }
+            cost.insert("total".into(), json!(total_cost));
+            for (stage, r) in stage_reports {
+                v[stage] = r;
+            }
+            v["cost"] = serde_json::Value::Object(cost);
         }
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -355,9 +392,8 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
     if superglobal {
         notes.push_str(&format!(", SuperGlobal rerank {rerank_ms:.2} ms"));
     }
-    if let Some(c) = &cost_ebr {
-        notes.push_str(&format!(", EBR {ebr_ms:.0} ms"));
-        let _ = c;
+    for (stage, c) in &stage_costs {
+        notes.push_str(&format!(", {stage} {:.0} ms", c.wall_ms));
     }
     if mllm.is_some() {
         notes.push_str(&format!(
