@@ -5,6 +5,7 @@
 mod encode;
 mod index;
 mod kernels;
+mod rerank_sim;
 mod query;
 
 use clap::Subcommand;
@@ -43,6 +44,12 @@ pub enum BenchCommand {
     /// and streaming bandwidth, probed in the same run), and peak memory.
     /// benches/kernels.py runs it side by side with faiss-cpu flat search.
     Kernels(kernels::KernelsBenchArgs),
+    /// The MLLM rerankers (EBR, CoTRR with images and with a grid,
+    /// pointwise) over a real first stage, answered by a SIMULATED MLLM that
+    /// knows the ground truth and is right with probability p: Recall@1/5,
+    /// MRR, calls and images per query. Checks the rerankers' windowing,
+    /// merging and parsing, and their cost; measures no model.
+    RerankSim(rerank_sim::RerankSimArgs),
 }
 
 /// Runs a `bench` subcommand.
@@ -55,5 +62,6 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Index(a) => index::run(a),
         BenchCommand::Query(a) => query::run(a),
         BenchCommand::Kernels(a) => kernels::run(a),
+        BenchCommand::RerankSim(a) => rerank_sim::run(a),
     }
 }
