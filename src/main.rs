@@ -28,6 +28,8 @@ enum Command {
     Index(cmd::index::IndexArgs),
     /// Search a collection by text, image, or both (composed).
     Search(cmd::search::SearchArgs),
+    /// Fit PCA-whitening on a collection's vectors (used by --whiten).
+    Whiten(cmd::whiten::WhitenArgs),
     /// Run evaluations.
     #[command(subcommand)]
     Eval(cmd::eval::EvalCommand),
@@ -64,6 +66,7 @@ fn main() -> std::process::ExitCode {
         Command::Index(a) => cmd::index::run(a),
         Command::Search(a) => cmd::search::run(a),
         Command::Eval(c) => cmd::eval::run(c),
+        Command::Whiten(a) => cmd::whiten::run(a),
         Command::Embed(a) => cmd::embed::run(a),
         Command::Bench(c) => cmd::bench::run(c),
     };

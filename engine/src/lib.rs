@@ -22,3 +22,4 @@ pub mod rerank;
 pub mod simulate;
 pub mod sqaf;
 pub mod superglobal;
+pub mod whitening;

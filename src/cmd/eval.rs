@@ -69,6 +69,12 @@ pub struct CopiesArgs {
     /// Compute backend for search and reranking: auto, cpu or gpu.
     #[arg(long, default_value = "auto")]
     device: squire_kernels::DeviceChoice,
+    /// PCA-whiten the descriptors, fitted on the gallery itself (stored in
+    /// its index; see `squire whiten`), before search and reranking.
+    #[arg(long)]
+    whiten: bool,
+    #[command(flatten)]
+    whitening: super::whiten::WhitenParamsArgs,
     /// Print JSON (metrics under `metrics`).
     #[arg(long)]
     json: bool,
@@ -157,6 +163,18 @@ fn copies(a: CopiesArgs) -> anyhow::Result<()> {
     let depth = if superglobal { a.k.max(sg.m) } else { a.k };
     let row_of_path: std::collections::HashMap<&str, usize> =
         col.records().iter().enumerate().map(|(i, r)| (r.path.as_str(), i)).collect();
+    // With --whiten: fit on the gallery, whiten it once, search the whitened copy.
+    let vector_name = col.manifest().image_query_vector.clone();
+    let whitening = if a.whiten {
+        let vector = a.whitening.whiten_vector.clone().unwrap_or_else(|| vector_name.clone());
+        anyhow::ensure!(vector == vector_name, "--whiten-vector {vector}: image queries search `{vector_name}`");
+        let (w, secs) = super::whiten::fit_and_save(&col, &vector, &a.whitening)?;
+        let gallery = w.apply(col.vectors(&vector)?.data())?;
+        let db = compute.upload(&gallery, w.dim_out, squire_kernels::Precision::F32)?;
+        Some((w, gallery, db, secs))
+    } else {
+        None
+    };
     let (mut first, mut reranked, mut per_query) = (Vec::new(), Vec::new(), Vec::new());
     let (mut wins, mut losses, mut ties) = (0usize, 0usize, 0usize);
     let mut rerank_ms = Vec::new();
@@ -165,8 +183,17 @@ fn copies(a: CopiesArgs) -> anyhow::Result<()> {
         let query = super::search::embed_query(&col, encoder.as_ref(), None, Some(&path), 0.0)?;
         let relevant: std::collections::HashSet<usize> = q.relevant.iter().filter_map(|p| row_of_path.get(p.as_str()).copied()).collect();
         anyhow::ensure!(relevant.len() == q.relevant.len(), "the gallery index lacks some of {:?}; delete {} and rerun", q.relevant, index_dir.display());
-        let hits = col.search_exact_on(&compute, &query.vector, &query.values, depth)?;
-        let ranking: Vec<Ranked> = hits.iter().map(|h| Ranked { row: h.row, score: h.score }).collect();
+        let (qv, ranking): (Vec<f32>, Vec<Ranked>) = match &whitening {
+            Some((w, _, db, _)) => {
+                let qv = w.apply(&query.values)?;
+                let hits = compute.top_k(db, &qv, depth, squire_kernels::Metric::InnerProduct)?;
+                (qv, hits[0].iter().map(|h| Ranked { row: h.row, score: h.score }).collect())
+            }
+            None => {
+                let hits = col.search_exact_on(&compute, &query.vector, &query.values, depth)?;
+                (query.values.clone(), hits.iter().map(|h| Ranked { row: h.row, score: h.score }).collect())
+            }
+        };
         let score = |r: &[Ranked]| {
             let rel: Vec<bool> = r.iter().take(a.k).map(|x| relevant.contains(&x.row)).collect();
             (average_precision_at(&rel, relevant.len(), a.k), rel.first().copied().unwrap_or(false), rel.iter().take(10).any(|&b| b))
@@ -176,8 +203,12 @@ fn copies(a: CopiesArgs) -> anyhow::Result<()> {
         let mut entry = serde_json::json!({ "query": q.query, "source": q.source, "edits": q.edits, "ap_first_stage": f.0 });
         if superglobal {
             let store = col.vectors(&query.vector)?;
+            let (data, dim) = match &whitening {
+                Some((w, g, _, _)) => (g.as_slice(), w.dim_out),
+                None => (store.data(), store.dim()),
+            };
             let t = std::time::Instant::now();
-            let rr = superglobal::rerank(&compute, &query.values, store.data(), store.dim(), &ranking, &sg)?;
+            let rr = superglobal::rerank(&compute, &qv, data, dim, &ranking, &sg)?;
             rerank_ms.push(t.elapsed().as_secs_f64() * 1e3);
             let s = score(&rr);
             match s.0.partial_cmp(&f.0) {
@@ -199,6 +230,7 @@ fn copies(a: CopiesArgs) -> anyhow::Result<()> {
     let report = serde_json::json!({
         "benchmark": "copies", "spec": spec, "model": model, "pool": a.pool.to_string(), "device": compute.describe(),
         "vector": col.manifest().image_query_vector, "queries": set.queries.len(), "gallery": col.records().len(),
+        "whitening": whitening.as_ref().map(|(w, _, _, secs)| serde_json::json!({"dims": w.dim_out, "power": w.params.power, "fit_s": secs})),
         "k": a.k, "metrics": metrics,
         "superglobal": if superglobal { serde_json::json!({"params": sg, "wins": wins, "losses": losses, "ties": ties, "rerank_ms_p50": p50}) } else { serde_json::Value::Null },
         "per_query": per_query,
@@ -208,11 +240,12 @@ fn copies(a: CopiesArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "copies: {} queries, {} gallery images (model {}, vector `{}`, seed {})",
+        "copies: {} queries, {} gallery images (model {}, vector `{}`{}, seed {})",
         set.queries.len(),
         col.records().len(),
         model,
         col.manifest().image_query_vector,
+        whitening.as_ref().map_or(String::new(), |(w, _, _, _)| format!(", whitened to {} dims, power {}", w.dim_out, w.params.power)),
         a.seed
     );
     println!("| stage | mAP@{} | R@1 | R@10 |", a.k);

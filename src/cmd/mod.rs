@@ -8,6 +8,7 @@ pub mod index;
 pub mod mllm;
 pub mod models;
 pub mod search;
+pub mod whiten;
 
 use anyhow::Context;
 use squire_models::clip::{ClipModel, LoadOptions};

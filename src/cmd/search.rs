@@ -57,6 +57,10 @@ pub struct SearchArgs {
     /// Brute-force search over every vector (exact; ignores the HNSW index).
     #[arg(long, conflicts_with = "ef")]
     exact: bool,
+    /// Search the collection's PCA-whitened vectors (fitted by `squire whiten`;
+    /// exact search, the gallery whitened at query time).
+    #[arg(long, conflicts_with = "ef")]
+    whiten: bool,
     /// Reranking stages after the first stage, in order, comma-separated:
     /// none; superglobal (SuperGlobal refinement of the top --sg-m candidates
     /// with their neighbours and an expanded query; any named vector); ebr
@@ -203,8 +207,11 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
         .map(|s| super::mllm::list_reranker(s, &a.ebr, &a.cotrr, &a.pointwise, a.mllm.mllm_concurrency))
         .collect::<anyhow::Result<Vec<_>>>()?;
     // The backend is only needed (and only probed) for exact search and reranking.
-    let compute =
-        if a.exact || superglobal || a.device == DeviceChoice::Gpu { Some(Compute::new(a.device)?) } else { None };
+    let compute = if a.exact || a.whiten || superglobal || a.device == DeviceChoice::Gpu {
+        Some(Compute::new(a.device)?)
+    } else {
+        None
+    };
     let cpu = Compute::cpu();
     let compute_ref = compute.as_ref().unwrap_or(&cpu);
     let sg = a.sg.params();
@@ -240,11 +247,25 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
         }
         _ => embed_query(&col, encoder.as_ref(), a.text.as_deref(), a.image.as_deref(), a.alpha)?,
     };
+    // Whitening: the query and the gallery through the collection's fitted transform.
+    let whitened = if a.whiten {
+        let w = super::whiten::load_fresh(&col, &vector)?;
+        let store = col.vectors(&vector)?;
+        Some((w.apply(&query)?, w.apply(store.data())?, w.dim_out))
+    } else {
+        None
+    };
     let encode_ms = t0.elapsed().as_secs_f64() * 1e3;
     let t1 = Instant::now();
     // HNSW needs a search breadth of at least the depth asked for.
     let ef = a.ef.unwrap_or(col.manifest().store.expansion_search).max(depth);
-    let hits = if a.exact {
+    let hits = if let Some((q, g, dim)) = &whitened {
+        let db = compute_ref.upload(g, *dim, squire_kernels::Precision::F32)?;
+        compute_ref.top_k(&db, q, depth, squire_kernels::Metric::InnerProduct)?[0]
+            .iter()
+            .map(|s| squire_indexer::RowHit { row: s.row, score: s.score })
+            .collect()
+    } else if a.exact {
         col.search_exact_on(compute_ref, &vector, &query, depth)?
     } else {
         col.search(&vector, &query, depth, &SearchParams { ef: Some(ef) })?
@@ -254,7 +275,10 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
     let t2 = Instant::now();
     let mut ranked = if superglobal {
         let store = col.vectors(&vector)?;
-        superglobal::rerank(compute_ref, &query, store.data(), store.dim(), &first, &sg)?
+        match &whitened {
+            Some((q, g, dim)) => superglobal::rerank(compute_ref, q, g, *dim, &first, &sg)?,
+            None => superglobal::rerank(compute_ref, &query, store.data(), store.dim(), &first, &sg)?,
+        }
     } else {
         first.clone()
     };
@@ -334,7 +358,7 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
     let llm_ms: f64 = stage_costs.iter().map(|(_, c)| c.wall_ms).sum();
     if a.json {
         let store = col.manifest().store;
-        let method = if a.exact || store.kind == StoreKind::Exact { "exact" } else { store.kind.name() };
+        let method = if a.exact || a.whiten || store.kind == StoreKind::Exact { "exact" } else { store.kind.name() };
         let mut timings = json!({ "encode_ms": encode_ms, "search_ms": search_ms });
         if let Some(c) = &cost_sqaf {
             timings["sqaf_ms"] = json!(c.wall_ms);
@@ -357,7 +381,8 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
                 "method": method,
                 "ef": if method == "exact" { None } else { Some(ef) },
                 "images": col.records().len(),
-                "device": if a.exact { Some(if compute.as_ref().is_some_and(Compute::is_gpu) { "gpu" } else { "cpu" }) } else { None },
+                "whitened": a.whiten,
+                "device": if a.exact || a.whiten { Some(if compute.as_ref().is_some_and(Compute::is_gpu) { "gpu" } else { "cpu" }) } else { None },
             },
             "rerank": if superglobal { json!({"method": "superglobal", "m": sg.m, "k": sg.k, "beta": sg.beta, "query_top": sg.query_top}) } else { serde_json::Value::Null },
             "stages": stages,

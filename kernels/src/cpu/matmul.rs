@@ -37,3 +37,14 @@ pub(crate) fn a_bt(out: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k:
         );
     }
 }
+
+/// `A Bᵀ` for row-major `a` (`m × k`) and `b` (`n × k`): an `m × n` matrix,
+/// computed in parallel. Panics if the slices are shorter than the shapes say.
+pub fn matmul_a_bt(a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+    assert!(a.len() >= m * k && b.len() >= n * k, "matmul_a_bt: operands shorter than {m}×{k} and {n}×{k}");
+    let mut out = vec![0f32; m * n];
+    if m > 0 && n > 0 {
+        a_bt(&mut out, a, b, m, n, k, true);
+    }
+    out
+}

@@ -9,6 +9,7 @@ mod simd;
 mod similarity;
 
 pub use gram::{gram, refine};
+pub use matmul::matmul_a_bt;
 pub use pooling::{gem, l2_normalize, regional_gem, scale_gem};
 pub use simd::{dot_f16, dot_f32};
 pub use similarity::{inner_product_topk, GEMM_MIN_QUERIES};
