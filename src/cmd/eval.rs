@@ -29,6 +29,16 @@ pub enum EvalCommand {
     /// --rerank superglobal, after SuperGlobal, with the per-query win/loss
     /// count on AP. Images and the index are cached under --cache.
     Copies(CopiesArgs),
+    /// Revisited Oxford (roxford5k): image-to-image retrieval with query
+    /// crops, mAP Easy / Medium / Hard as the revisitop protocol defines them.
+    ///
+    /// Reads ROOT/roxford5k/gnd_roxford5k.pkl (the Python pickle, read in
+    /// Rust) and ROOT/roxford5k/jpg/*.jpg; queries are cropped to their
+    /// bounding boxes. --distractors adds the +1M set; --rerank superglobal
+    /// and --whiten as for `eval copies`. Indexes are cached under --cache.
+    Roxford(super::eval_revisitop::RevisitopArgs),
+    /// Revisited Paris (rparis6k): as `eval roxford`, with ROOT/rparis6k.
+    Rparis(super::eval_revisitop::RevisitopArgs),
 }
 
 /// Arguments of `squire eval copies`.
@@ -109,6 +119,8 @@ pub struct T2iArgs {
 pub fn run(cmd: EvalCommand) -> anyhow::Result<()> {
     match cmd {
         EvalCommand::T2i(a) => t2i(a),
+        EvalCommand::Roxford(a) => super::eval_revisitop::run(a, "roxford5k"),
+        EvalCommand::Rparis(a) => super::eval_revisitop::run(a, "rparis6k"),
         EvalCommand::Copies(a) => copies(a),
     }
 }
