@@ -185,6 +185,30 @@ fn a_database_larger_than_one_binding_streams() {
 }
 
 #[test]
+fn ties_across_many_blocks_keep_the_lowest_ids() {
+    // 100,000 rows (four 32,768-row blocks) with three distinct scores: the
+    // running list is full after the first block, so later blocks go through
+    // the select pass's floor filter, where equal keys must lose to the
+    // list's lower ids.
+    let Some(gpu) = gpu() else { return };
+    let cpu = Compute::cpu();
+    let (n, dim) = (100_000, 8);
+    let base: Vec<f32> = (0..n).flat_map(|i| {
+        let mut v = [0f32; 8];
+        v[i % 3] = 1.0;
+        v
+    }).collect();
+    let queries = [0.25f32, 1.0, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0];
+    for precision in [Precision::F32, Precision::F16] {
+        let (dc, dg) = (cpu.upload(&base, dim, precision).unwrap(), gpu.upload(&base, dim, precision).unwrap());
+        for k in [1usize, 10, 16_384] {
+            let (c, g) = (cpu.top_k(&dc, &queries, k, Metric::InnerProduct).unwrap(), gpu.top_k(&dg, &queries, k, Metric::InnerProduct).unwrap());
+            assert_eq!(ids(&g), ids(&c), "k = {k}, {precision:?}");
+        }
+    }
+}
+
+#[test]
 fn pooling_agrees() {
     let Some(gpu) = gpu() else { return };
     let cpu = Compute::cpu();

@@ -32,6 +32,7 @@ var<workgroup> greater_cnt: array<u32, 256>;
 var<workgroup> equal_cnt: array<u32, 256>;
 var<workgroup> kept_start: array<u32, 256>;
 var<workgroup> take_cnt: array<u32, 256>;
+var<workgroup> floor_key: atomic<u32>;
 
 fn to_key(f: f32) -> u32 {
     let b = bitcast<u32>(f);
@@ -60,17 +61,34 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
         prefix = 0u;
         mask = 0u;
         remaining = keff;
+        atomicStore(&floor_key, 0xffffffffu);
     }
     workgroupBarrier();
+    // A full list's smallest key is a floor: a block score at or below it can
+    // never enter (the list already holds k keys at least as large, with
+    // lower ids), so such scores are skipped in every pass below.
+    let full = c_in == prm.k;
+    if (full) {
+        for (var i = tid; i < c_in; i += WG) {
+            atomicMin(&floor_key, keys_in[q * prm.k + i]);
+        }
+    }
+    workgroupBarrier();
+    var flo = 0u;
+    if (full) {
+        flo = atomicLoad(&floor_key);
+    }
     for (var digit = 0u; digit < 4u; digit++) {
         let shift = 24u - 8u * digit;
         atomicStore(&hist[tid], 0u);
         workgroupBarrier();
         let pfx = prefix;
         let msk = mask;
-        for (var i = lo; i < hi; i++) {
+        // Strided, so a warp reads whole cache lines; the order of counting
+        // does not matter here.
+        for (var i = tid; i < n; i += WG) {
             let key = key_at(q, i, c_in);
-            if ((key & msk) == pfx) {
+            if ((key & msk) == pfx && (i < c_in || !full || key > flo)) {
                 atomicAdd(&hist[(key >> shift) & 255u], 1u);
             }
         }
@@ -97,6 +115,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     var e = 0u;
     for (var i = lo; i < hi; i++) {
         let key = key_at(q, i, c_in);
+        if (i >= c_in && full && key <= flo) {
+            continue;
+        }
         if (key > t) {
             g += 1u;
         } else if (key == t) {
@@ -127,6 +148,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     var take = take_cnt[tid];
     for (var i = lo; i < hi; i++) {
         let key = key_at(q, i, c_in);
+        if (i >= c_in && full && key <= flo) {
+            continue;
+        }
         var id = prm.gbase + (i - c_in);
         if (i < c_in) {
             id = ids_in[q * prm.k + i];
