@@ -14,6 +14,7 @@
 //! Ties keep the earlier order (stable sorts). The M×M Gram product and the
 //! neighbour averaging run on the kernels' CPU or GPU backend.
 
+use rayon::prelude::*;
 use squire_kernels::{Compute, KernelError};
 
 /// SuperGlobal's parameters.
@@ -71,10 +72,12 @@ pub fn rerank(
         return Ok(ranking.to_vec());
     }
     let top = &ranking[..m];
-    let mut x = Vec::with_capacity(m * dim);
-    for r in top {
-        x.extend_from_slice(&database[r.row * dim..(r.row + 1) * dim]);
-    }
+    // Gathered on every core: the rows are scattered over the database and
+    // usually not in cache, so this copy is latency-bound.
+    let mut x = vec![0f32; m * dim];
+    x.par_chunks_mut(dim.max(1)).zip(top.par_iter()).for_each(|(dst, r)| {
+        dst.copy_from_slice(&database[r.row * dim..(r.row + 1) * dim]);
+    });
     let refined = compute.refine(&x, dim, params.k, params.beta)?;
     let xt = |i: usize| &refined[i * dim..(i + 1) * dim];
     // Database side: s1 = q·x̃, order R by it.

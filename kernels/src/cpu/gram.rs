@@ -149,3 +149,4 @@ mod tests {
         assert_eq!(nb[0].row, 1);
     }
 }
+
