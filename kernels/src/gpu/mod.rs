@@ -178,6 +178,37 @@ impl GpuContext {
         })
     }
 
+    /// A bind group whose first entry is `params`' range at `offset` (one
+    /// uniform struct of `size` bytes) and the rest whole buffers.
+    fn bind_params(
+        &self,
+        pipeline: &wgpu::ComputePipeline,
+        params: (&wgpu::Buffer, u64, u64),
+        buffers: &[&wgpu::Buffer],
+    ) -> wgpu::BindGroup {
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: params.0,
+                offset: params.1,
+                size: wgpu::BufferSize::new(params.2),
+            }),
+        }];
+        entries.extend(
+            buffers.iter().enumerate().map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32 + 1, resource: b.as_entire_binding() }),
+        );
+        self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        })
+    }
+
+    /// The uniform-offset alignment of the device.
+    fn uniform_align(&self) -> u64 {
+        u64::from(self.device.limits().min_uniform_buffer_offset_alignment).max(16)
+    }
+
     fn bind(&self, pipeline: &wgpu::ComputePipeline, buffers: &[&wgpu::Buffer]) -> wgpu::BindGroup {
         let entries: Vec<wgpu::BindGroupEntry<'_>> = buffers
             .iter()

@@ -1,6 +1,7 @@
 //! The kernels' host side: buffer layout, dispatch shapes and readback.
 
 use bytemuck::{Pod, Zeroable};
+use wgpu::util::DeviceExt;
 use half::f16;
 
 use super::{grid, GpuContext};
@@ -175,6 +176,8 @@ impl GpuContext {
 
     /// Records one similarity dispatch: the 64×64-tile kernel, or with
     /// `narrow` the few-query kernel (queries laid out by [`narrow_queries`]).
+    /// `at`: the parameters already written in a buffer (buffer, offset);
+    /// without it a uniform buffer is made for them.
     #[allow(clippy::too_many_arguments)]
     fn record_similarity(
         &self,
@@ -182,6 +185,7 @@ impl GpuContext {
         half: bool,
         narrow: bool,
         params: SimParams,
+        at: Option<(&wgpu::Buffer, u64)>,
         queries: &wgpu::Buffer,
         chunk: &Chunk,
         scores: &wgpu::Buffer,
@@ -191,8 +195,16 @@ impl GpuContext {
         } else {
             &self.pipelines.similarity[usize::from(half)]
         };
-        let p = self.uniform(&params);
-        let group = self.bind(pipeline, &[&p, queries, &chunk.base, &chunk.inv_norms, scores]);
+        let own;
+        let (pbuf, off) = match at {
+            Some(a) => a,
+            None => {
+                own = self.uniform(&params);
+                (&own, 0)
+            }
+        };
+        let size = std::mem::size_of::<SimParams>() as u64;
+        let group = self.bind_params(pipeline, (pbuf, off, size), &[queries, &chunk.base, &chunk.inv_norms, scores]);
         let shape = if narrow {
             ((params.rows as usize).div_ceil(NARROW_ROWS), (params.nq as usize).div_ceil(4))
         } else {
@@ -243,27 +255,53 @@ impl GpuContext {
                 self.queue.write_buffer(&qbuf, 0, bytemuck::cast_slice(qs));
             }
             self.queue.write_buffer(&lists[2], 0, &vec![0u8; m * 4]);
+            let t_record = std::time::Instant::now();
+            // Every pass's parameters in one uniform buffer (two aligned
+            // slots per block): one buffer per call, not one per pass.
+            let align = self.uniform_align();
+            let blocks: Vec<(&Chunk, usize, usize)> = self.blocks(db).collect();
+            let mut pbytes = vec![0u8; blocks.len() * 2 * align as usize];
+            for (b, &(chunk, start, rows)) in blocks.iter().enumerate() {
+                let sim = SimParams::new(m, rows, dim, start, block, cosine);
+                let sel = SelectParams { k: k as u32, rows: rows as u32, stride: block as u32, gbase: as_u32(chunk.row0 + start, "row id")? };
+                let o = b * 2 * align as usize;
+                pbytes[o..o + std::mem::size_of::<SimParams>()].copy_from_slice(bytemuck::bytes_of(&sim));
+                let o = o + align as usize;
+                pbytes[o..o + std::mem::size_of::<SelectParams>()].copy_from_slice(bytemuck::bytes_of(&sel));
+            }
+            let pbuf = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("top-k parameters"),
+                contents: &pbytes,
+                usage: wgpu::BufferUsages::UNIFORM,
+            });
             let mut encoder = self.encoder();
             let mut flip = false;
-            for (chunk, start, rows) in self.blocks(db) {
+            for (b, &(chunk, start, rows)) in blocks.iter().enumerate() {
                 let params = SimParams::new(m, rows, dim, start, block, cosine);
-                self.record_similarity(&mut encoder, half, narrow, params, &qbuf, chunk, &sbuf);
+                let o = b as u64 * 2 * align;
+                self.record_similarity(&mut encoder, half, narrow, params, Some((&pbuf, o)), &qbuf, chunk, &sbuf);
                 let (src, dst) = if flip { (&lists[3..6], &lists[0..3]) } else { (&lists[0..3], &lists[3..6]) };
-                let sp = self.uniform(&SelectParams {
-                    k: k as u32,
-                    rows: rows as u32,
-                    stride: block as u32,
-                    gbase: as_u32(chunk.row0 + start, "row id")?,
-                });
-                let group = self.bind(&self.pipelines.select, &[&sp, &sbuf, &src[0], &src[1], &src[2], &dst[0], &dst[1], &dst[2]]);
+                let group = self.bind_params(
+                    &self.pipelines.select,
+                    (&pbuf, o + align, std::mem::size_of::<SelectParams>() as u64),
+                    &[&sbuf, &src[0], &src[1], &src[2], &dst[0], &dst[1], &dst[2]],
+                );
                 Self::dispatch(&mut encoder, &self.pipelines.select, &group, (m as u32, 1));
                 flip = !flip;
             }
             let last = if flip { &lists[3..6] } else { &lists[0..3] };
+            let recorded = t_record.elapsed();
+            let t_run = std::time::Instant::now();
             let data = self.submit_and_read(
                 encoder,
                 &[(&last[0], (m * k * 4) as u64), (&last[1], (m * k * 4) as u64), (&last[2], (m * 4) as u64)],
             )?;
+            tracing::debug!(
+                "top-k of {m} queries over {} blocks: recorded in {:.2} ms, submitted and read back in {:.2} ms",
+                blocks.len(),
+                recorded.as_secs_f64() * 1e3,
+                t_run.elapsed().as_secs_f64() * 1e3
+            );
             let (keys, ids, counts) = (u32s(&data[0]), u32s(&data[1]), u32s(&data[2]));
             for q in 0..m {
                 let c = (counts[q] as usize).min(k);
@@ -304,7 +342,7 @@ impl GpuContext {
                 let qpart = self.storage("queries", bytemuck::cast_slice(&laid_out));
                 let params = SimParams::new(m, rows, dim, start, rows, cosine);
                 let mut encoder = self.encoder();
-                self.record_similarity(&mut encoder, half, narrow, params, &qpart, chunk, &sbuf);
+                self.record_similarity(&mut encoder, half, narrow, params, None, &qpart, chunk, &sbuf);
                 let data = f32s(&self.submit_and_read(encoder, &[(&sbuf, (m * rows * 4) as u64)])?[0]);
                 let col = chunk.row0 + start;
                 for q in 0..m {
@@ -339,7 +377,7 @@ impl GpuContext {
         let chunk = Chunk { row0: 0, rows: m, base: xbuf.clone(), inv_norms: ones };
         let params = SimParams::new(m, m, dim, 0, m, false);
         let mut encoder = self.encoder();
-        self.record_similarity(&mut encoder, false, false, params, &xbuf, &chunk, &sbuf);
+        self.record_similarity(&mut encoder, false, false, params, None, &xbuf, &chunk, &sbuf);
         Ok((xbuf, sbuf, encoder))
     }
 
@@ -494,7 +532,7 @@ impl GpuContext {
         };
         let sim = |encoder: &mut wgpu::CommandEncoder, chunk: &Chunk, start: usize, rows: usize| {
             let params = SimParams::new(m, rows, dim, start, block, false);
-            self.record_similarity(encoder, half, narrow, params, &qbuf, chunk, &sbuf);
+            self.record_similarity(encoder, half, narrow, params, None, &qbuf, chunk, &sbuf);
         };
         let select = |encoder: &mut wgpu::CommandEncoder, gbase: usize, rows: usize| -> Result<()> {
             let sp = self.uniform(&SelectParams { k: k as u32, rows: rows as u32, stride: block as u32, gbase: as_u32(gbase, "row id")? });
