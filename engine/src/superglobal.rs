@@ -14,6 +14,8 @@
 //! Ties keep the earlier order (stable sorts). The M×M Gram product and the
 //! neighbour averaging run on the kernels' CPU or GPU backend.
 
+use std::cell::RefCell;
+
 use rayon::prelude::*;
 use squire_kernels::{Compute, KernelError};
 
@@ -50,6 +52,13 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     squire_kernels::cpu::dot_f32(a, b)
 }
 
+thread_local! {
+    /// The gathered top-M descriptors of the last query on this thread.
+    static GATHER: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Their refined descriptors.
+    static REFINED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
 /// Reranks `ranking` (best first; rows of `database`, an `n × dim` row-major
 /// matrix of L2-normalised descriptors) for `query` (L2-normalised).
 pub fn rerank(
@@ -73,30 +82,39 @@ pub fn rerank(
     }
     let top = &ranking[..m];
     // Gathered on every core: the rows are scattered over the database and
-    // usually not in cache, so this copy is latency-bound.
-    let mut x = vec![0f32; m * dim];
+    // usually not in cache, so this copy is latency-bound. Both buffers are
+    // taken from per-thread slots and put back afterwards: a fresh 2 MB
+    // buffer would cost its page faults on every query (a nested call on the
+    // same thread finds the slots empty and allocates).
+    let mut x = GATHER.with(|c| std::mem::take(&mut *c.borrow_mut()));
+    let mut refined = REFINED.with(|c| std::mem::take(&mut *c.borrow_mut()));
+    x.resize(m * dim, 0.0);
     x.par_chunks_mut(dim.max(1)).zip(top.par_iter()).for_each(|(dst, r)| {
         dst.copy_from_slice(&database[r.row * dim..(r.row + 1) * dim]);
     });
-    let refined = compute.refine(&x, dim, params.k, params.beta)?;
-    let xt = |i: usize| &refined[i * dim..(i + 1) * dim];
-    // Database side: s1 = q·x̃, order R by it.
-    let s1: Vec<f32> = (0..m).map(|i| dot(query, xt(i))).collect();
-    let mut order: Vec<usize> = (0..m).collect();
-    order.sort_by(|&a, &b| s1[b].total_cmp(&s1[a]));
-    // Query side: q̃ = element-wise max over the top x̃ of that order.
-    let mut expanded = vec![f32::NEG_INFINITY; dim];
-    for &i in order.iter().take(params.query_top.max(1)) {
-        for (e, &v) in expanded.iter_mut().zip(xt(i)) {
-            *e = e.max(v);
+    let result = compute.refine_into(&x[..m * dim], dim, params.k, params.beta, &mut refined).map(|()| {
+        let xt = |i: usize| &refined[i * dim..(i + 1) * dim];
+        // Database side: s1 = q·x̃, order R by it.
+        let s1: Vec<f32> = (0..m).map(|i| dot(query, xt(i))).collect();
+        let mut order: Vec<usize> = (0..m).collect();
+        order.sort_by(|&a, &b| s1[b].total_cmp(&s1[a]));
+        // Query side: q̃ = element-wise max over the top x̃ of that order.
+        let mut expanded = vec![f32::NEG_INFINITY; dim];
+        for &i in order.iter().take(params.query_top.max(1)) {
+            for (e, &v) in expanded.iter_mut().zip(xt(i)) {
+                *e = e.max(v);
+            }
         }
-    }
-    let fin: Vec<f32> = (0..m).map(|i| (s1[i] + dot(&expanded, xt(i))) / 2.0).collect();
-    let mut order: Vec<usize> = (0..m).collect();
-    order.sort_by(|&a, &b| fin[b].total_cmp(&fin[a]));
-    let mut out: Vec<Ranked> = order.iter().map(|&i| Ranked { row: top[i].row, score: fin[i] }).collect();
-    out.extend_from_slice(&ranking[m..]);
-    Ok(out)
+        let fin: Vec<f32> = (0..m).map(|i| (s1[i] + dot(&expanded, xt(i))) / 2.0).collect();
+        let mut order: Vec<usize> = (0..m).collect();
+        order.sort_by(|&a, &b| fin[b].total_cmp(&fin[a]));
+        let mut out: Vec<Ranked> = order.iter().map(|&i| Ranked { row: top[i].row, score: fin[i] }).collect();
+        out.extend_from_slice(&ranking[m..]);
+        out
+    });
+    GATHER.with(|c| *c.borrow_mut() = x);
+    REFINED.with(|c| *c.borrow_mut() = refined);
+    result
 }
 
 #[cfg(test)]

@@ -318,14 +318,25 @@ impl Compute {
     /// matrix, then each row averaged with its `k` most similar other rows
     /// weighted by `beta · s_ij` (see [`cpu::refine`]).
     pub fn refine(&self, x: &[f32], dim: usize, k: usize, beta: f32) -> Result<Vec<f32>> {
+        let mut out = Vec::new();
+        self.refine_into(x, dim, k, beta, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Compute::refine`] into `out` (resized to `m × dim`): a caller that
+    /// keeps `out` across queries saves a fresh allocation's page faults.
+    pub fn refine_into(&self, x: &[f32], dim: usize, k: usize, beta: f32, out: &mut Vec<f32>) -> Result<()> {
         let m = rows_of(x, dim, "refinement input")?;
         cpu::check_refine(m, k, beta)?;
         match &self.gpu {
             None => {
                 let s = cpu::gram(x, dim)?;
-                cpu::refine(x, &s, dim, k, beta)
+                cpu::refine_into(x, &s, dim, k, beta, out)
             }
-            Some(g) => g.refine(x, dim, k, beta),
+            Some(g) => {
+                *out = g.refine(x, dim, k, beta)?;
+                Ok(())
+            }
         }
     }
 }

@@ -6,8 +6,9 @@ use rayon::prelude::*;
 use crate::error::{KernelError, Result};
 use crate::types::{better, rows_of, Scored};
 
-/// Rows per tile of the Gram matrix: only tiles on or above the diagonal are
-/// multiplied (the rest mirrored), about (T + 1) / 2T of the full product.
+/// Rows per band of the Gram matrix: each band is multiplied with the rows
+/// from its own first row on (the rest mirrored), about (T + 1) / 2T of the
+/// full product.
 const GRAM_TILE: usize = 128;
 
 /// `X Xᵀ` for `X` = `m × dim` (row-major): `m × m`.
@@ -21,24 +22,26 @@ pub fn gram(x: &[f32], dim: usize) -> Result<Vec<f32>> {
         super::matmul::a_bt(&mut out, x, x, m, m, dim, false);
         return Ok(out);
     }
-    let tiles = m.div_ceil(GRAM_TILE);
-    let pairs: Vec<(usize, usize)> = (0..tiles).flat_map(|i| (i..tiles).map(move |j| (i, j))).collect();
-    let blocks: Vec<(usize, usize, Vec<f32>)> = pairs
-        .par_iter()
-        .map(|&(i, j)| {
-            let (r0, r1) = (i * GRAM_TILE, ((i + 1) * GRAM_TILE).min(m));
-            let (c0, c1) = (j * GRAM_TILE, ((j + 1) * GRAM_TILE).min(m));
-            let mut b = vec![0f32; (r1 - r0) * (c1 - c0)];
-            super::matmul::a_bt(&mut b, &x[r0 * dim..r1 * dim], &x[c0 * dim..c1 * dim], r1 - r0, c1 - c0, dim, false);
-            (r0, c0, b)
+    // Row bands of GRAM_TILE rows, each multiplied with every row from its
+    // own first row on (the upper triangle and the diagonal block) in one
+    // product; the bands' sizes fall with their index, so rayon's halving
+    // pairs a large band with a small one.
+    let bands: Vec<(usize, Vec<f32>)> = (0..m.div_ceil(GRAM_TILE))
+        .into_par_iter()
+        .map(|b| {
+            let (r0, r1) = (b * GRAM_TILE, ((b + 1) * GRAM_TILE).min(m));
+            let mut band = vec![0f32; (r1 - r0) * (m - r0)];
+            super::matmul::a_bt(&mut band, &x[r0 * dim..r1 * dim], &x[r0 * dim..], r1 - r0, m - r0, dim, false);
+            (r0, band)
         })
         .collect();
-    for (r0, c0, b) in blocks {
-        let w = b.len() / (GRAM_TILE.min(m - r0));
-        for (di, row) in b.chunks_exact(w).enumerate() {
-            out[(r0 + di) * m + c0..(r0 + di) * m + c0 + w].copy_from_slice(row);
-            for (dj, &v) in row.iter().enumerate() {
-                out[(c0 + dj) * m + r0 + di] = v;
+    for (r0, band) in bands {
+        let w = m - r0;
+        for (di, row) in band.chunks_exact(w).enumerate() {
+            let i = r0 + di;
+            out[i * m + r0..(i + 1) * m].copy_from_slice(row);
+            for (dj, &v) in row.iter().enumerate().skip(di + 1) {
+                out[(r0 + dj) * m + i] = v;
             }
         }
     }
@@ -58,12 +61,30 @@ pub(crate) fn check_refine(m: usize, k: usize, beta: f32) -> Result<()> {
 
 /// The `k` best other rows of row `i` of the Gram matrix (ties by index).
 pub(crate) fn neighbours(row: &[f32], i: usize, k: usize) -> Vec<Scored> {
-    let mut others: Vec<Scored> =
-        row.iter().enumerate().filter(|&(j, _)| j != i).map(|(j, &s)| Scored { row: j, score: s }).collect();
-    let k = k.min(others.len());
+    let k = k.min(row.len().saturating_sub(1));
     if k == 0 {
         return Vec::new();
     }
+    if k <= 32 {
+        // A sorted list of the k best so far: most scores lose to the k-th
+        // at once, so this is one comparison per score (SuperGlobal's K = 9).
+        let mut best: Vec<Scored> = Vec::with_capacity(k + 1);
+        for (j, &s) in row.iter().enumerate() {
+            if j == i {
+                continue;
+            }
+            let c = Scored { row: j, score: s };
+            if best.len() == k && better(&c, &best[k - 1]) != std::cmp::Ordering::Less {
+                continue;
+            }
+            let at = best.partition_point(|b| better(b, &c) == std::cmp::Ordering::Less);
+            best.insert(at, c);
+            best.truncate(k);
+        }
+        return best;
+    }
+    let mut others: Vec<Scored> =
+        row.iter().enumerate().filter(|&(j, _)| j != i).map(|(j, &s)| Scored { row: j, score: s }).collect();
     others.select_nth_unstable_by(k - 1, better);
     others.truncate(k);
     others.sort_by(better);
@@ -77,12 +98,20 @@ pub(crate) fn neighbours(row: &[f32], i: usize, k: usize) -> Vec<Scored> {
 /// weight 1, as in SuperGlobal's code where the nearest neighbour of a
 /// normalised descriptor is itself; no renormalisation.
 pub fn refine(x: &[f32], s: &[f32], dim: usize, k: usize, beta: f32) -> Result<Vec<f32>> {
+    let mut out = Vec::new();
+    refine_into(x, s, dim, k, beta, &mut out)?;
+    Ok(out)
+}
+
+/// [`refine`] into `out` (resized to `m × dim`), so a caller can keep one
+/// buffer across queries.
+pub fn refine_into(x: &[f32], s: &[f32], dim: usize, k: usize, beta: f32, out: &mut Vec<f32>) -> Result<()> {
     let m = rows_of(x, dim, "refinement input")?;
     if s.len() != m * m {
         return Err(KernelError::Shape(format!("Gram matrix has {} values for {m} rows", s.len())));
     }
     check_refine(m, k, beta)?;
-    let mut out = vec![0f32; m * dim];
+    out.resize(m * dim, 0.0);
     out.par_chunks_mut(dim.max(1)).enumerate().for_each(|(i, dst)| {
         dst.copy_from_slice(&x[i * dim..(i + 1) * dim]);
         let mut total = 1.0f32;
@@ -96,7 +125,7 @@ pub fn refine(x: &[f32], s: &[f32], dim: usize, k: usize, beta: f32) -> Result<V
         let inv = 1.0 / total;
         dst.iter_mut().for_each(|d| *d *= inv);
     });
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -148,5 +177,20 @@ mod tests {
         let nb = neighbours(&gram(&y, 2).unwrap()[0..3], 0, 1);
         assert_eq!(nb[0].row, 1);
     }
-}
 
+    #[test]
+    fn bounded_insertion_agrees_with_a_full_sort() {
+        // Many tied scores; k on both sides of the insertion path's limit.
+        let row: Vec<f32> = (0..500).map(|j| ((j * 7919 % 97) as f32) / 8.0).collect();
+        for k in [1usize, 5, 9, 32, 33, 100, 499, 600] {
+            for i in [0usize, 250, 499] {
+                let got: Vec<usize> = neighbours(&row, i, k).iter().map(|s| s.row).collect();
+                let mut all: Vec<Scored> =
+                    row.iter().enumerate().filter(|&(j, _)| j != i).map(|(j, &s)| Scored { row: j, score: s }).collect();
+                all.sort_by(better);
+                all.truncate(k);
+                assert_eq!(got, all.iter().map(|s| s.row).collect::<Vec<_>>(), "k = {k}, i = {i}");
+            }
+        }
+    }
+}
