@@ -28,6 +28,9 @@ pub struct IndexArgs {
     /// How the lite pack pools its image descriptor (`gem` vector): gem
     /// (GeM p = 3), gem+ (GeM+ p = 4.6), gem+rgem (Regional-GeM, then GeM+),
     /// gem+rgem+sgem (that at 3 scales merged by Scale-GeM: ~3.5× the compute).
+    /// With a CLIP model, gem+ and gem+rgem add a `gem` vector pooled from the
+    /// ViT's patch tokens, which image queries then search (`--model M@gem`
+    /// for plain GeM; Scale-GeM is refused: CLIP's input size is fixed).
     #[arg(long, default_value = "gem")]
     pool: squire_models::pooling::Pooling,
     /// Images per forward pass.

@@ -27,8 +27,10 @@ pub fn load_clip(spec: &str, opts: LoadOptions) -> anyhow::Result<ClipModel> {
 /// Resolves `--model` and loads whichever family it names.
 ///
 /// `lite@POOL` is the lite pack with its `gem` vector pooled by POOL (`gem+`,
-/// `gem+rgem`, `gem+rgem+sgem`; see [`with_pooling`]): a collection records
-/// the whole spec, so one built with one pooling refuses another.
+/// `gem+rgem`, `gem+rgem+sgem`; see [`with_pooling`]); `CLIP@POOL` (a CLIP
+/// name or directory) adds a `gem` vector pooled from the ViT's patch tokens
+/// (`gem`, `gem+`, `gem+rgem`). A collection records the whole spec, so one
+/// built with one pooling refuses another.
 pub fn load_encoder(spec: &str, opts: LoadOptions) -> anyhow::Result<Box<dyn DualEncoder>> {
     let (name, pool) = match spec.split_once('@') {
         Some((name, pool)) => (name, pool.parse::<Pooling>().map_err(|e| anyhow::anyhow!("model `{spec}`: {e}"))?),
@@ -40,7 +42,11 @@ pub fn load_encoder(spec: &str, opts: LoadOptions) -> anyhow::Result<Box<dyn Dua
             .with_context(|| format!("loading the lite pack from {}", resolved.dir.display()))?;
         return Ok(Box::new(pack));
     }
-    anyhow::ensure!(spec == name, "model `{spec}`: only the lite pack takes a pooling (@…)");
+    if spec != name {
+        // CLIP with its patch tokens pooled into a second vector, `gem`.
+        let clip = load_clip(name, opts)?;
+        return Ok(Box::new(squire_models::clip::PooledClip::new(clip, pool).map_err(|e| anyhow::anyhow!("model `{spec}`: {e}"))?));
+    }
     Ok(Box::new(load_clip(spec, opts)?))
 }
 
@@ -49,7 +55,8 @@ pub fn with_pooling(model: &str, pool: Pooling) -> anyhow::Result<String> {
     if pool == Pooling::Gem {
         return Ok(model.to_string());
     }
-    anyhow::ensure!(model == "lite", "--pool {pool} needs --model lite (CLIP models have no feature map to pool)");
+    // The lite pack pools EfficientNet's feature map; a CLIP model pools its
+    // patch-token grid (single-scale pipelines only).
     Ok(format!("{model}@{pool}"))
 }
 

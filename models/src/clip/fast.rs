@@ -126,6 +126,13 @@ impl FastVision {
 
     /// `pixels`: `batch × 3 × size × size`, CHW. Returns `batch × projection_dim`, L2-normalised.
     pub fn forward(&self, pixels: &[f32], batch: usize) -> Vec<f32> {
+        self.forward_with_patches(pixels, batch, false).0
+    }
+
+    /// As [`Self::forward`], and with `patches` also the last layer's patch
+    /// tokens after the post-layernorm (class token dropped), as feature maps
+    /// `batch × hidden × g × g` (g = size / patch).
+    pub fn forward_with_patches(&self, pixels: &[f32], batch: usize, patches_wanted: bool) -> (Vec<f32>, Option<Vec<f32>>) {
         let (s, p, d) = (self.cfg.image_size, self.cfg.patch_size, self.cfg.hidden_size);
         let g = s / p;
         let np = g * g;
@@ -169,7 +176,22 @@ impl FastVision {
         let mut out = vec![0f32; batch * self.projection.out];
         dense(&pooled, batch, &self.projection, &mut out, false, None);
         l2_normalize_rows(&mut out, self.projection.out);
-        out
+        let maps = patches_wanted.then(|| {
+            let mut tokens = vec![0f32; np * d];
+            let mut maps = vec![0f32; batch * d * np];
+            for b in 0..batch {
+                layer_norm(&h[(b * seq + 1) * d..(b + 1) * seq * d], d, &self.post_norm.gamma, &self.post_norm.beta, self.encoder.eps, &mut tokens);
+                // Token t (row-major over the g × g grid) → channel-major maps.
+                let map = &mut maps[b * d * np..(b + 1) * d * np];
+                for (t, tok) in tokens.chunks_exact(d).enumerate() {
+                    for (c, &v) in tok.iter().enumerate() {
+                        map[c * np + t] = v;
+                    }
+                }
+            }
+            maps
+        });
+        (out, maps)
     }
 }
 

@@ -9,6 +9,8 @@ mod config;
 mod fast;
 mod generic;
 pub mod stock;
+mod pooled;
+pub use pooled::PooledClip;
 
 use std::path::{Path, PathBuf};
 
@@ -249,6 +251,35 @@ impl ClipModel {
             Vision::Fast(v) => Ok(v.forward(pixels, batch)),
             Vision::Generic(v) => v.forward(pixels, batch),
         }
+    }
+
+    /// Embeds preprocessed pixels and also returns the last layer's patch
+    /// tokens (post-layernorm, class token dropped) as feature maps
+    /// `batch × hidden × g × g`, g = image size / patch size. Needs the f32
+    /// fast path (the default for f32 on the CPU).
+    pub fn embed_pixels_with_patches(&self, pixels: &[f32], batch: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+        let s = self.config.vision_config.image_size;
+        if pixels.len() != batch * 3 * s * s {
+            return Err(ModelError::InvalidRequest(format!(
+                "{} pixel values for a batch of {batch} at {s}×{s} (expected {})",
+                pixels.len(),
+                batch * 3 * s * s
+            )));
+        }
+        match &self.vision {
+            Vision::Fast(v) => {
+                let (clip, maps) = v.forward_with_patches(pixels, batch, true);
+                Ok((clip, maps.unwrap_or_default()))
+            }
+            Vision::Generic(_) => Err(ModelError::InvalidRequest(
+                "patch-token pooling needs the f32 CPU path of the CLIP image tower (not f16 or another device)".into(),
+            )),
+        }
+    }
+
+    /// Side of the patch-token grid (image size / patch size).
+    pub fn patch_grid(&self) -> usize {
+        self.config.vision_config.image_size / self.config.vision_config.patch_size
     }
 
     /// Embeds token sequences (each `[BOS, …, EOS]`, at most the context length).
