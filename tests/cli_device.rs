@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 mod common;
-use common::{fixtures, scratch, squire, text};
+use common::{squire, text, tiny_collection};
 
 fn squire_env(home: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_squire"));
@@ -30,18 +30,6 @@ fn results(o: &Output) -> Vec<(String, f64)> {
         .iter()
         .map(|r| (r["id"].as_str().expect("id").to_string(), r["score"].as_f64().expect("score")))
         .collect()
-}
-
-/// A collection of the fixture photos under the tiny CLIP: (home, index dir, images dir).
-fn tiny_collection(tag: &str) -> (std::path::PathBuf, String, String) {
-    let root = scratch(tag);
-    let home = root.join("home");
-    let model = fixtures().join("tiny-clip").display().to_string();
-    let images = fixtures().join("images").display().to_string();
-    let idx = root.join("index").display().to_string();
-    let o = squire(&home, &["index", &images, "--index", &idx, "--model", &model]);
-    assert!(o.status.success(), "{}", text(&o));
-    (home, idx, images)
 }
 
 #[test]

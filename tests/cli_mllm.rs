@@ -9,7 +9,7 @@ mod common;
 #[path = "support/scripted_openai.rs"]
 mod scripted_openai;
 
-use common::{fixtures, scratch, squire, text};
+use common::{squire, text, tiny_collection};
 use scripted_openai::{Reply, ScriptedServer};
 use serde_json::Value;
 
@@ -24,13 +24,9 @@ fn paths(v: &Value) -> Vec<String> {
 
 #[test]
 fn scripted_server_sqaf_and_ebr_through_the_cli() {
-    let root = scratch("mllm");
-    let home = root.join("home");
-    let model = fixtures().join("tiny-clip").display().to_string();
-    let images = fixtures().join("images");
-    let idx = root.join("index").display().to_string();
-    let o = squire(&home, &["index", &images.display().to_string(), "--index", &idx, "--model", &model]);
-    assert!(o.status.success(), "{}", text(&o));
+    let (home, idx, images) = tiny_collection("mllm");
+    let images = std::path::PathBuf::from(images);
+    let root = home.parent().expect("scratch root").to_path_buf();
     let server = ScriptedServer::start(vec![
         Reply::answer("Caption: \"An astronaut in a blue suit.\""),
         Reply::answer("Ranking: {\"ranking\": [4, 3]}"),
@@ -77,13 +73,7 @@ fn scripted_server_sqaf_and_ebr_through_the_cli() {
 
 #[test]
 fn an_unreachable_server_falls_back_and_bad_options_are_named() {
-    let root = scratch("mllm-errors");
-    let home = root.join("home");
-    let model = fixtures().join("tiny-clip").display().to_string();
-    let images = fixtures().join("images");
-    let idx = root.join("index").display().to_string();
-    let o = squire(&home, &["index", &images.display().to_string(), "--index", &idx, "--model", &model]);
-    assert!(o.status.success(), "{}", text(&o));
+    let (home, idx, _) = tiny_collection("mllm-errors");
     // No MLLM given.
     let o = squire(&home, &["search", "--index", &idx, "--text", "a cat", "--rerank", "ebr"]);
     assert!(!o.status.success());
@@ -107,13 +97,7 @@ fn an_unreachable_server_falls_back_and_bad_options_are_named() {
 
 #[test]
 fn scripted_server_cotrr_then_pointwise_through_the_cli() {
-    let root = scratch("mllm-cotrr");
-    let home = root.join("home");
-    let model = fixtures().join("tiny-clip").display().to_string();
-    let images = fixtures().join("images");
-    let idx = root.join("index").display().to_string();
-    let o = squire(&home, &["index", &images.display().to_string(), "--index", &idx, "--model", &model]);
-    assert!(o.status.success(), "{}", text(&o));
+    let (home, idx, _) = tiny_collection("mllm-cotrr");
     let first = json(&squire(&home, &["search", "--index", &idx, "--text", "a cat", "--exact", "--json", "-k", "6"]));
     let before = paths(&first);
     let lp = |yes: f64| Reply::answer_with_logprobs("Yes", &[("Yes", yes.ln()), ("No", (1.0 - yes).ln())]);

@@ -81,21 +81,21 @@ impl GridReranker {
     }
 
     /// The grids for `candidates`, marked 1.. in order.
-    pub fn grids(&self, candidates: &[Arc<RgbImage>]) -> Vec<RgbImage> {
+    pub fn grids(&self, candidates: &[Arc<RgbImage>]) -> Vec<Arc<RgbImage>> {
         let cells = self.options.grid.cells.max(1);
         candidates
             .chunks(cells)
             .enumerate()
             .map(|(g, chunk)| {
                 let refs: Vec<&RgbImage> = chunk.iter().map(|c| c.as_ref()).collect();
-                draw_grid(&refs, 1 + g * cells, &self.options.grid)
+                Arc::new(draw_grid(&refs, 1 + g * cells, &self.options.grid))
             })
             .collect()
     }
 
     /// The request for `query` and `grids` holding `n` candidates; `attempt`
     /// > 0 adds the reminder that follows an unusable answer.
-    pub fn request(&self, query: &RerankQuery, grids: &[RgbImage], n: usize, attempt: u32) -> ChatRequest {
+    pub fn request(&self, query: &RerankQuery, grids: &[Arc<RgbImage>], n: usize, attempt: u32) -> ChatRequest {
         let mut parts = Vec::new();
         let target = match query {
             RerankQuery::Text(t) => {
@@ -122,9 +122,7 @@ impl GridReranker {
         parts.push(Part::Text(format!(
             "Candidates: {n} images, each with a black number on a yellow badge in its top-left corner (marks 1 to {n}{grid_note}):"
         )));
-        for g in grids {
-            parts.push(Part::Image(Arc::new(g.clone())));
-        }
+        parts.extend(grids.iter().map(|g| Part::Image(g.clone())));
         let example: Vec<String> = (1..=n.min(3)).rev().map(|m| m.to_string()).collect();
         parts.push(Part::Text(format!(
             "Rank the candidates from best to worst match for {target}. \
@@ -190,6 +188,7 @@ impl GridReranker {
         order.extend(n..candidates.len());
         cost.finish(start.elapsed());
         let reasoning = answers.iter().filter_map(|a| crate::rerank::reasoning_of(a)).collect();
+        let grids = grids.into_iter().map(|g| Arc::try_unwrap(g).unwrap_or_else(|shared| (*shared).clone())).collect();
         RerankOutcome { order, mentioned, fallback, answers, reasoning, grids, cost }
     }
 }

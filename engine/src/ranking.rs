@@ -55,7 +55,7 @@ pub fn parse_ranking(answer: &str, n: usize) -> Parsed {
 
 /// Every balanced `open ... close` block in order, outermost first; the
 /// first that parses as JSON wins (strings are honoured when balancing).
-fn first_block(s: &str, open: char, close: char) -> Option<Value> {
+pub(crate) fn first_block(s: &str, open: char, close: char) -> Option<Value> {
     let bytes: Vec<char> = s.chars().collect();
     let mut start = 0;
     while let Some(off) = bytes[start..].iter().position(|&c| c == open) {

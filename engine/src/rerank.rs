@@ -58,54 +58,21 @@ pub trait ListReranker: Send + Sync {
 }
 
 /// The reasoning in an answer: the `reasoning` (or `analysis`, `explanation`,
-/// `thoughts`) string of its first JSON object, else the text before it
-/// when that is more than a few words.
+/// `thoughts`, `rationale`) field of its first JSON object, else the text
+/// before the first `{` when that is more than a few words.
 pub fn reasoning_of(answer: &str) -> Option<String> {
-    let start = answer.find('{');
-    if let Some(s) = start {
-        let mut depth = 0usize;
-        let mut end = None;
-        let mut in_str = false;
-        let mut esc = false;
-        for (i, c) in answer[s..].char_indices() {
-            if in_str {
-                match (esc, c) {
-                    (true, _) => esc = false,
-                    (false, '\\') => esc = true,
-                    (false, '"') => in_str = false,
-                    _ => {}
-                }
-                continue;
-            }
-            match c {
-                '"' => in_str = true,
-                '{' => depth += 1,
-                '}' => {
-                    depth -= 1;
-                    if depth == 0 {
-                        end = Some(s + i);
-                        break;
-                    }
-                }
-                _ => {}
-            }
-        }
-        if let Some(e) = end {
-            if let Ok(serde_json::Value::Object(o)) = serde_json::from_str::<serde_json::Value>(&answer[s..=e]) {
-                for key in ["reasoning", "analysis", "explanation", "thoughts", "rationale"] {
-                    if let Some(t) = o.get(key) {
-                        let t = match t {
-                            serde_json::Value::String(s) => s.clone(),
-                            other => other.to_string(),
-                        };
-                        if !t.trim().is_empty() {
-                            return Some(t.trim().to_string());
-                        }
-                    }
-                }
+    if let Some(serde_json::Value::Object(o)) = crate::ranking::first_block(answer, '{', '}') {
+        for key in ["reasoning", "analysis", "explanation", "thoughts", "rationale"] {
+            let text = match o.get(key) {
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(other) => other.to_string(),
+                None => continue,
+            };
+            if !text.trim().is_empty() {
+                return Some(text.trim().to_string());
             }
         }
     }
-    let before = answer[..start.unwrap_or(answer.len())].trim();
+    let before = answer[..answer.find('{').unwrap_or(answer.len())].trim();
     (before.split_whitespace().count() >= 5).then(|| before.to_string())
 }

@@ -17,6 +17,7 @@ use std::time::Duration;
 use image::RgbImage;
 use squire_models::mllm::{ChatRequest, ChatResponse, Mllm, MllmError, Part, Usage};
 
+use crate::copies::Rng;
 use crate::grid::{draw_grid, GridOptions};
 
 /// A candidate as the simulator knows it.
@@ -65,22 +66,6 @@ fn signature(img: &RgbImage, x0: u32, y0: u32, cell: u32) -> Vec<f32> {
         }
     }
     out
-}
-
-/// splitmix64: a small deterministic generator.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
 }
 
 impl SimulatedMllm {
@@ -162,8 +147,8 @@ impl Mllm for SimulatedMllm {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         self.seed.hash(&mut h);
         squire_models::mllm::ResponseCache::key("simulated", request).hash(&mut h);
-        let mut rng = Rng(h.finish());
-        let right = rng.unit() < self.p;
+        let mut rng = Rng::new(h.finish());
+        let right = rng.uniform(0.0, 1.0) < self.p;
         let text;
         let mut logprobs = Vec::new();
         if request.first_token_logprobs.is_some() {
@@ -176,7 +161,7 @@ impl Mllm for SimulatedMllm {
                 .and_then(|i| self.known.lock().unwrap_or_else(|p| p.into_inner()).get(&pixel_hash(i)).map(|k| k.relevant))
                 .unwrap_or(false);
             let yes = relevant == right;
-            let confidence = 0.85 + 0.1 * rng.unit();
+            let confidence = 0.85 + 0.1 * rng.uniform(0.0, 1.0);
             let (py, pn) = if yes { (confidence, 1.0 - confidence) } else { (1.0 - confidence, confidence) };
             logprobs = vec![("Yes".to_string(), (py as f32).ln()), ("No".to_string(), (pn as f32).ln())];
             text = if yes { "Yes".to_string() } else { "No".to_string() };
@@ -186,12 +171,9 @@ impl Mllm for SimulatedMllm {
             let mut good: Vec<usize> = (0..n).filter(|&i| rel[i]).chain((0..n).filter(|&i| !rel[i])).collect();
             let order = if right {
                 good
-            } else if rng.unit() < 0.5 {
-                // Fisher–Yates.
+            } else if rng.uniform(0.0, 1.0) < 0.5 {
                 let mut o: Vec<usize> = (0..n).collect();
-                for i in (1..n).rev() {
-                    o.swap(i, (rng.next() % (i as u64 + 1)) as usize);
-                }
+                rng.shuffle(&mut o);
                 o
             } else {
                 if n > 1 {

@@ -73,17 +73,6 @@ fn index_folder(dir: &Path, cache: &Path, model: &str, encoder: &dyn DualEncoder
     Ok(col)
 }
 
-/// The descriptor of `img` in `col`'s image-query vector.
-fn embed(col: &Collection, encoder: &dyn DualEncoder, img: &image::RgbImage) -> anyhow::Result<Vec<f32>> {
-    let vector = &col.manifest().image_query_vector;
-    let s = encoder.input_size();
-    let mut px = vec![0f32; 3 * s * s];
-    encoder.preprocess_into(img, &mut px)?;
-    let mut all = encoder.embed_named(&px, 1)?;
-    let i = encoder.vector_names().iter().position(|n| n == vector).context("the model lacks the collection's image vector")?;
-    Ok(all.swap_remove(i))
-}
-
 /// The query crop: the bounding box [x1, y1, x2, y2] rounded outwards and
 /// clamped to the image (at least one pixel).
 fn crop(img: &image::RgbImage, bbx: [f64; 4]) -> image::RgbImage {
@@ -148,7 +137,7 @@ pub fn run(a: RevisitopArgs, default_dataset: &str) -> anyhow::Result<()> {
     for (qi, qname) in ds.queries.iter().enumerate() {
         let path = jpg.join(format!("{qname}.jpg"));
         let img = image_io::load_rgb(&path).with_context(|| format!("query image {}", path.display()))?;
-        let mut q = embed(&db.col, encoder.as_ref(), &crop(&img, ds.gnd[qi].bbx))?;
+        let mut q = super::search::embed_rgb(encoder.as_ref(), &crop(&img, ds.gnd[qi].bbx), &vector)?;
         if let Some(w) = &whitening {
             q = w.apply(&q)?;
         }

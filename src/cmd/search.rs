@@ -141,21 +141,12 @@ pub fn embed_query(
     alpha: f32,
 ) -> anyhow::Result<Query> {
     let m = col.manifest();
-    let names = encoder.vector_names();
-    let embed_image = |path: &std::path::Path, vector: &str| -> anyhow::Result<Vec<f32>> {
-        let img = image_io::load_rgb(path)?;
-        let s = encoder.input_size();
-        let mut px = vec![0f32; 3 * s * s];
-        encoder.preprocess_into(&img, &mut px)?;
-        let mut all = encoder.embed_named(&px, 1)?;
-        let i = names.iter().position(|n| *n == vector).context("the model lacks the collection's query vector")?;
-        Ok(all.swap_remove(i))
-    };
+    let embed_image = |path: &std::path::Path, vector: &str| embed_rgb(encoder, &image_io::load_rgb(path)?, vector);
     Ok(match (text, image) {
         (Some(t), None) => Query { vector: m.text_query_vector.clone(), values: encoder.embed_texts(&[t])? },
         (None, Some(p)) => Query { vector: m.image_query_vector.clone(), values: embed_image(p, &m.image_query_vector)? },
         (Some(t), Some(p)) => {
-            let (img, txt) = composed_parts(col, encoder, t, p)?;
+            let (img, txt) = composed_parts(col, encoder, t, &image_io::load_rgb(p)?)?;
             let mut q: Vec<f32> = img.iter().zip(&txt).map(|(i, t)| (1.0 - alpha) * i + alpha * t).collect();
             normalise(&mut q);
             Query { vector: m.text_query_vector.clone(), values: q }
@@ -164,26 +155,25 @@ pub fn embed_query(
     })
 }
 
+/// The named vector `vector` of one image.
+pub fn embed_rgb(encoder: &dyn squire_models::DualEncoder, img: &image::RgbImage, vector: &str) -> anyhow::Result<Vec<f32>> {
+    let s = encoder.input_size();
+    let mut px = vec![0f32; 3 * s * s];
+    encoder.preprocess_into(img, &mut px)?;
+    let mut all = encoder.embed_named(&px, 1)?;
+    let i = encoder.vector_names().iter().position(|n| *n == vector).context("the model lacks the collection's query vector")?;
+    Ok(all.swap_remove(i))
+}
+
 /// The two halves of a composed query in the collection's text-query space:
 /// the reference image's embedding and the modification text's.
 pub fn composed_parts(
     col: &Collection,
     encoder: &dyn squire_models::DualEncoder,
     text: &str,
-    image: &std::path::Path,
+    reference: &image::RgbImage,
 ) -> anyhow::Result<(Vec<f32>, Vec<f32>)> {
-    let vector = &col.manifest().text_query_vector;
-    let img = image_io::load_rgb(image)?;
-    let s = encoder.input_size();
-    let mut px = vec![0f32; 3 * s * s];
-    encoder.preprocess_into(&img, &mut px)?;
-    let mut all = encoder.embed_named(&px, 1)?;
-    let i = encoder
-        .vector_names()
-        .iter()
-        .position(|n| n == vector)
-        .context("the model lacks the collection's query vector")?;
-    Ok((all.swap_remove(i), encoder.embed_texts(&[text])?))
+    Ok((embed_rgb(encoder, reference, &col.manifest().text_query_vector)?, encoder.embed_texts(&[text])?))
 }
 
 /// Runs `squire search`.
@@ -224,11 +214,15 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
     let mut sqaf_report = serde_json::Value::Null;
     let mut caption = None;
     let mut cost_sqaf = None;
-    let Query { vector, values: query } = match (&mllm, a.sqaf.sqaf, a.text.as_deref(), a.image.as_deref()) {
-        (Some(m), true, Some(text), Some(image)) => {
-            let (img_vec, txt_vec) = composed_parts(&col, encoder.as_ref(), text, image)?;
-            let reference = std::sync::Arc::new(image_io::load_rgb(image)?);
-            let out = sqaf::caption_target(m.model.as_ref(), reference, text, &sqaf_options);
+    // The query image, decoded once for every stage that shows it to the MLLM.
+    let query_image = match (&mllm, a.image.as_deref()) {
+        (Some(_), Some(p)) => Some(std::sync::Arc::new(image_io::load_rgb(p)?)),
+        _ => None,
+    };
+    let Query { vector, values: query } = match (&mllm, a.sqaf.sqaf, a.text.as_deref(), &query_image) {
+        (Some(m), true, Some(text), Some(reference)) => {
+            let (img_vec, txt_vec) = composed_parts(&col, encoder.as_ref(), text, reference)?;
+            let out = sqaf::caption_target(m.model.as_ref(), reference.clone(), text, &sqaf_options);
             let cap_vec = match &out.caption {
                 Some(c) => Some(encoder.embed_texts(&[c.as_str()])?),
                 None => {
@@ -288,14 +282,12 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
     let mut stage_costs = Vec::new();
     let mut caption_seen = caption.clone();
     if let Some(m) = &mllm {
-        let rq = match (a.text.as_deref(), a.image.as_deref()) {
-            (Some(t), Some(p)) => Some(RerankQuery::Composed {
-                reference: std::sync::Arc::new(image_io::load_rgb(p)?),
-                modification: t.to_string(),
-                caption: caption_seen.take(),
-            }),
+        let rq = match (a.text.as_deref(), &query_image) {
+            (Some(t), Some(img)) => {
+                Some(RerankQuery::Composed { reference: img.clone(), modification: t.to_string(), caption: caption_seen.take() })
+            }
             (Some(t), None) => Some(RerankQuery::Text(t.to_string())),
-            (None, Some(p)) => Some(RerankQuery::Image(std::sync::Arc::new(image_io::load_rgb(p)?))),
+            (None, Some(img)) => Some(RerankQuery::Image(img.clone())),
             (None, None) => None,
         };
         let root = &col.manifest().images_root;

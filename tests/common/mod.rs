@@ -31,3 +31,16 @@ pub fn scratch(tag: &str) -> PathBuf {
     std::fs::create_dir_all(&d).expect("mkdir");
     d
 }
+
+/// A collection of the fixture photos under the tiny CLIP, in a fresh
+/// scratch directory: (home, index dir, images dir).
+pub fn tiny_collection(tag: &str) -> (PathBuf, String, String) {
+    let root = scratch(tag);
+    let home = root.join("home");
+    let model = fixtures().join("tiny-clip").display().to_string();
+    let images = fixtures().join("images").display().to_string();
+    let idx = root.join("index").display().to_string();
+    let o = squire(&home, &["index", &images, "--index", &idx, "--model", &model]);
+    assert!(o.status.success(), "{}", text(&o));
+    (home, idx, images)
+}

@@ -234,8 +234,7 @@ impl ClipModel {
         self.logit_scale
     }
 
-    /// Embeds preprocessed pixels (`batch × 3 × size × size`, CHW).
-    pub fn embed_pixels(&self, pixels: &[f32], batch: usize) -> Result<Vec<f32>> {
+    fn check_pixels(&self, pixels: &[f32], batch: usize) -> Result<()> {
         let s = self.config.vision_config.image_size;
         if pixels.len() != batch * 3 * s * s {
             return Err(ModelError::InvalidRequest(format!(
@@ -244,6 +243,12 @@ impl ClipModel {
                 batch * 3 * s * s
             )));
         }
+        Ok(())
+    }
+
+    /// Embeds preprocessed pixels (`batch × 3 × size × size`, CHW).
+    pub fn embed_pixels(&self, pixels: &[f32], batch: usize) -> Result<Vec<f32>> {
+        self.check_pixels(pixels, batch)?;
         if batch == 0 {
             return Ok(Vec::new());
         }
@@ -258,14 +263,7 @@ impl ClipModel {
     /// `batch × hidden × g × g`, g = image size / patch size. Needs the f32
     /// fast path (the default for f32 on the CPU).
     pub fn embed_pixels_with_patches(&self, pixels: &[f32], batch: usize) -> Result<(Vec<f32>, Vec<f32>)> {
-        let s = self.config.vision_config.image_size;
-        if pixels.len() != batch * 3 * s * s {
-            return Err(ModelError::InvalidRequest(format!(
-                "{} pixel values for a batch of {batch} at {s}×{s} (expected {})",
-                pixels.len(),
-                batch * 3 * s * s
-            )));
-        }
+        self.check_pixels(pixels, batch)?;
         match &self.vision {
             Vision::Fast(v) => {
                 let (clip, maps) = v.forward_with_patches(pixels, batch, true);
