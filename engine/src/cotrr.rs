@@ -45,6 +45,28 @@ pub enum CotrrReasoning {
     EvaluationOnly,
 }
 
+impl CotrrInput {
+    /// The option's spelling: `images` or `grid`.
+    pub fn name(self) -> &'static str {
+        match self {
+            CotrrInput::Images => "images",
+            CotrrInput::Grid => "grid",
+        }
+    }
+}
+
+impl CotrrReasoning {
+    /// The option's spelling: `full`, `none`, `deconstruction`, `evaluation`.
+    pub fn name(self) -> &'static str {
+        match self {
+            CotrrReasoning::Full => "full",
+            CotrrReasoning::None => "none",
+            CotrrReasoning::DeconstructionOnly => "deconstruction",
+            CotrrReasoning::EvaluationOnly => "evaluation",
+        }
+    }
+}
+
 impl std::str::FromStr for CotrrReasoning {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

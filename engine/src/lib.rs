@@ -2,8 +2,8 @@
 //! search, SuperGlobal refinement and MLLM reranking as a pipeline of stages,
 //! and the evaluation harness that measures them.
 //!
-//! Depends on `squire-indexer`, `squire-models` and `squire-kernels`. Today
-//! it holds SuperGlobal reranking ([`superglobal`]), SQUARE's query fusion
+//! Depends on `squire-indexer`, `squire-models` and `squire-kernels`. The
+//! whole query path is [`pipeline::Pipeline`]; under it sit SuperGlobal reranking ([`superglobal`]), SQUARE's query fusion
 //! ([`sqaf`]) and grid-mark batch reranking ([`ebr`], drawing in [`grid`],
 //! answer parsing in [`ranking`], cost accounting in [`cost`]), the
 //! text-to-image evaluation ([`eval`]), the transformed-copy benchmark
@@ -16,6 +16,7 @@ pub mod datasets;
 pub mod ebr;
 pub mod eval;
 pub mod grid;
+pub mod pipeline;
 pub mod pointwise;
 pub mod ranking;
 pub mod rerank;

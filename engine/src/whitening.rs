@@ -301,3 +301,37 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+/// What identifies the vectors of `vector` in `col`'s current generation.
+pub fn fitted_on(col: &squire_indexer::Collection, vector: &str) -> Result<FittedOn, WhiteningError> {
+    let m = col.manifest();
+    let file = m
+        .files
+        .iter()
+        .find(|(name, _)| Path::new(name).file_name().is_some_and(|f| f == format!("{vector}.f32").as_str()))
+        .map(|(_, sum)| sum.sha256.clone())
+        .ok_or_else(|| {
+            let have = m.vectors.keys().cloned().collect::<Vec<_>>().join(", ");
+            WhiteningError::Invalid(format!("the collection has no `{vector}` vectors (it has: {have})"))
+        })?;
+    Ok(FittedOn { vector: vector.to_string(), generation: m.generation, sha256: file, rows: col.records().len() })
+}
+
+/// Loads the whitening of `vector` stored in `col`, refusing one fitted on
+/// other vectors than the collection holds now.
+pub fn load_fresh(col: &squire_indexer::Collection, vector: &str) -> Result<Whitening, WhiteningError> {
+    let (w, on) = Whitening::load(col.dir(), vector)?;
+    let now = fitted_on(col, vector)?;
+    if on != now {
+        return Err(WhiteningError::Invalid(format!(
+            "the whitening in {} was fitted on generation {} ({} images) of `{vector}`, the collection is now at generation {} ({} images): run `squire whiten --index {}` again",
+            col.dir().join("whitening").display(),
+            on.generation,
+            on.rows,
+            now.generation,
+            now.rows,
+            col.dir().display()
+        )));
+    }
+    Ok(w)
+}

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
+use squire_engine::pipeline::embed_query;
 use squire_indexer::{Collection, IndexOptions, SearchParams, StoreConfig};
 use squire_models::clip::LoadOptions;
 use squire_models::registry::squire_home;
@@ -119,7 +120,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
         load_s
     );
     let t = Instant::now();
-    let q = super::search::embed_query(&col, encoder.as_ref(), Some(&a.text), None, 0.8)?;
+    let q = embed_query(&col, encoder.as_ref(), Some(&a.text), None, 0.8)?;
     let hits = col.search(&q.vector, &q.values, a.k, &SearchParams::default())?;
     println!("\ntext query {:?} ({:.1} ms):", a.text, t.elapsed().as_secs_f64() * 1e3);
     print_hits(&col, &hits);
@@ -131,7 +132,8 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
         }
     };
     let t = Instant::now();
-    let q = super::search::embed_query(&col, encoder.as_ref(), Some(&a.modification), Some(Path::new(&reference)), 0.8)?;
+    let reference_rgb = squire_models::image_io::load_rgb(Path::new(&reference))?;
+    let q = embed_query(&col, encoder.as_ref(), Some(&a.modification), Some(&reference_rgb), 0.8)?;
     let hits = col.search(&q.vector, &q.values, a.k, &SearchParams::default())?;
     println!("\ncomposed query: {} + {:?} ({:.1} ms):", reference.display(), a.modification, t.elapsed().as_secs_f64() * 1e3);
     print_hits(&col, &hits);

@@ -192,7 +192,7 @@ fn copies(a: CopiesArgs) -> anyhow::Result<()> {
     let mut rerank_ms = Vec::new();
     for q in &set.queries {
         let path = set.queries_dir.join(&q.query);
-        let query = super::search::embed_query(&col, encoder.as_ref(), None, Some(&path), 0.0)?;
+        let query = squire_engine::pipeline::embed_query(&col, encoder.as_ref(), None, Some(&squire_models::image_io::load_rgb(&path)?), 0.0)?;
         let relevant: std::collections::HashSet<usize> = q.relevant.iter().filter_map(|p| row_of_path.get(p.as_str()).copied()).collect();
         anyhow::ensure!(relevant.len() == q.relevant.len(), "the gallery index lacks some of {:?}; delete {} and rerun", q.relevant, index_dir.display());
         let (qv, ranking): (Vec<f32>, Vec<Ranked>) = match &whitening {

@@ -137,7 +137,7 @@ pub fn run(a: RevisitopArgs, default_dataset: &str) -> anyhow::Result<()> {
     for (qi, qname) in ds.queries.iter().enumerate() {
         let path = jpg.join(format!("{qname}.jpg"));
         let img = image_io::load_rgb(&path).with_context(|| format!("query image {}", path.display()))?;
-        let mut q = super::search::embed_rgb(encoder.as_ref(), &crop(&img, ds.gnd[qi].bbx), &vector)?;
+        let mut q = squire_engine::pipeline::embed_rgb(encoder.as_ref(), &crop(&img, ds.gnd[qi].bbx), &vector)?;
         if let Some(w) = &whitening {
             q = w.apply(&q)?;
         }

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use squire_engine::cotrr::{CotrrInput, CotrrOptions, CotrrReasoning, CotrrReranker};
-use squire_engine::ebr::{EbrOptions, GridReranker};
-use squire_engine::pointwise::{PointwiseOptions, PointwiseReranker};
-use squire_engine::rerank::ListReranker;
+use squire_engine::cotrr::{CotrrInput, CotrrOptions, CotrrReasoning};
+use squire_engine::ebr::EbrOptions;
+use squire_engine::pipeline::{PipelineMllm, PipelineOptions};
+use squire_engine::pointwise::PointwiseOptions;
 use squire_engine::grid::GridOptions;
 use squire_engine::sqaf::{SqafOptions, SqafWeights};
 use squire_models::mllm::{Cached, Mllm, OpenAiChat, OpenAiOptions, ResponseCache, API_KEY_ENV};
@@ -57,17 +57,9 @@ fn default_cache() -> PathBuf {
     base.join("squire").join("mllm")
 }
 
-/// An opened MLLM and what to report about it.
-pub struct OpenedMllm {
-    /// The model, behind its cache when there is one.
-    pub model: Box<dyn Mllm>,
-    /// For reports: backend, URL, model, cache folder.
-    pub describe: serde_json::Value,
-}
-
 impl MllmArgs {
     /// Opens the backend; `None` without --mllm.
-    pub fn open(&self) -> anyhow::Result<Option<OpenedMllm>> {
+    pub fn open(&self) -> anyhow::Result<Option<PipelineMllm>> {
         let Some(backend) = self.mllm.as_deref() else { return Ok(None) };
         anyhow::ensure!(backend == "openai", "--mllm {backend}: expected openai");
         let model = self.mllm_model.clone().context("--mllm openai needs --mllm-model (the served model name)")?;
@@ -96,7 +88,7 @@ impl MllmArgs {
             Some(dir) => Box::new(Cached::new(client, ResponseCache::new(dir))),
             None => Box::new(client),
         };
-        Ok(Some(OpenedMllm { model, describe }))
+        Ok(Some(PipelineMllm { model, describe }))
     }
 }
 
@@ -232,27 +224,33 @@ pub struct PointwiseArgs {
     pub pointwise_k: usize,
 }
 
-/// The MLLM reranker named `stage` (`ebr`, `cotrr` or `pointwise`), configured from the arguments.
-pub fn list_reranker(stage: &str, ebr: &EbrArgs, cotrr: &CotrrArgs, pointwise: &PointwiseArgs, concurrency: usize) -> anyhow::Result<Box<dyn ListReranker>> {
-    Ok(match stage {
-        "ebr" => Box::new(GridReranker::new(ebr.options()?).map_err(anyhow::Error::msg)?),
-        "cotrr" => Box::new(CotrrReranker::new(cotrr.options()?).map_err(anyhow::Error::msg)?),
-        "pointwise" => {
-            anyhow::ensure!(pointwise.pointwise_k > 0, "--pointwise-k must be at least 1");
-            Box::new(PointwiseReranker {
-                options: PointwiseOptions { k: pointwise.pointwise_k, parallel: concurrency.max(1), ..PointwiseOptions::default() },
-            })
-        }
-        other => anyhow::bail!("--rerank {other}: not an MLLM reranker"),
-    })
+/// Every stage's options, shared by `search` and `serve`.
+#[derive(Args, Debug, Clone)]
+pub struct StageArgs {
+    #[command(flatten)]
+    pub sg: super::search::SuperGlobalArgs,
+    #[command(flatten)]
+    pub sqaf: SqafArgs,
+    #[command(flatten)]
+    pub ebr: EbrArgs,
+    #[command(flatten)]
+    pub cotrr: CotrrArgs,
+    #[command(flatten)]
+    pub pointwise: PointwiseArgs,
+    #[command(flatten)]
+    pub mllm: MllmArgs,
 }
 
-/// Candidates a reranker looks at.
-pub fn rerank_depth(stage: &str, ebr: &EbrArgs, cotrr: &CotrrArgs, pointwise: &PointwiseArgs) -> usize {
-    match stage {
-        "ebr" => ebr.ebr_k,
-        "cotrr" => cotrr.cotrr_k,
-        "pointwise" => pointwise.pointwise_k,
-        _ => 0,
+impl StageArgs {
+    /// The pipeline's options (each checked, the offending option named).
+    pub fn options(&self) -> anyhow::Result<PipelineOptions> {
+        anyhow::ensure!(self.pointwise.pointwise_k > 0, "--pointwise-k must be at least 1");
+        Ok(PipelineOptions {
+            superglobal: self.sg.params(),
+            sqaf: self.sqaf.options()?,
+            ebr: self.ebr.options()?,
+            cotrr: self.cotrr.options()?,
+            pointwise: PointwiseOptions { k: self.pointwise.pointwise_k, parallel: self.mllm.mllm_concurrency.max(1), ..PointwiseOptions::default() },
+        })
     }
 }

@@ -1,13 +1,13 @@
 //! `squire whiten`: fit PCA-whitening on a collection's own vectors and store
 //! it beside the collection; `search --whiten` and `eval copies --whiten` use it.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
 use serde_json::json;
-use squire_engine::whitening::{FittedOn, Whitening, WhiteningParams};
+use squire_engine::whitening::{Whitening, WhiteningParams};
 use squire_indexer::{Collection, OpenOptions, VectorStore};
 
 /// Fit PCA-whitening on a collection's vectors and store it in the collection.
@@ -51,44 +51,15 @@ impl WhitenParamsArgs {
     }
 }
 
-/// What identifies the vectors of `vector` in the collection's current generation.
-fn fitted_on(col: &Collection, vector: &str) -> anyhow::Result<FittedOn> {
-    let m = col.manifest();
-    let file = m
-        .files
-        .iter()
-        .find(|(name, _)| Path::new(name).file_name().is_some_and(|f| f == format!("{vector}.f32").as_str()))
-        .map(|(_, sum)| sum.sha256.clone())
-        .with_context(|| format!("the collection has no `{vector}` vectors (it has: {})", m.vectors.keys().cloned().collect::<Vec<_>>().join(", ")))?;
-    Ok(FittedOn { vector: vector.to_string(), generation: m.generation, sha256: file, rows: col.records().len() })
-}
-
 /// Fits and stores a whitening for `vector` of `col`.
 pub fn fit_and_save(col: &Collection, vector: &str, args: &WhitenParamsArgs) -> anyhow::Result<(Whitening, f64)> {
-    let on = fitted_on(col, vector)?;
+    let on = squire_engine::whitening::fitted_on(col, vector)?;
     let store = col.vectors(vector)?;
     let t = Instant::now();
     let w = Whitening::fit(store.data(), store.dim(), args.params())?;
     let secs = t.elapsed().as_secs_f64();
     w.save(col.dir(), &on)?;
     Ok((w, secs))
-}
-
-/// Loads the whitening of `vector`, refusing one fitted on other vectors.
-pub fn load_fresh(col: &Collection, vector: &str) -> anyhow::Result<Whitening> {
-    let (w, on) = Whitening::load(col.dir(), vector)?;
-    let now = fitted_on(col, vector)?;
-    anyhow::ensure!(
-        on == now,
-        "the whitening in {} was fitted on generation {} ({} images) of `{vector}`, the collection is now at generation {} ({} images): run `squire whiten --index {}` again",
-        col.dir().join("whitening").display(),
-        on.generation,
-        on.rows,
-        now.generation,
-        now.rows,
-        col.dir().display()
-    );
-    Ok(w)
 }
 
 /// Runs `squire whiten`.
