@@ -28,6 +28,8 @@ enum Command {
     Index(cmd::index::IndexArgs),
     /// Search a collection by text, image, or both (composed).
     Search(cmd::search::SearchArgs),
+    /// Serve the web demo and JSON API over a collection.
+    Serve(cmd::serve::ServeArgs),
     /// Fit PCA-whitening on a collection's vectors (used by --whiten).
     Whiten(cmd::whiten::WhitenArgs),
     /// Run evaluations.
@@ -67,6 +69,7 @@ fn main() -> std::process::ExitCode {
         Command::Search(a) => cmd::search::run(a),
         Command::Eval(c) => cmd::eval::run(c),
         Command::Whiten(a) => cmd::whiten::run(a),
+        Command::Serve(a) => cmd::serve::run(a),
         Command::Embed(a) => cmd::embed::run(a),
         Command::Bench(c) => cmd::bench::run(c),
     };

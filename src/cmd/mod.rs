@@ -9,6 +9,7 @@ pub mod index;
 pub mod mllm;
 pub mod models;
 pub mod search;
+pub mod serve;
 pub mod whiten;
 
 use anyhow::Context;
