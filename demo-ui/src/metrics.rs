@@ -96,8 +96,14 @@ impl Metrics {
     }
 }
 
-/// The process's resident memory (Linux: /proc/self/statm), bytes.
-pub fn resident_bytes() -> Option<u64> {
+impl Metrics {
+    /// The process's resident memory now (Linux: /proc/self/statm), bytes.
+    pub fn resident_bytes() -> Option<u64> {
+        resident_bytes()
+    }
+}
+
+fn resident_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     Some(pages * 4096)

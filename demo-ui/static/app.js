@@ -26,7 +26,7 @@ async function loadHealth() {
   try {
     const r = await fetch("/api/health");
     health = await r.json();
-    $("collection").textContent = `${health.images} images · model ${health.model}` + (health.mllm ? ` · MLLM ${health.mllm.model}` : " · no MLLM");
+    $("collection").textContent = `${health.images} images · model ${String(health.model).split("/").pop()}` + (health.mllm ? ` · MLLM ${health.mllm.model}` : " · no MLLM");
     const sel = $("rerank");
     const names = { superglobal: "SuperGlobal refinement", ebr: "EBR (grid, one MLLM call)", cotrr: "CoTRR (chain of thought)", pointwise: "pointwise (Yes/No)" };
     for (const s of health.stages) sel.append(el("option", { value: s, text: names[s] || s }));
@@ -123,7 +123,7 @@ function render(d) {
   const table = el("table", { class: "timings" }, el("tr", {}, el("th", { text: "stage" }), el("th", { text: "ms" })));
   for (const [k, v] of Object.entries(t)) table.append(el("tr", {}, el("th", { text: k.replace(/_ms$/, "") }), el("td", { text: Number(v).toFixed(2) })));
   summary.append(table);
-  if (d.cost && d.cost.total) {
+  if (d.cost && d.cost.total && d.cost.total.calls > 0) {
     const c = d.cost.total;
     summary.append(el("p", { class: "muted", text: `MLLM: ${c.calls} call(s), ${c.images} image(s), ${c.prompt_tokens} + ${c.completion_tokens} tokens, ${c.cache_hits} from cache` }));
   }

@@ -22,7 +22,8 @@ const DEMO_IMAGES: [&str; 12] = [
 ///
 /// The gallery is --images DIR, or public-domain/CC0 sample photos taken from
 /// the scikit-image wheel (fetched with pip, cached in $SQUIRE_HOME/demo).
-/// Nothing needs a model hub.
+/// Nothing needs a model hub. With --serve it then serves the web demo
+/// over the gallery (http://127.0.0.1:8080/ by default) until Ctrl-C.
 #[derive(Args)]
 pub struct DemoArgs {
     /// Use this folder of images as the gallery.
@@ -40,6 +41,12 @@ pub struct DemoArgs {
     /// Results per query.
     #[arg(long, short, default_value_t = 5)]
     k: usize,
+    /// End by serving the web demo over the gallery (`squire serve`) until Ctrl-C.
+    #[arg(long)]
+    serve: bool,
+    /// Address for --serve.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: std::net::SocketAddr,
     /// Python interpreter whose pip fetches the packages.
     #[arg(long, default_value = "python3", env = "SQUIRE_PYTHON")]
     python: String,
@@ -138,5 +145,17 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     println!("\ncomposed query: {} + {:?} ({:.1} ms):", reference.display(), a.modification, t.elapsed().as_secs_f64() * 1e3);
     print_hits(&col, &hits);
     println!("\ndone in {:.1} s", t_all.elapsed().as_secs_f64());
+    if a.serve {
+        drop(col);
+        let col = Collection::open_with(&index_dir, squire_indexer::OpenOptions { view: true })?;
+        let pipeline = squire_engine::pipeline::Pipeline::new(
+            col,
+            encoder,
+            squire_kernels::Compute::cpu(),
+            None,
+            squire_engine::pipeline::PipelineOptions::default(),
+        )?;
+        return super::serve::serve_pipeline(pipeline, squire_demo_ui::ServerConfig::default(), a.addr);
+    }
     Ok(())
 }

@@ -5,8 +5,9 @@
 mod encode;
 mod index;
 mod kernels;
-mod rerank_sim;
 mod query;
+mod rerank_sim;
+mod serve;
 
 use clap::Subcommand;
 
@@ -50,6 +51,10 @@ pub enum BenchCommand {
     /// MRR, calls and images per query. Checks the rerankers' windowing,
     /// merging and parsing, and their cost; measures no model.
     RerankSim(rerank_sim::RerankSimArgs),
+    /// Load test of `squire serve`'s API on loopback: text queries without
+    /// MLLM from 1, 8 and 32 clients (p50/p99 latency, requests/s, non-200
+    /// statuses) and a memory soak over 10,000 requests.
+    Serve(serve::ServeBenchArgs),
 }
 
 /// Runs a `bench` subcommand.
@@ -63,5 +68,6 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Query(a) => query::run(a),
         BenchCommand::Kernels(a) => kernels::run(a),
         BenchCommand::RerankSim(a) => rerank_sim::run(a),
+        BenchCommand::Serve(a) => serve::run(a),
     }
 }
