@@ -18,6 +18,8 @@
 //! Images are only ever served by id (looked up in the collection); no path
 //! from a request reaches the file system.
 
+#![warn(missing_docs)]
+
 mod api;
 mod assets;
 mod gate;

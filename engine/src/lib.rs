@@ -9,6 +9,8 @@
 //! text-to-image evaluation ([`eval`]), the transformed-copy benchmark
 //! ([`copies`]) and the benchmark annotation loaders ([`datasets`]).
 
+#![warn(missing_docs)]
+
 pub mod copies;
 pub mod cost;
 pub mod cotrr;
