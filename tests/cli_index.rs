@@ -119,7 +119,8 @@ fn index_search_and_eval_through_the_cli() {
     // eval t2i: JSON metrics, and queries whose image is missing are counted, not dropped silently.
     let tsv = root.join("q.tsv");
     std::fs::write(&tsv, "query_id\tcaption\trelevant_image\n1\tan astronaut\tastronaut.jpg\n2\ta cat\tchelsea-420.jpg\n3\ta ghost\tnot-indexed.jpg\n").expect("tsv");
-    let o = squire(&home, &["eval", "t2i", "--index", &idx_s, "--queries", tsv.to_str().expect("utf8"), "--json"]);
+    let out = root.join("eval-t2i").display().to_string();
+    let o = squire(&home, &["eval", "t2i", "--index", &idx_s, "--queries", tsv.to_str().expect("utf8"), "--out", &out, "--json"]);
     assert!(o.status.success(), "{}", text(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
     for key in ["R@1", "R@5", "R@10", "MRR", "nDCG@10"] {

@@ -11,6 +11,7 @@
 
 #![warn(missing_docs)]
 
+pub mod benchmarks;
 pub mod copies;
 pub mod cost;
 pub mod cotrr;
@@ -18,7 +19,10 @@ pub mod datasets;
 pub mod ebr;
 pub mod eval;
 pub mod grid;
+pub mod harness;
+pub mod metrics;
 pub mod pipeline;
+pub mod plot;
 pub mod pointwise;
 pub mod ranking;
 pub mod rerank;

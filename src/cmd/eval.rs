@@ -2,11 +2,9 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
-use clap::{Args, Subcommand};
-use squire_engine::eval::{evaluate_t2i, read_query_tsv};
-use squire_indexer::{Collection, OpenOptions, SearchParams};
+use squire_indexer::Collection;
 use squire_models::clip::LoadOptions;
+use clap::{Args, Subcommand};
 
 /// Evaluations.
 #[derive(Subcommand)]
@@ -14,9 +12,24 @@ pub enum EvalCommand {
     /// Text-to-image retrieval on a query TSV (query_id, caption, relevant_image).
     ///
     /// Ranks the whole collection for every caption and reports Recall@1/5/10,
-    /// MRR and nDCG@10. Queries whose relevant image is not in the collection
-    /// are dropped, counted and listed, never silently ignored.
-    T2i(T2iArgs),
+    /// MRR and nDCG@10 for the first stage and after each --rerank stage.
+    /// Queries whose relevant image is not in the collection are dropped,
+    /// counted and listed, never silently ignored. Writes --out (resumable).
+    T2i(super::eval_bench::T2iArgs),
+    /// CIRR (composed): Recall@1/5/10/50 over the split's gallery and
+    /// Recall_subset@1/2/3 within each triplet's group, the reference left
+    /// out; test1 writes the official submission JSON files.
+    Cirr(super::eval_bench::ComposedArgs),
+    /// CIRCO (composed): mAP@5/10/25/50 over the gallery (COCO ids as file
+    /// stems), the reference left out; test writes the submission JSON.
+    Circo(super::eval_bench::ComposedArgs),
+    /// FashionIQ (composed): Recall@10/50 per category (dress, shirt,
+    /// toptee) and their average; the two captions joined with "and".
+    Fashioniq(super::eval_bench::FashionIqArgs),
+    /// INQUIRE-Fullrank (text): AP@50, nDCG@50 and MRR per stage and per
+    /// supercategory over a collection of iNat24 images; rerankers rerank
+    /// their own depth (e.g. --pointwise-k 100) and the top 50 is scored.
+    InquireFullrank(super::eval_bench::InquireArgs),
     /// Image-to-image retrieval of strongly edited copies (the
     /// transformed-copy benchmark), generated from any folder of photos.
     ///
@@ -90,35 +103,14 @@ pub struct CopiesArgs {
     json: bool,
 }
 
-/// Arguments of `squire eval t2i`.
-#[derive(Args)]
-pub struct T2iArgs {
-    /// Collection directory.
-    #[arg(long)]
-    index: PathBuf,
-    /// Query TSV; relevant_image is relative to the indexed folder.
-    #[arg(long)]
-    queries: PathBuf,
-    /// Ranking depth: a relevant image below rank k counts as not retrieved
-    /// (R@n for n > k and MRR then only see the top k). Default: the whole collection.
-    #[arg(long, short)]
-    k: Option<usize>,
-    /// Texts per forward pass.
-    #[arg(long, default_value_t = 64)]
-    batch: usize,
-    /// Rank with the collection's HNSW store (at this `ef`) instead of exact
-    /// search: measures the system rather than the model. Needs --k.
-    #[arg(long, requires = "k")]
-    ef: Option<usize>,
-    /// Print JSON (metrics under `metrics`, ranks under `per_query`).
-    #[arg(long)]
-    json: bool,
-}
-
 /// Runs an `eval` subcommand.
 pub fn run(cmd: EvalCommand) -> anyhow::Result<()> {
     match cmd {
-        EvalCommand::T2i(a) => t2i(a),
+        EvalCommand::T2i(a) => super::eval_bench::t2i(a),
+        EvalCommand::Cirr(a) => super::eval_bench::composed(a, "cirr"),
+        EvalCommand::Circo(a) => super::eval_bench::composed(a, "circo"),
+        EvalCommand::Fashioniq(a) => super::eval_bench::fashioniq(a),
+        EvalCommand::InquireFullrank(a) => super::eval_bench::inquire_fullrank(a),
         EvalCommand::Roxford(a) => super::eval_revisitop::run(a, "roxford5k"),
         EvalCommand::Rparis(a) => super::eval_revisitop::run(a, "rparis6k"),
         EvalCommand::Copies(a) => copies(a),
@@ -273,33 +265,6 @@ fn copies(a: CopiesArgs) -> anyhow::Result<()> {
             sg.k,
             sg.beta
         );
-    }
-    Ok(())
-}
-
-fn t2i(a: T2iArgs) -> anyhow::Result<()> {
-    let col = Collection::open_with(&a.index, OpenOptions { view: true }).with_context(|| format!("opening {}", a.index.display()))?;
-    let queries = read_query_tsv(&a.queries)?;
-    let encoder = super::load_encoder(&col.manifest().model, LoadOptions::default())?;
-    let t0 = std::time::Instant::now();
-    let report = evaluate_t2i(&col, encoder.as_ref(), &queries, a.k, a.batch, a.ef.map(|ef| SearchParams { ef: Some(ef) }))?;
-    let secs = t0.elapsed().as_secs_f64();
-    if a.json {
-        let mut v = serde_json::to_value(&report)?;
-        v["seconds"] = serde_json::json!(secs);
-        v["model"] = serde_json::json!(col.manifest().model);
-        v["images"] = serde_json::json!(col.records().len());
-        println!("{}", serde_json::to_string_pretty(&v)?);
-    } else {
-        let m = &report.metrics;
-        println!("t2i on {} ({} queries, {} images, model {})", a.queries.display(), report.queries, col.records().len(), col.manifest().model);
-        println!("| R@1 | R@5 | R@10 | MRR | nDCG@10 |");
-        println!("|---|---|---|---|---|");
-        println!("| {:.4} | {:.4} | {:.4} | {:.4} | {:.4} |", m.r1, m.r5, m.r10, m.mrr, m.ndcg10);
-        println!("({secs:.1} s)");
-    }
-    if !report.dropped.is_empty() {
-        eprintln!("warning: {} queries dropped: their relevant image is not in the collection (ids: {})", report.dropped.len(), report.dropped.iter().take(20).cloned().collect::<Vec<_>>().join(", "));
     }
     Ok(())
 }

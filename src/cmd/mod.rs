@@ -4,6 +4,7 @@ pub mod bench;
 pub mod demo;
 pub mod embed;
 pub mod eval;
+pub mod eval_bench;
 pub mod eval_revisitop;
 pub mod index;
 pub mod mllm;

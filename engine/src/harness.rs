@@ -1,0 +1,605 @@
+//! The evaluation harness every benchmark shares: per-query results logged
+//! as they finish (so a killed run resumes where it stopped), metrics per
+//! stage and per group, and the outputs researchers cross-check — a
+//! Markdown table, JSON, TREC run files and qrels, a PNG chart.
+//!
+//! A benchmark ranks each query through the pipeline's stages, computes its
+//! metrics per stage with [`crate::metrics`], and hands a [`QueryOutcome`]
+//! to [`RunLog::append`]. [`Summary::from_outcomes`] averages them;
+//! [`write_outputs`] writes the files.
+//!
+//! Files in the output folder:
+//! - `run.json`: what the run is (benchmark, collection, stages, options); a
+//!   rerun with other settings into the same folder is refused.
+//! - `queries.jsonl`: one [`QueryOutcome`] per line, appended and flushed per query.
+//! - `summary.json`, `summary.md`, `metrics.png`.
+//! - `run-<stage>.trec` (`qid Q0 doc rank score squire-<stage>`) and `qrels.txt` (`qid 0 doc 1`).
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::cost::MllmCost;
+use crate::eval::EvalError;
+use crate::metrics;
+use crate::pipeline::{FirstStage, Pipeline, SearchRequest, Stage};
+use crate::superglobal::Ranked;
+
+fn io_err(path: &Path, source: std::io::Error) -> EvalError {
+    EvalError::Io { path: path.to_path_buf(), source }
+}
+
+/// One stage's ranking of one query, as logged (the top of it).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StageResult {
+    /// `first`, `superglobal`, `ebr`, ...
+    pub stage: String,
+    /// Document ids, best first (the top `keep`).
+    pub docs: Vec<String>,
+    /// Their scores (a reranker's order keeps the first stage's scores).
+    pub scores: Vec<f32>,
+    /// Metric name → value for this stage.
+    pub metrics: BTreeMap<String, f64>,
+    /// Wall time of the stage, ms.
+    pub ms: f64,
+    /// MLLM cost of the stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<CostRecord>,
+    /// Further named rankings (CIRR: `subset`, the query's image group in this stage's order).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub lists: BTreeMap<String, Vec<String>>,
+}
+
+/// The cost fields logged per stage.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct CostRecord {
+    /// Calls.
+    pub calls: u32,
+    /// Images sent.
+    pub images: u32,
+    /// Prompt tokens.
+    pub prompt_tokens: u64,
+    /// Completion tokens.
+    pub completion_tokens: u64,
+    /// Answers from the cache.
+    pub cache_hits: u32,
+}
+
+impl From<&MllmCost> for CostRecord {
+    fn from(c: &MllmCost) -> Self {
+        CostRecord { calls: c.calls, images: c.images, prompt_tokens: c.prompt_tokens, completion_tokens: c.completion_tokens, cache_hits: c.cache_hits }
+    }
+}
+
+/// Everything one query produced.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct QueryOutcome {
+    /// Query id.
+    pub qid: String,
+    /// Group for per-group metrics (INQUIRE supercategory, FashionIQ category); may be empty.
+    #[serde(default)]
+    pub group: String,
+    /// The relevant documents (for qrels; empty where the split has none).
+    #[serde(default)]
+    pub relevant: Vec<String>,
+    /// One entry per stage, in pipeline order.
+    pub stages: Vec<StageResult>,
+}
+
+/// The append-only, resumable log of a run.
+pub struct RunLog {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl RunLog {
+    /// Opens (or starts) the run in `out`: checks that `run.json` describes
+    /// the same run as `describe` (else the folder belongs to another run and
+    /// is refused), and returns the outcomes already logged. A final line cut
+    /// short by a crash is dropped (that query is run again).
+    pub fn open(out: &Path, describe: &Value) -> Result<(RunLog, Vec<QueryOutcome>), EvalError> {
+        std::fs::create_dir_all(out).map_err(|e| io_err(out, e))?;
+        let run_path = out.join("run.json");
+        match std::fs::read(&run_path) {
+            Ok(bytes) => {
+                let old: Value = serde_json::from_slice(&bytes).map_err(|e| EvalError::Format { path: run_path.clone(), line: e.line(), message: e.to_string() })?;
+                if &old != describe {
+                    return Err(EvalError::Format {
+                        path: run_path.clone(),
+                        line: 1,
+                        message: format!(
+                            "this folder holds another run ({}), not {}: give another --out, or delete the folder to start again",
+                            old, describe
+                        ),
+                    });
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let text = serde_json::to_string_pretty(describe).unwrap_or_default();
+                std::fs::write(&run_path, text).map_err(|e| io_err(&run_path, e))?;
+            }
+            Err(e) => return Err(io_err(&run_path, e)),
+        }
+        let path = out.join("queries.jsonl");
+        let mut done = Vec::new();
+        let mut good_len = 0u64;
+        if let Ok(f) = std::fs::File::open(&path) {
+            let mut reader = std::io::BufReader::new(f);
+            let mut line = String::new();
+            let mut seen = HashSet::new();
+            loop {
+                line.clear();
+                let n = reader.read_line(&mut line).map_err(|e| io_err(&path, e))?;
+                if n == 0 || !line.ends_with('\n') {
+                    break;
+                }
+                match serde_json::from_str::<QueryOutcome>(&line) {
+                    Ok(q) => {
+                        if seen.insert(q.qid.clone()) {
+                            done.push(q);
+                        }
+                        good_len += n as u64;
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        let file = std::fs::OpenOptions::new().create(true).append(false).write(true).truncate(false).open(&path).map_err(|e| io_err(&path, e))?;
+        // Drop a torn last line, then append after the good ones.
+        file.set_len(good_len).map_err(|e| io_err(&path, e))?;
+        let mut log = RunLog { path, file };
+        use std::io::Seek;
+        log.file.seek(std::io::SeekFrom::End(0)).map_err(|e| io_err(&log.path, e))?;
+        Ok((log, done))
+    }
+
+    /// Appends one outcome and flushes it to disk.
+    pub fn append(&mut self, q: &QueryOutcome) -> Result<(), EvalError> {
+        let mut line = serde_json::to_string(q).map_err(|e| EvalError::Backend(e.to_string()))?;
+        line.push('\n');
+        self.file.write_all(line.as_bytes()).map_err(|e| io_err(&self.path, e))?;
+        self.file.sync_data().map_err(|e| io_err(&self.path, e))
+    }
+}
+
+/// Metrics averaged over the evaluated queries.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// The benchmark's name.
+    pub benchmark: String,
+    /// Stages in pipeline order.
+    pub stages: Vec<String>,
+    /// Metric names in report order.
+    pub metric_names: Vec<String>,
+    /// Queries evaluated.
+    pub queries: usize,
+    /// Queries dropped (their ids), with the reason printed by the caller.
+    pub dropped: Vec<String>,
+    /// Stage → metric → mean.
+    pub per_stage: BTreeMap<String, BTreeMap<String, f64>>,
+    /// Group → stage → metric → mean (only when queries carry groups).
+    pub per_group: BTreeMap<String, BTreeMap<String, BTreeMap<String, f64>>>,
+    /// Stage → MLLM cost summed over queries.
+    pub cost: BTreeMap<String, CostRecord>,
+    /// Stage → mean wall time per query, ms.
+    pub ms_per_query: BTreeMap<String, f64>,
+}
+
+fn mean_metrics<'a>(stage: &str, names: &[String], qs: impl Iterator<Item = &'a QueryOutcome>) -> BTreeMap<String, f64> {
+    let mut sums: BTreeMap<String, (f64, usize)> = BTreeMap::new();
+    for q in qs {
+        if let Some(s) = q.stages.iter().find(|s| s.stage == stage) {
+            for n in names {
+                if let Some(v) = s.metrics.get(n) {
+                    let e = sums.entry(n.clone()).or_default();
+                    e.0 += v;
+                    e.1 += 1;
+                }
+            }
+        }
+    }
+    sums.into_iter().map(|(k, (s, n))| (k, s / n.max(1) as f64)).collect()
+}
+
+impl Summary {
+    /// Averages `outcomes` per stage and group.
+    pub fn from_outcomes(benchmark: &str, stages: &[String], metric_names: &[String], outcomes: &[QueryOutcome], dropped: Vec<String>) -> Summary {
+        let mut per_stage = BTreeMap::new();
+        let mut cost = BTreeMap::new();
+        let mut ms = BTreeMap::new();
+        for st in stages {
+            per_stage.insert(st.clone(), mean_metrics(st, metric_names, outcomes.iter()));
+            let mut c = CostRecord::default();
+            let (mut total_ms, mut n) = (0.0, 0usize);
+            for s in outcomes.iter().flat_map(|q| q.stages.iter()).filter(|s| &s.stage == st) {
+                if let Some(x) = &s.cost {
+                    c.calls += x.calls;
+                    c.images += x.images;
+                    c.prompt_tokens += x.prompt_tokens;
+                    c.completion_tokens += x.completion_tokens;
+                    c.cache_hits += x.cache_hits;
+                }
+                total_ms += s.ms;
+                n += 1;
+            }
+            if c.calls > 0 {
+                cost.insert(st.clone(), c);
+            }
+            ms.insert(st.clone(), total_ms / n.max(1) as f64);
+        }
+        let groups: std::collections::BTreeSet<&str> = outcomes.iter().map(|q| q.group.as_str()).filter(|g| !g.is_empty()).collect();
+        let per_group = groups
+            .into_iter()
+            .map(|g| {
+                let by_stage = stages.iter().map(|st| (st.clone(), mean_metrics(st, metric_names, outcomes.iter().filter(|q| q.group == g)))).collect();
+                (g.to_string(), by_stage)
+            })
+            .collect();
+        Summary {
+            benchmark: benchmark.to_string(),
+            stages: stages.to_vec(),
+            metric_names: metric_names.to_vec(),
+            queries: outcomes.len(),
+            dropped,
+            per_stage,
+            per_group,
+            cost,
+            ms_per_query: ms,
+        }
+    }
+
+    /// The Markdown table: one row per stage, one column per metric (in %),
+    /// then ms per query; per-group tables follow when there are groups.
+    pub fn markdown(&self) -> String {
+        let mut out = format!("### {} ({} queries", self.benchmark, self.queries);
+        if !self.dropped.is_empty() {
+            out.push_str(&format!(", {} dropped", self.dropped.len()));
+        }
+        out.push_str(")\n\n");
+        let table = |rows: &BTreeMap<String, BTreeMap<String, f64>>, with_ms: bool| {
+            let mut t = format!("| stage | {} |{}\n", self.metric_names.join(" | "), if with_ms { " ms/query |" } else { "" });
+            t.push_str(&format!("|---|{}{}\n", "---:|".repeat(self.metric_names.len()), if with_ms { "---:|" } else { "" }));
+            for st in &self.stages {
+                let m = rows.get(st);
+                let cells: Vec<String> = self.metric_names.iter().map(|n| m.and_then(|m| m.get(n)).map_or("–".into(), |v| format!("{:.2}", v * 100.0))).collect();
+                t.push_str(&format!("| {st} | {} |", cells.join(" | ")));
+                if with_ms {
+                    t.push_str(&format!(" {:.2} |", self.ms_per_query.get(st).copied().unwrap_or(0.0)));
+                }
+                t.push('\n');
+            }
+            t
+        };
+        out.push_str(&table(&self.per_stage, true));
+        for (g, rows) in &self.per_group {
+            out.push_str(&format!("\n{g}:\n\n"));
+            out.push_str(&table(rows, false));
+        }
+        if !self.cost.is_empty() {
+            out.push_str("\n| stage | MLLM calls | images | prompt tokens | completion tokens | cached |\n|---|---:|---:|---:|---:|---:|\n");
+            for (st, c) in &self.cost {
+                out.push_str(&format!("| {st} | {} | {} | {} | {} | {} |\n", c.calls, c.images, c.prompt_tokens, c.completion_tokens, c.cache_hits));
+            }
+        }
+        out.push_str("\nMetrics in %.\n");
+        out
+    }
+
+    /// The chart of every metric per stage.
+    pub fn chart(&self) -> image::RgbImage {
+        let series: Vec<(String, Vec<f64>)> = self
+            .stages
+            .iter()
+            .map(|st| (st.clone(), self.metric_names.iter().map(|n| self.per_stage.get(st).and_then(|m| m.get(n)).copied().unwrap_or(f64::NAN)).collect()))
+            .collect();
+        crate::plot::bar_chart(&format!("{} ({} QUERIES)", self.benchmark, self.queries), &self.metric_names, &series)
+    }
+}
+
+/// Writes `summary.json`, `summary.md`, `metrics.png`, one TREC run per
+/// stage and `qrels.txt` into `out`; returns the files written.
+pub fn write_outputs(out: &Path, summary: &Summary, outcomes: &[QueryOutcome], extra: &Value) -> Result<Vec<PathBuf>, EvalError> {
+    let mut written = Vec::new();
+    let mut put = |name: &str, bytes: &[u8]| -> Result<(), EvalError> {
+        let p = out.join(name);
+        let tmp = out.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, bytes).map_err(|e| io_err(&tmp, e))?;
+        std::fs::rename(&tmp, &p).map_err(|e| io_err(&p, e))?;
+        written.push(p);
+        Ok(())
+    };
+    let mut v = serde_json::to_value(summary).map_err(|e| EvalError::Backend(e.to_string()))?;
+    if let (Value::Object(o), Value::Object(x)) = (&mut v, extra) {
+        for (k, val) in x {
+            o.insert(k.clone(), val.clone());
+        }
+    }
+    put("summary.json", serde_json::to_string_pretty(&v).unwrap_or_default().as_bytes())?;
+    put("summary.md", summary.markdown().as_bytes())?;
+    let mut png = Vec::new();
+    summary
+        .chart()
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .map_err(|e| EvalError::Backend(format!("drawing metrics.png: {e}")))?;
+    put("metrics.png", &png)?;
+    for st in &summary.stages {
+        let mut trec = String::new();
+        for q in outcomes {
+            if let Some(s) = q.stages.iter().find(|s| &s.stage == st) {
+                for (i, (d, score)) in s.docs.iter().zip(&s.scores).enumerate() {
+                    // TREC tools sort by score: a reranked order gets decreasing pseudo-scores.
+                    let score = if st == "first" { *score as f64 } else { (s.docs.len() - i) as f64 };
+                    trec.push_str(&format!("{} Q0 {} {} {:.6} squire-{st}\n", q.qid, d, i + 1, score));
+                }
+            }
+        }
+        put(&format!("run-{st}.trec"), trec.as_bytes())?;
+    }
+    let mut qrels = String::new();
+    for q in outcomes {
+        for d in &q.relevant {
+            qrels.push_str(&format!("{} 0 {} 1\n", q.qid, d));
+        }
+    }
+    put("qrels.txt", qrels.as_bytes())?;
+    Ok(written)
+}
+
+/// The JSON printed by `squire eval … --json`: the summary (`metrics` = the
+/// last stage's, `per_stage`, `per_group`, cost) and each query's metrics per stage.
+pub fn report_json(summary: &Summary, outcomes: &[QueryOutcome]) -> Value {
+    let last = summary.stages.last().and_then(|s| summary.per_stage.get(s)).cloned().unwrap_or_default();
+    let per_query: Vec<Value> = outcomes
+        .iter()
+        .map(|q| {
+            let m: BTreeMap<&str, &BTreeMap<String, f64>> = q.stages.iter().map(|s| (s.stage.as_str(), &s.metrics)).collect();
+            json!({"query_id": q.qid, "group": q.group, "metrics": m})
+        })
+        .collect();
+    json!({
+        "schema": "squire.eval/1",
+        "benchmark": summary.benchmark,
+        "queries": summary.queries,
+        "dropped": summary.dropped,
+        "stages": summary.stages,
+        "metrics": last,
+        "per_stage": summary.per_stage,
+        "per_group": summary.per_group,
+        "cost": summary.cost,
+        "ms_per_query": summary.ms_per_query,
+        "per_query": per_query,
+    })
+}
+
+/// One query of a benchmark, resolved against the collection.
+#[derive(Debug, Clone, Default)]
+pub struct EvalQuery {
+    /// Query id.
+    pub qid: String,
+    /// Group for per-group metrics ("" for none).
+    pub group: String,
+    /// Text (the whole query, or a composed query's modification).
+    pub text: Option<String>,
+    /// Row of the query (reference) image.
+    pub image_row: Option<usize>,
+    /// Rows of the relevant images present in the collection.
+    pub relevant: HashSet<usize>,
+    /// Relevant images in the whole dataset (indexed or not): AP and nDCG normalise by it.
+    pub total_relevant: usize,
+    /// The relevant documents' names (for qrels).
+    pub relevant_names: Vec<String>,
+    /// Rows left out of the ranking (a composed query's reference).
+    pub exclude: Vec<usize>,
+    /// Rows of a subset also ranked on its own (CIRR's img_set), logged as `subset`.
+    pub subset: Vec<usize>,
+}
+
+/// How a benchmark scores one ranking (rows, best first, exclusions removed).
+pub type MetricFn = dyn Fn(&[usize], &EvalQuery) -> BTreeMap<String, f64> + Send + Sync;
+
+/// A benchmark resolved against a collection, ready to run.
+pub struct Benchmark {
+    /// Its name (`t2i`, `cirr`, ...).
+    pub name: String,
+    /// Its queries.
+    pub queries: Vec<EvalQuery>,
+    /// Queries dropped before the run: (id, reason).
+    pub dropped: Vec<(String, String)>,
+    /// Ranking depth of the first stage (rows).
+    pub depth: usize,
+    /// Metric names in report order (empty for a split without ground truth).
+    pub metric_names: Vec<String>,
+    /// The metrics of one ranking.
+    pub metrics: Box<MetricFn>,
+    /// Document name of each row (TREC runs, qrels, submissions).
+    pub doc_names: Vec<String>,
+    /// What identifies the data (files, split), recorded in `run.json`.
+    pub describe: Value,
+}
+
+/// How to run a benchmark.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Reranking stages after the first stage.
+    pub stages: Vec<Stage>,
+    /// Documents logged per query and stage.
+    pub keep: usize,
+    /// HNSW breadth; `None`: exact first stage.
+    pub ef: Option<usize>,
+    /// SQAF for composed queries.
+    pub sqaf: bool,
+    /// Output folder.
+    pub out: PathBuf,
+}
+
+/// What a run produced.
+pub struct RunResult {
+    /// Averages.
+    pub summary: Summary,
+    /// Every query's outcome.
+    pub outcomes: Vec<QueryOutcome>,
+    /// Queries found in the log from an earlier run.
+    pub resumed: usize,
+    /// Files written.
+    pub files: Vec<PathBuf>,
+}
+
+/// Runs `bench` through `pipeline`, query by query, logging each outcome
+/// (a rerun into the same folder skips the queries already there), then
+/// writes the outputs. `progress(done, total)` follows the queries still to run.
+pub fn run_benchmark(pipeline: &Pipeline, bench: &Benchmark, opts: &RunOptions, progress: &mut dyn FnMut(usize, usize)) -> Result<RunResult, EvalError> {
+    let stage_names: Vec<String> = std::iter::once("first".to_string()).chain(opts.stages.iter().map(|s| s.name().to_string())).collect();
+    let col = pipeline.collection();
+    let describe = json!({
+        "schema": "squire.eval-run/1", "benchmark": bench.name, "collection": col.dir().display().to_string(),
+        "generation": col.manifest().generation, "model": col.manifest().model, "stages": stage_names,
+        "ef": opts.ef, "keep": opts.keep, "depth": bench.depth, "sqaf": opts.sqaf, "data": bench.describe,
+        "options": format!("{:?}", pipeline.options()),
+    });
+    let (mut log, done) = RunLog::open(&opts.out, &describe)?;
+    let resumed = done.len();
+    let done_ids: HashSet<String> = done.iter().map(|q| q.qid.clone()).collect();
+    let mut outcomes = done;
+    let todo: Vec<&EvalQuery> = bench.queries.iter().filter(|q| !done_ids.contains(&q.qid)).collect();
+    let root = &col.manifest().images_root;
+    for (i, q) in todo.iter().enumerate() {
+        progress(i, todo.len());
+        let image = match q.image_row {
+            Some(row) => {
+                let path = root.join(&col.records()[row].path);
+                Some(std::sync::Arc::new(squire_models::image_io::load_rgb(&path).map_err(|e| EvalError::Backend(format!("query {}: {e}", q.qid)))?))
+            }
+            None => None,
+        };
+        let req = SearchRequest {
+            text: q.text.clone(),
+            image,
+            image_label: None,
+            k: bench.depth + q.exclude.len(),
+            alpha: 0.8,
+            first_stage: opts.ef.map_or(FirstStage::Exact, |ef| FirstStage::Index { ef: Some(ef) }),
+            stages: opts.stages.clone(),
+            sqaf: opts.sqaf && q.text.is_some() && q.image_row.is_some(),
+        };
+        let res = pipeline.search(&req).map_err(|e| EvalError::Backend(format!("query {}: {e}", q.qid)))?;
+        let runs = std::iter::once(("first".to_string(), &res.first, res.encode_ms + res.search_ms, None))
+            .chain(res.stages.iter().map(|s| (s.stage.name().to_string(), &s.ranking, s.ms, s.cost.as_ref().map(CostRecord::from))));
+        let mut results = Vec::new();
+        for (stage, ranking, ms, cost) in runs {
+            results.push(stage_result(bench, q, stage, ranking, ms, cost, opts.keep));
+        }
+        let outcome = QueryOutcome { qid: q.qid.clone(), group: q.group.clone(), relevant: q.relevant_names.clone(), stages: results };
+        log.append(&outcome)?;
+        outcomes.push(outcome);
+    }
+    progress(todo.len(), todo.len());
+    // Queries logged by an earlier run but outside this one's list are not reported.
+    let wanted: HashSet<&str> = bench.queries.iter().map(|q| q.qid.as_str()).collect();
+    outcomes.retain(|q| wanted.contains(q.qid.as_str()));
+    let dropped: Vec<String> = bench.dropped.iter().map(|(id, _)| id.clone()).collect();
+    let summary = Summary::from_outcomes(&bench.name, &stage_names, &bench.metric_names, &outcomes, dropped);
+    let extra = json!({"run": describe, "dropped_reasons": bench.dropped.iter().map(|(id, why)| json!({"query_id": id, "reason": why})).collect::<Vec<_>>()});
+    let files = write_outputs(&opts.out, &summary, &outcomes, &extra)?;
+    Ok(RunResult { summary, outcomes, resumed, files })
+}
+
+/// One stage's logged result: metrics on the ranking without the excluded rows, the top `keep`.
+fn stage_result(bench: &Benchmark, q: &EvalQuery, stage: String, ranking: &[Ranked], ms: f64, cost: Option<CostRecord>, keep: usize) -> StageResult {
+    let rows: Vec<usize> = ranking.iter().map(|r| r.row).filter(|r| !q.exclude.contains(r)).collect();
+    let mut m = (bench.metrics)(&rows, q);
+    let score_of: std::collections::HashMap<usize, f32> = ranking.iter().map(|r| (r.row, r.score)).collect();
+    let kept: Vec<usize> = rows.iter().copied().take(keep).collect();
+    let mut lists = BTreeMap::new();
+    if !q.subset.is_empty() {
+        let subset: Vec<usize> = rows.iter().copied().filter(|r| q.subset.contains(r)).collect();
+        if !q.relevant.is_empty() {
+            for k in [1, 2, 3] {
+                m.insert(format!("Rsubset@{k}"), metrics::recall_at(&subset, &q.relevant, k));
+            }
+        }
+        lists.insert("subset".to_string(), subset.iter().map(|&r| bench.doc_names[r].clone()).collect());
+    }
+    StageResult {
+        stage,
+        docs: kept.iter().map(|&r| bench.doc_names[r].clone()).collect(),
+        scores: kept.iter().map(|r| score_of.get(r).copied().unwrap_or(0.0)).collect(),
+        metrics: m,
+        ms,
+        cost,
+        lists,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(qid: &str, group: &str, r1: f64) -> QueryOutcome {
+        QueryOutcome {
+            qid: qid.into(),
+            group: group.into(),
+            relevant: vec!["a.jpg".into()],
+            stages: vec![StageResult {
+                stage: "first".into(),
+                docs: vec!["a.jpg".into(), "b.jpg".into()],
+                scores: vec![0.9, 0.5],
+                metrics: [("R@1".to_string(), r1)].into_iter().collect(),
+                ms: 2.0,
+                cost: None,
+                lists: BTreeMap::new(),
+            }],
+        }
+    }
+
+    #[test]
+    fn a_killed_run_resumes_without_duplicates_and_a_torn_line_is_rerun() {
+        let dir = std::env::temp_dir().join(format!("squire-harness-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let describe = json!({"benchmark": "t2i", "k": 10});
+        let (mut log, done) = RunLog::open(&dir, &describe).unwrap();
+        assert!(done.is_empty());
+        log.append(&outcome("1", "", 1.0)).unwrap();
+        log.append(&outcome("2", "", 0.0)).unwrap();
+        drop(log);
+        // A crash in the middle of the third line.
+        let mut f = std::fs::OpenOptions::new().append(true).open(dir.join("queries.jsonl")).unwrap();
+        f.write_all(b"{\"qid\": \"3\", \"sta").unwrap();
+        drop(f);
+        let (mut log, done) = RunLog::open(&dir, &describe).unwrap();
+        assert_eq!(done.iter().map(|q| q.qid.as_str()).collect::<Vec<_>>(), ["1", "2"]);
+        log.append(&outcome("3", "", 1.0)).unwrap();
+        drop(log);
+        let (_, done) = RunLog::open(&dir, &describe).unwrap();
+        assert_eq!(done.len(), 3);
+        assert_eq!(done[2], outcome("3", "", 1.0));
+        // Another run's settings are refused, naming the file.
+        let e = RunLog::open(&dir, &json!({"benchmark": "t2i", "k": 50})).err().unwrap();
+        assert!(e.to_string().contains("run.json") && e.to_string().contains("another run"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn summary_tables_and_files() {
+        let outs = vec![outcome("1", "Species", 1.0), outcome("2", "Context", 0.0), outcome("3", "Species", 0.0)];
+        let s = Summary::from_outcomes("t2i", &["first".into()], &["R@1".into()], &outs, vec!["9".into()]);
+        assert!((s.per_stage["first"]["R@1"] - 1.0 / 3.0).abs() < 1e-12);
+        assert_eq!(s.per_group["Species"]["first"]["R@1"], 0.5);
+        let md = s.markdown();
+        assert!(md.contains("| first | 33.33 | 2.00 |"), "{md}");
+        assert!(md.contains("1 dropped"), "{md}");
+        let dir = std::env::temp_dir().join(format!("squire-harness-out-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        write_outputs(&dir, &s, &outs, &json!({"note": 1})).unwrap();
+        let trec = std::fs::read_to_string(dir.join("run-first.trec")).unwrap();
+        assert_eq!(trec.lines().next(), Some("1 Q0 a.jpg 1 0.900000 squire-first"));
+        assert_eq!(trec.lines().count(), 6);
+        assert_eq!(std::fs::read_to_string(dir.join("qrels.txt")).unwrap().lines().count(), 3);
+        assert!(image::open(dir.join("metrics.png")).is_ok());
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+        assert_eq!(v["note"], 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,211 @@
+//! `squire eval t2i|cirr|circo|fashioniq|inquire-fullrank`: benchmarks run
+//! through the whole pipeline on the engine's harness; this module maps
+//! options and prints.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use serde_json::json;
+use squire_engine::benchmarks;
+use squire_engine::harness::{report_json, run_benchmark, Benchmark, RunOptions};
+use squire_engine::pipeline::{Pipeline, Stage};
+use squire_indexer::{Collection, OpenOptions};
+use squire_kernels::{Compute, DeviceChoice};
+use squire_models::clip::LoadOptions;
+
+/// Options every pipeline benchmark shares.
+#[derive(Args)]
+pub struct BenchmarkArgs {
+    /// Collection directory (built over the benchmark's images).
+    #[arg(long)]
+    pub index: PathBuf,
+    /// Reranking stages after the first stage, in order (none, superglobal,
+    /// ebr, cotrr, pointwise); every stage is reported.
+    #[arg(long, default_value = "none", value_delimiter = ',')]
+    pub rerank: Vec<String>,
+    /// Output folder: queries.jsonl (per query, appended as they finish: a
+    /// rerun resumes), summary.{json,md}, metrics.png, run-<stage>.trec,
+    /// qrels.txt [default: squire-eval/<benchmark>].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Documents kept per query and stage in the log and the TREC runs.
+    #[arg(long, default_value_t = 100)]
+    pub keep: usize,
+    /// Search the collection's HNSW index at this breadth instead of exact
+    /// search (measures the system rather than the model).
+    #[arg(long)]
+    pub ef: Option<usize>,
+    /// Drop (and count) queries whose images are not in the collection instead of stopping.
+    #[arg(long)]
+    pub skip_missing: bool,
+    /// Evaluate only the first N queries.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    #[command(flatten)]
+    pub stages: super::mllm::StageArgs,
+    /// Compute backend for exact search and SuperGlobal: auto, cpu or gpu.
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceChoice,
+    /// Print JSON (`metrics`: the last stage's; `per_stage`, `per_group`, `per_query`).
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl BenchmarkArgs {
+    /// The collection, opened for reading.
+    pub fn collection(&self) -> anyhow::Result<Collection> {
+        Collection::open_with(&self.index, OpenOptions { view: true }).with_context(|| format!("opening the collection in {}", self.index.display()))
+    }
+}
+
+/// Runs `bench` (built over `col`) with the options in `a`, prints the
+/// table or JSON, and returns the run's outcomes and output folder.
+pub fn run(a: &BenchmarkArgs, col: Collection, build: impl FnOnce(&Collection) -> anyhow::Result<Benchmark>) -> anyhow::Result<(squire_engine::harness::RunResult, PathBuf)> {
+    let stages = Stage::parse_list(&a.rerank)?;
+    let mut bench = build(&col)?;
+    if let Some(n) = a.limit {
+        bench.queries.truncate(n);
+    }
+    anyhow::ensure!(!bench.queries.is_empty(), "{}: no query to evaluate ({} dropped)", bench.name, bench.dropped.len());
+    let options = a.stages.options()?;
+    let mllm = a.stages.mllm.open()?;
+    let encoder = super::load_encoder(&col.manifest().model, LoadOptions::default())?;
+    let pipeline = Pipeline::new(col, encoder, Compute::new(a.device)?, mllm, options)?;
+    let out = a.out.clone().unwrap_or_else(|| PathBuf::from("squire-eval").join(&bench.name));
+    let opts = RunOptions { stages, keep: a.keep, ef: a.ef, sqaf: a.stages.sqaf.sqaf, out: out.clone() };
+    let bar = super::progress_bar(a.json);
+    bar.set_message(bench.name.clone());
+    let t0 = std::time::Instant::now();
+    let result = run_benchmark(&pipeline, &bench, &opts, &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
+    let secs = t0.elapsed().as_secs_f64();
+    if a.json {
+        let mut v = report_json(&result.summary, &result.outcomes);
+        v["out"] = json!(out.display().to_string());
+        v["images"] = json!(pipeline.collection().records().len());
+        v["model"] = json!(pipeline.collection().manifest().model);
+        v["resumed"] = json!(result.resumed);
+        v["seconds"] = json!(secs);
+        if bench.name.starts_with("fashioniq") {
+            let last = result.summary.stages.last().cloned().unwrap_or_default();
+            v["category_average"] = json!(benchmarks::group_average(&result.summary, &last));
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        if result.resumed > 0 {
+            println!("(resumed: {} queries from an earlier run in {})", result.resumed, out.display());
+        }
+        println!("{}", result.summary.markdown());
+        println!("{} images, model {}; {secs:.1} s", pipeline.collection().records().len(), pipeline.collection().manifest().model);
+        println!("written: {}", result.files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+    }
+    if !bench.dropped.is_empty() {
+        let sample: Vec<String> = bench.dropped.iter().take(5).map(|(id, why)| format!("{id} ({why})")).collect();
+        eprintln!("warning: {} queries dropped: {}{}", bench.dropped.len(), sample.join("; "), if bench.dropped.len() > 5 { "; …" } else { "" });
+    }
+    Ok((result, out))
+}
+
+/// Arguments of `squire eval t2i`.
+#[derive(Args)]
+pub struct T2iArgs {
+    /// Query TSV (query_id, caption, relevant_image relative to the indexed folder).
+    #[arg(long)]
+    queries: PathBuf,
+    /// Ranking depth: a relevant image below rank k counts as not retrieved [default: the whole collection].
+    #[arg(long, short)]
+    k: Option<usize>,
+    #[command(flatten)]
+    common: BenchmarkArgs,
+}
+
+/// Runs `squire eval t2i`.
+pub fn t2i(a: T2iArgs) -> anyhow::Result<()> {
+    let col = a.common.collection()?;
+    run(&a.common, col, |col| Ok(benchmarks::t2i(col, &a.queries, a.k)?))?;
+    Ok(())
+}
+
+/// Arguments of `squire eval cirr` and `eval circo`.
+#[derive(Args)]
+pub struct ComposedArgs {
+    /// The dataset root (CIRR: captions/ and image_splits/; CIRCO: val.json, test.json).
+    #[arg(long)]
+    data: PathBuf,
+    /// Split: CIRR val or test1; CIRCO val or test. A test split writes the official submission files.
+    #[arg(long, default_value = "val")]
+    split: String,
+    #[command(flatten)]
+    common: BenchmarkArgs,
+}
+
+/// Runs `squire eval cirr` or `eval circo`.
+pub fn composed(a: ComposedArgs, which: &str) -> anyhow::Result<()> {
+    let col = a.common.collection()?;
+    let (result, out) = run(&a.common, col, |col| {
+        Ok(match which {
+            "cirr" => benchmarks::cirr(col, &a.data, &a.split, a.common.skip_missing)?,
+            _ => benchmarks::circo(col, &a.data, &a.split, a.common.skip_missing)?,
+        })
+    })?;
+    if result.summary.metric_names.is_empty() {
+        let mut files = Vec::new();
+        for stage in &result.summary.stages {
+            files.extend(benchmarks::write_submissions(&result.summary.benchmark, &result.outcomes, stage, &out)?);
+        }
+        eprintln!("submission files: {}", files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+    }
+    Ok(())
+}
+
+/// Arguments of `squire eval fashioniq`.
+#[derive(Args)]
+pub struct FashionIqArgs {
+    /// The dataset root (captions/cap.<category>.<split>.json).
+    #[arg(long)]
+    data: PathBuf,
+    /// Categories, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "dress,shirt,toptee")]
+    categories: Vec<String>,
+    /// Split.
+    #[arg(long, default_value = "val")]
+    split: String,
+    #[command(flatten)]
+    common: BenchmarkArgs,
+}
+
+/// Runs `squire eval fashioniq`.
+pub fn fashioniq(a: FashionIqArgs) -> anyhow::Result<()> {
+    let col = a.common.collection()?;
+    let (result, _) = run(&a.common, col, |col| Ok(benchmarks::fashioniq(col, &a.data, &a.categories, &a.split, a.common.skip_missing)?))?;
+    if !a.common.json {
+        let last = result.summary.stages.last().cloned().unwrap_or_default();
+        let avg = benchmarks::group_average(&result.summary, &last);
+        println!("average over categories ({last}): {}", avg.iter().map(|(k, v)| format!("{k} {:.2}", v * 100.0)).collect::<Vec<_>>().join(", "));
+    }
+    Ok(())
+}
+
+/// Arguments of `squire eval inquire-fullrank`.
+#[derive(Args)]
+pub struct InquireArgs {
+    /// The query CSV (inquire_queries_val.csv or _test.csv).
+    #[arg(long)]
+    queries: PathBuf,
+    /// The annotations CSV (query_id, image_path[, image_id]: one row per relevant image).
+    #[arg(long)]
+    annotations: PathBuf,
+    #[command(flatten)]
+    common: BenchmarkArgs,
+}
+
+/// Runs `squire eval inquire-fullrank`.
+pub fn inquire_fullrank(a: InquireArgs) -> anyhow::Result<()> {
+    let col = a.common.collection()?;
+    run(&a.common, col, |col| Ok(benchmarks::inquire_fullrank(col, &a.queries, &a.annotations, a.common.skip_missing)?))?;
+    Ok(())
+}
