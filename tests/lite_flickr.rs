@@ -79,13 +79,24 @@ fn flickr_index_self_retrieval_and_text_queries() {
     println!("JPEG-q50 copies that find their original at rank 1: {first}/1000");
     assert!(first >= 990, "only {first}/1000 copies found themselves first");
 
-    // Text-to-image on the dev captions: far above random (R@10 = 0.01).
-    let queries = squire_engine::eval::read_query_tsv(&shared().join("queries-dev.tsv")).expect("queries");
-    let rep = squire_engine::eval::evaluate_t2i(&col, &pack, &queries, None, 64, None).expect("eval");
-    println!("t2i: {:?} over {} queries, {} dropped", rep.metrics, rep.queries, rep.dropped.len());
-    assert_eq!(rep.queries, 2000);
-    assert!(rep.dropped.is_empty());
-    assert!(rep.metrics.r10 > 0.15, "R@10 {}", rep.metrics.r10);
+    // Text-to-image on the dev captions through the pipeline and the harness:
+    // far above random (R@10 = 0.01), and SuperGlobal reported beside it.
+    let bench = squire_engine::benchmarks::t2i(&col, &shared().join("queries-dev.tsv"), None).expect("queries");
+    assert_eq!((bench.queries.len(), bench.dropped.len()), (2000, 0));
+    let pipeline = squire_engine::pipeline::Pipeline::new(col, Box::new(pack), squire_kernels::Compute::cpu(), None, Default::default()).expect("pipeline");
+    let opts = squire_engine::harness::RunOptions {
+        stages: vec![squire_engine::pipeline::Stage::SuperGlobal],
+        keep: 10,
+        ef: None,
+        sqaf: false,
+        out: dir.join("eval"),
+    };
+    let run = squire_engine::harness::run_benchmark(&pipeline, &bench, &opts, &mut |_, _| {}).expect("eval");
+    println!("{}", run.summary.markdown());
+    let first = &run.summary.per_stage["first"];
+    assert_eq!(run.summary.queries, 2000);
+    assert!(first["R@10"] > 0.15, "R@10 {}", first["R@10"]);
+    assert!(run.summary.per_stage["superglobal"]["R@10"] > 0.15);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
