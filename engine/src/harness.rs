@@ -489,7 +489,7 @@ pub fn run_benchmark(pipeline: &Pipeline, bench: &Benchmark, opts: &RunOptions, 
             .chain(res.stages.iter().map(|s| (s.stage.name().to_string(), &s.ranking, s.ms, s.cost.as_ref().map(CostRecord::from))));
         let mut results = Vec::new();
         for (stage, ranking, ms, cost) in runs {
-            results.push(stage_result(bench, q, stage, ranking, ms, cost, opts.keep));
+            results.push(stage_result(bench.metrics.as_ref(), &bench.doc_names, q, stage, ranking, ms, cost, opts.keep));
         }
         let outcome = QueryOutcome { qid: q.qid.clone(), group: q.group.clone(), relevant: q.relevant_names.clone(), stages: results };
         log.append(&outcome)?;
@@ -507,9 +507,19 @@ pub fn run_benchmark(pipeline: &Pipeline, bench: &Benchmark, opts: &RunOptions, 
 }
 
 /// One stage's logged result: metrics on the ranking without the excluded rows, the top `keep`.
-fn stage_result(bench: &Benchmark, q: &EvalQuery, stage: String, ranking: &[Ranked], ms: f64, cost: Option<CostRecord>, keep: usize) -> StageResult {
+#[allow(clippy::too_many_arguments)]
+fn stage_result(
+    metric_fn: &MetricFn,
+    doc_names: &[String],
+    q: &EvalQuery,
+    stage: String,
+    ranking: &[Ranked],
+    ms: f64,
+    cost: Option<CostRecord>,
+    keep: usize,
+) -> StageResult {
     let rows: Vec<usize> = ranking.iter().map(|r| r.row).filter(|r| !q.exclude.contains(r)).collect();
-    let mut m = (bench.metrics)(&rows, q);
+    let mut m = metric_fn(&rows, q);
     let score_of: std::collections::HashMap<usize, f32> = ranking.iter().map(|r| (r.row, r.score)).collect();
     let kept: Vec<usize> = rows.iter().copied().take(keep).collect();
     let mut lists = BTreeMap::new();
@@ -520,17 +530,93 @@ fn stage_result(bench: &Benchmark, q: &EvalQuery, stage: String, ranking: &[Rank
                 m.insert(format!("Rsubset@{k}"), metrics::recall_at(&subset, &q.relevant, k));
             }
         }
-        lists.insert("subset".to_string(), subset.iter().map(|&r| bench.doc_names[r].clone()).collect());
+        lists.insert("subset".to_string(), subset.iter().map(|&r| doc_names[r].clone()).collect());
     }
     StageResult {
         stage,
-        docs: kept.iter().map(|&r| bench.doc_names[r].clone()).collect(),
+        docs: kept.iter().map(|&r| doc_names[r].clone()).collect(),
         scores: kept.iter().map(|r| score_of.get(r).copied().unwrap_or(0.0)).collect(),
         metrics: m,
         ms,
         cost,
         lists,
     }
+}
+
+/// INQUIRE-Rerank: each query's published candidates (in file order) are
+/// ordered by their `clip_score` (or re-scored with `rescore`) and reranked
+/// by `opts.stages`; AP over the list normalised by the positives present,
+/// nDCG and MRR over the list; grouped by supercategory. Query ids are the
+/// queries' positions in the files (0-based); documents are `inat24_image_id`s.
+pub fn run_inquire_rerank(
+    pipeline: &Pipeline,
+    queries: &[crate::datasets::inquire_rerank::RerankQuery],
+    describe: Value,
+    rescore: bool,
+    opts: &RunOptions,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<RunResult, EvalError> {
+    let name = "inquire-rerank";
+    let stage_names: Vec<String> = std::iter::once("first".to_string()).chain(opts.stages.iter().map(|s| s.name().to_string())).collect();
+    let run_describe = json!({
+        "schema": "squire.eval-run/1", "benchmark": name, "model": pipeline.collection().manifest().model, "stages": stage_names,
+        "keep": opts.keep, "rescore": rescore, "data": describe, "options": format!("{:?}", pipeline.options()),
+    });
+    let (mut log, done) = RunLog::open(&opts.out, &run_describe)?;
+    let resumed = done.len();
+    let done_ids: HashSet<String> = done.iter().map(|q| q.qid.clone()).collect();
+    let mut outcomes = done;
+    let metric_names: Vec<String> = ["AP", "nDCG", "MRR"].iter().map(|s| s.to_string()).collect();
+    let metric_fn: Box<MetricFn> = Box::new(|ranked, q| {
+        let n = ranked.len();
+        BTreeMap::from([
+            ("AP".to_string(), metrics::average_precision_at(ranked, &q.relevant, n, q.total_relevant)),
+            ("nDCG".to_string(), metrics::ndcg_at(ranked, &q.relevant, n, q.total_relevant)),
+            ("MRR".to_string(), metrics::reciprocal_rank(ranked, &q.relevant, n)),
+        ])
+    });
+    let need_images = rescore || !opts.stages.is_empty();
+    let todo: Vec<(usize, &crate::datasets::inquire_rerank::RerankQuery)> = queries.iter().enumerate().filter(|(i, _)| !done_ids.contains(&i.to_string())).collect();
+    for (step, (i, rq)) in todo.iter().enumerate() {
+        progress(step, todo.len());
+        let mut list = Vec::with_capacity(rq.candidates.len());
+        for c in &rq.candidates {
+            let image = if need_images {
+                squire_models::image_io::decode_rgb(&c.image, Path::new(&c.file_name))
+                    .map_err(|e| EvalError::Backend(format!("query {i} ({:?}), candidate {}: {e}", rq.query, c.id)))?
+            } else {
+                image::RgbImage::new(1, 1)
+            };
+            list.push(crate::pipeline::ListCandidate { image: std::sync::Arc::new(image), score: c.clip_score as f32 });
+        }
+        let res = pipeline.rerank_list(&rq.query, &list, &opts.stages, rescore).map_err(|e| EvalError::Backend(format!("query {i} ({:?}): {e}", rq.query)))?;
+        let relevant: HashSet<usize> = rq.candidates.iter().enumerate().filter(|(_, c)| c.relevant).map(|(j, _)| j).collect();
+        let q = EvalQuery {
+            qid: i.to_string(),
+            group: rq.supercategory.clone(),
+            text: Some(rq.query.clone()),
+            total_relevant: relevant.len(),
+            relevant_names: relevant.iter().map(|&j| rq.candidates[j].id.clone()).collect(),
+            relevant,
+            ..EvalQuery::default()
+        };
+        let doc_names: Vec<String> = rq.candidates.iter().map(|c| c.id.clone()).collect();
+        let runs = std::iter::once(("first".to_string(), &res.first, res.encode_ms, None))
+            .chain(res.stages.iter().map(|s| (s.stage.name().to_string(), &s.ranking, s.ms, s.cost.as_ref().map(CostRecord::from))));
+        let mut results = Vec::new();
+        for (stage, ranking, ms, cost) in runs {
+            results.push(stage_result(metric_fn.as_ref(), &doc_names, &q, stage, ranking, ms, cost, opts.keep));
+        }
+        let outcome = QueryOutcome { qid: q.qid.clone(), group: q.group.clone(), relevant: q.relevant_names.clone(), stages: results };
+        log.append(&outcome)?;
+        outcomes.push(outcome);
+    }
+    progress(todo.len(), todo.len());
+    let wanted: HashSet<String> = (0..queries.len()).map(|i| i.to_string()).collect();
+    outcomes.retain(|q| wanted.contains(&q.qid));
+    let summary = Summary::from_outcomes(name, &stage_names, &metric_names, &outcomes, Vec::new());
+    let files = write_outputs(&opts.out, &summary, &outcomes, &json!({"run": run_describe}))?;
+    Ok(RunResult { summary, outcomes, resumed, files })
 }
 
 #[cfg(test)]

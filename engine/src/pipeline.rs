@@ -247,6 +247,26 @@ impl SearchOutcome {
     }
 }
 
+/// A candidate given from outside the collection, with its prior score.
+#[derive(Debug, Clone)]
+pub struct ListCandidate {
+    /// The image.
+    pub image: Arc<RgbImage>,
+    /// The score it came with (e.g. the published first stage's).
+    pub score: f32,
+}
+
+/// What [`Pipeline::rerank_list`] produced.
+#[derive(Debug, Clone)]
+pub struct ListOutcome {
+    /// The first stage's order (candidate indices).
+    pub first: Vec<Ranked>,
+    /// Each reranking stage.
+    pub stages: Vec<StageRun>,
+    /// Embedding and scoring time, ms.
+    pub encode_ms: f64,
+}
+
 /// A query's vector and the named vector it searches.
 #[derive(Debug, Clone)]
 pub struct QueryVector {
@@ -487,7 +507,7 @@ impl Pipeline {
             let report = json!({"m": sg.m, "k": sg.k, "beta": sg.beta, "query_top": sg.query_top});
             stages.push(StageRun { stage: Stage::SuperGlobal, ranking: ranked.clone(), ms: t.elapsed().as_secs_f64() * 1e3, cost: None, report, grids: Vec::new() });
         }
-        if let Some(m) = &self.mllm {
+        if self.mllm.is_some() {
             let caption = sqaf_run.as_ref().and_then(|s| s.caption.clone());
             let rq = match (req.text.as_deref(), &req.image) {
                 (Some(t), Some(img)) => RerankQuery::Composed { reference: img.clone(), modification: t.to_string(), caption },
@@ -495,31 +515,82 @@ impl Pipeline {
                 (None, Some(img)) => RerankQuery::Image(img.clone()),
                 (None, None) => unreachable!("checked above"),
             };
-            for &stage in req.stages.iter().filter(|s| s.needs_mllm()) {
-                let Some(reranker) = self.reranker(stage) else { continue };
-                let n = self.depth_of(stage).min(ranked.len());
-                let candidates: Vec<Arc<RgbImage>> = ranked[..n].iter().map(|h| Arc::new(self.candidate_image(h.row))).collect();
-                let out = reranker.rerank(m.model.as_ref(), &rq, &candidates);
-                let head: Vec<Ranked> = out.order[..n].iter().map(|&i| ranked[i]).collect();
-                ranked.splice(..n, head);
-                let mut report = json!({
-                    "k": n, "mentioned": out.mentioned, "fallback": out.fallback, "answers": out.answers,
-                    "reasoning": out.reasoning, "grids": out.grids.len(),
-                });
-                match stage {
-                    Stage::Ebr => report["cells"] = json!(self.options.ebr.grid.cells),
-                    Stage::Cotrr => {
-                        let o = &self.options.cotrr;
-                        report["windows"] = json!(o.calls(n));
-                        report["input"] = json!(o.input.name());
-                        report["reasoning_mode"] = json!(o.reasoning.name());
-                    }
-                    _ => {}
-                }
-                stages.push(StageRun { stage, ranking: ranked.clone(), ms: out.cost.wall_ms, cost: Some(out.cost), report, grids: out.grids });
-            }
+            self.run_mllm_stages(&rq, &req.stages, &mut ranked, &|row| Arc::new(self.candidate_image(row)), &mut stages);
         }
         Ok(SearchOutcome { vector, method, ef, first, stages, sqaf: sqaf_run, encode_ms, search_ms })
+    }
+
+    /// Runs the MLLM stages of `stages` in order, each on the top of the
+    /// previous order; `image_of(row)` gives a candidate's image.
+    fn run_mllm_stages(&self, rq: &RerankQuery, stages: &[Stage], ranked: &mut Vec<Ranked>, image_of: &dyn Fn(usize) -> Arc<RgbImage>, out: &mut Vec<StageRun>) {
+        let Some(m) = &self.mllm else { return };
+        for &stage in stages.iter().filter(|s| s.needs_mllm()) {
+            let Some(reranker) = self.reranker(stage) else { continue };
+            let n = self.depth_of(stage).min(ranked.len());
+            let candidates: Vec<Arc<RgbImage>> = ranked[..n].iter().map(|h| image_of(h.row)).collect();
+            let result = reranker.rerank(m.model.as_ref(), rq, &candidates);
+            let head: Vec<Ranked> = result.order[..n].iter().map(|&i| ranked[i]).collect();
+            ranked.splice(..n, head);
+            let mut report = json!({
+                "k": n, "mentioned": result.mentioned, "fallback": result.fallback, "answers": result.answers,
+                "reasoning": result.reasoning, "grids": result.grids.len(),
+            });
+            match stage {
+                Stage::Ebr => report["cells"] = json!(self.options.ebr.grid.cells),
+                Stage::Cotrr => {
+                    let o = &self.options.cotrr;
+                    report["windows"] = json!(o.calls(n));
+                    report["input"] = json!(o.input.name());
+                    report["reasoning_mode"] = json!(o.reasoning.name());
+                }
+                _ => {}
+            }
+            out.push(StageRun { stage, ranking: ranked.clone(), ms: result.cost.wall_ms, cost: Some(result.cost), report, grids: result.grids });
+        }
+    }
+
+    /// Reranks a fixed candidate list for a text query (INQUIRE-Rerank's
+    /// published top 100): the first stage orders the candidates by their
+    /// given scores (ties keep the list's order), or with `rescore` by the
+    /// encoder's similarity to the query; SuperGlobal refines the candidates'
+    /// own embeddings (in the text-query space); MLLM stages rerank their
+    /// depth. Rankings hold candidate indices in `Ranked::row`.
+    pub fn rerank_list(&self, text: &str, candidates: &[ListCandidate], stages: &[Stage], rescore: bool) -> Result<ListOutcome, PipelineError> {
+        if stages.iter().any(|s| s.needs_mllm()) && self.mllm.is_none() {
+            return Err(PipelineError::Request("MLLM rerankers need an MLLM, and none is configured (--mllm)".into()));
+        }
+        let t0 = Instant::now();
+        let need_vectors = rescore || stages.contains(&Stage::SuperGlobal);
+        let vector = self.collection.manifest().text_query_vector.clone();
+        let (query, db) = if need_vectors {
+            let q = self.encoder.embed_texts(&[text])?;
+            let mut db = Vec::with_capacity(candidates.len() * q.len());
+            for c in candidates {
+                db.extend(embed_rgb(self.encoder.as_ref(), &c.image, &vector)?);
+            }
+            (q, db)
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let dim = query.len().max(1);
+        let scores: Vec<f32> = if rescore {
+            db.chunks(dim).map(|v| v.iter().zip(&query).map(|(a, b)| a * b).sum()).collect()
+        } else {
+            candidates.iter().map(|c| c.score).collect()
+        };
+        let first: Vec<Ranked> = crate::metrics::order_by_score(&scores).into_iter().map(|i| Ranked { row: i, score: scores[i] }).collect();
+        let encode_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let mut ranked = first.clone();
+        let mut out = Vec::new();
+        if stages.first() == Some(&Stage::SuperGlobal) {
+            let t = Instant::now();
+            let sg = &self.options.superglobal;
+            ranked = superglobal::rerank(&self.compute, &query, &db, dim, &ranked, sg)?;
+            let report = json!({"m": sg.m, "k": sg.k, "beta": sg.beta, "query_top": sg.query_top});
+            out.push(StageRun { stage: Stage::SuperGlobal, ranking: ranked.clone(), ms: t.elapsed().as_secs_f64() * 1e3, cost: None, report, grids: Vec::new() });
+        }
+        self.run_mllm_stages(&RerankQuery::Text(text.to_string()), stages, &mut ranked, &|i| candidates[i].image.clone(), &mut out);
+        Ok(ListOutcome { first, stages: out, encode_ms })
     }
 
     /// A candidate's image for the MLLM: a blank pixel (and a warning in the

@@ -30,6 +30,11 @@ pub enum EvalCommand {
     /// supercategory over a collection of iNat24 images; rerankers rerank
     /// their own depth (e.g. --pointwise-k 100) and the top 50 is scored.
     InquireFullrank(super::eval_bench::InquireArgs),
+    /// INQUIRE-Rerank (text): the published parquet shards' 100 candidates
+    /// per query, ordered by their clip_score (the published first stage)
+    /// or re-scored (--rescore), then reranked; AP over the list normalised
+    /// by the positives present, nDCG and MRR, per supercategory.
+    InquireRerank(super::eval_bench::InquireRerankArgs),
     /// Image-to-image retrieval of strongly edited copies (the
     /// transformed-copy benchmark), generated from any folder of photos.
     ///
@@ -111,6 +116,7 @@ pub fn run(cmd: EvalCommand) -> anyhow::Result<()> {
         EvalCommand::Circo(a) => super::eval_bench::composed(a, "circo"),
         EvalCommand::Fashioniq(a) => super::eval_bench::fashioniq(a),
         EvalCommand::InquireFullrank(a) => super::eval_bench::inquire_fullrank(a),
+        EvalCommand::InquireRerank(a) => super::eval_bench::inquire_rerank(a),
         EvalCommand::Roxford(a) => super::eval_revisitop::run(a, "roxford5k"),
         EvalCommand::Rparis(a) => super::eval_revisitop::run(a, "rparis6k"),
         EvalCommand::Copies(a) => copies(a),

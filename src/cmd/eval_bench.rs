@@ -209,3 +209,59 @@ pub fn inquire_fullrank(a: InquireArgs) -> anyhow::Result<()> {
     run(&a.common, col, |col| Ok(benchmarks::inquire_fullrank(col, &a.queries, &a.annotations, a.common.skip_missing)?))?;
     Ok(())
 }
+
+/// Arguments of `squire eval inquire-rerank`.
+#[derive(Args)]
+pub struct InquireRerankArgs {
+    /// The published parquet shards: a file or a folder (searched recursively).
+    #[arg(long)]
+    data: PathBuf,
+    /// Re-score the candidates with the collection's encoder before reranking
+    /// (default: order by the file's own `clip_score`, the published first stage).
+    #[arg(long)]
+    rescore: bool,
+    #[command(flatten)]
+    common: BenchmarkArgs,
+}
+
+/// Runs `squire eval inquire-rerank`.
+pub fn inquire_rerank(a: InquireRerankArgs) -> anyhow::Result<()> {
+    use squire_engine::datasets::inquire_rerank;
+    let stages = Stage::parse_list(&a.common.rerank)?;
+    let shards = inquire_rerank::shards(&a.data)?;
+    let mut queries = inquire_rerank::load(&shards)?;
+    if let Some(n) = a.common.limit {
+        queries.truncate(n);
+    }
+    anyhow::ensure!(!queries.is_empty(), "{}: no queries", a.data.display());
+    let col = a.common.collection()?;
+    let options = a.common.stages.options()?;
+    let mllm = a.common.stages.mllm.open()?;
+    let encoder = super::load_encoder(&col.manifest().model, LoadOptions::default())?;
+    let pipeline = Pipeline::new(col, encoder, Compute::new(a.common.device)?, mllm, options)?;
+    let out = a.common.out.clone().unwrap_or_else(|| PathBuf::from("squire-eval").join("inquire-rerank"));
+    let opts = RunOptions { stages, keep: a.common.keep, ef: None, sqaf: false, out: out.clone() };
+    let describe = json!({"shards": shards.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(), "queries": queries.len()});
+    let bar = super::progress_bar(a.common.json);
+    bar.set_message("inquire-rerank");
+    let t0 = std::time::Instant::now();
+    let result = squire_engine::harness::run_inquire_rerank(&pipeline, &queries, describe, a.rescore, &opts, &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
+    let secs = t0.elapsed().as_secs_f64();
+    if a.common.json {
+        let mut v = report_json(&result.summary, &result.outcomes);
+        v["out"] = json!(out.display().to_string());
+        v["resumed"] = json!(result.resumed);
+        v["seconds"] = json!(secs);
+        v["candidates"] = json!(queries.iter().map(|q| q.candidates.len()).sum::<usize>());
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!("{}", result.summary.markdown());
+        println!("{} queries, {} candidates; {secs:.1} s", queries.len(), queries.iter().map(|q| q.candidates.len()).sum::<usize>());
+        println!("written: {}", result.files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+    }
+    Ok(())
+}

@@ -7,6 +7,7 @@
 pub mod circo;
 pub mod cirr;
 pub mod inquire;
+pub mod inquire_rerank;
 pub mod revisitop;
 
 use std::path::Path;
