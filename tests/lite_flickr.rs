@@ -88,6 +88,7 @@ fn flickr_index_self_retrieval_and_text_queries() {
         stages: vec![squire_engine::pipeline::Stage::SuperGlobal],
         keep: 10,
         ef: None,
+        whiten: false,
         sqaf: false,
         out: dir.join("eval"),
     };

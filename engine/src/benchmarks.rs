@@ -313,6 +313,48 @@ pub fn fashioniq(col: &Collection, root: &Path, categories: &[String], split: &s
     })
 }
 
+/// The transformed-copy benchmark (see [`crate::copies`]) over a collection
+/// of its gallery: mAP@k (AP@k normalised by min(relevant, k)), R@1, R@10.
+pub fn copies(col: &Collection, set: &crate::copies::CopiesSet, k: usize) -> Result<Benchmark, EvalError> {
+    let rows = Rows::new(col);
+    let mut queries = Vec::new();
+    for q in &set.queries {
+        let relevant: HashSet<usize> = q.relevant.iter().filter_map(|p| rows.by_path.get(p).copied()).collect();
+        if relevant.len() != q.relevant.len() {
+            return Err(EvalError::Backend(format!(
+                "the gallery index in {} lacks some of {:?}: delete it and rerun",
+                col.dir().display(),
+                q.relevant
+            )));
+        }
+        queries.push(EvalQuery {
+            qid: q.query.clone(),
+            image_path: Some(set.queries_dir.join(&q.query)),
+            total_relevant: relevant.len(),
+            relevant,
+            relevant_names: q.relevant.clone(),
+            ..EvalQuery::default()
+        });
+    }
+    let map_name = format!("mAP@{k}");
+    Ok(Benchmark {
+        name: "copies".into(),
+        queries,
+        dropped: Vec::new(),
+        depth: k,
+        metric_names: vec![map_name.clone(), "R@1".into(), "R@10".into()],
+        metrics: Box::new(move |ranked, q| {
+            BTreeMap::from([
+                (map_name.clone(), metrics::average_precision_at(ranked, &q.relevant, k, q.total_relevant)),
+                ("R@1".to_string(), metrics::recall_at(ranked, &q.relevant, 1)),
+                ("R@10".to_string(), metrics::recall_at(ranked, &q.relevant, 10)),
+            ])
+        }),
+        doc_names: col.records().iter().map(|r| r.path.clone()).collect(),
+        describe: json!({"gallery": set.gallery.display().to_string(), "queries": set.queries_dir.display().to_string()}),
+    })
+}
+
 /// The mean over groups of each metric of `stage` (FashionIQ's "average" over categories).
 pub fn group_average(summary: &crate::harness::Summary, stage: &str) -> BTreeMap<String, f64> {
     let mut sums: BTreeMap<String, (f64, usize)> = BTreeMap::new();

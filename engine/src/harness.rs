@@ -385,6 +385,8 @@ pub struct EvalQuery {
     pub text: Option<String>,
     /// Row of the query (reference) image.
     pub image_row: Option<usize>,
+    /// A query image outside the collection (the transformed-copy queries).
+    pub image_path: Option<PathBuf>,
     /// Rows of the relevant images present in the collection.
     pub relevant: HashSet<usize>,
     /// Relevant images in the whole dataset (indexed or not): AP and nDCG normalise by it.
@@ -429,6 +431,8 @@ pub struct RunOptions {
     pub keep: usize,
     /// HNSW breadth; `None`: exact first stage.
     pub ef: Option<usize>,
+    /// Search the collection's PCA-whitened vectors (fitted by `squire whiten`).
+    pub whiten: bool,
     /// SQAF for composed queries.
     pub sqaf: bool,
     /// Output folder.
@@ -456,7 +460,7 @@ pub fn run_benchmark(pipeline: &Pipeline, bench: &Benchmark, opts: &RunOptions, 
     let describe = json!({
         "schema": "squire.eval-run/1", "benchmark": bench.name, "collection": col.dir().display().to_string(),
         "generation": col.manifest().generation, "model": col.manifest().model, "stages": stage_names,
-        "ef": opts.ef, "keep": opts.keep, "depth": bench.depth, "sqaf": opts.sqaf, "data": bench.describe,
+        "ef": opts.ef, "whiten": opts.whiten, "keep": opts.keep, "depth": bench.depth, "sqaf": opts.sqaf, "data": bench.describe,
         "options": format!("{:?}", pipeline.options()),
     });
     let (mut log, done) = RunLog::open(&opts.out, &describe)?;
@@ -467,11 +471,9 @@ pub fn run_benchmark(pipeline: &Pipeline, bench: &Benchmark, opts: &RunOptions, 
     let root = &col.manifest().images_root;
     for (i, q) in todo.iter().enumerate() {
         progress(i, todo.len());
-        let image = match q.image_row {
-            Some(row) => {
-                let path = root.join(&col.records()[row].path);
-                Some(std::sync::Arc::new(squire_models::image_io::load_rgb(&path).map_err(|e| EvalError::Backend(format!("query {}: {e}", q.qid)))?))
-            }
+        let path = q.image_row.map(|row| root.join(&col.records()[row].path)).or_else(|| q.image_path.clone());
+        let image = match path {
+            Some(path) => Some(std::sync::Arc::new(squire_models::image_io::load_rgb(&path).map_err(|e| EvalError::Backend(format!("query {}: {e}", q.qid)))?)),
             None => None,
         };
         let req = SearchRequest {
@@ -480,7 +482,7 @@ pub fn run_benchmark(pipeline: &Pipeline, bench: &Benchmark, opts: &RunOptions, 
             image_label: None,
             k: bench.depth + q.exclude.len(),
             alpha: 0.8,
-            first_stage: opts.ef.map_or(FirstStage::Exact, |ef| FirstStage::Index { ef: Some(ef) }),
+            first_stage: if opts.whiten { FirstStage::Whitened } else { opts.ef.map_or(FirstStage::Exact, |ef| FirstStage::Index { ef: Some(ef) }) },
             stages: opts.stages.clone(),
             sqaf: opts.sqaf && q.text.is_some() && q.image_row.is_some(),
         };

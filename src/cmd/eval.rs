@@ -103,6 +103,10 @@ pub struct CopiesArgs {
     whiten: bool,
     #[command(flatten)]
     whitening: super::whiten::WhitenParamsArgs,
+    /// Output folder of the harness (per-query log, summary, TREC runs, chart; resumable)
+    /// [default: CACHE/eval-<model>-<pool>-<rerank>[-whiten]].
+    #[arg(long)]
+    out: Option<PathBuf>,
     /// Print JSON (metrics under `metrics`).
     #[arg(long)]
     json: bool,
@@ -123,30 +127,11 @@ pub fn run(cmd: EvalCommand) -> anyhow::Result<()> {
     }
 }
 
-/// mAP@k, R@1 and R@10 of one stage.
-#[derive(Default, serde::Serialize)]
-struct StageMetrics {
-    #[serde(rename = "mAP@100")]
-    map: f64,
-    #[serde(rename = "R@1")]
-    r1: f64,
-    #[serde(rename = "R@10")]
-    r10: f64,
-}
-
-fn stage_metrics(per_query: &[(f64, bool, bool)]) -> StageMetrics {
-    let n = per_query.len().max(1) as f64;
-    StageMetrics {
-        map: per_query.iter().map(|q| q.0).sum::<f64>() / n,
-        r1: per_query.iter().filter(|q| q.1).count() as f64 / n,
-        r10: per_query.iter().filter(|q| q.2).count() as f64 / n,
-    }
-}
-
 fn copies(a: CopiesArgs) -> anyhow::Result<()> {
-    use squire_engine::copies::{self, average_precision_at, CopiesSpec};
-    use squire_engine::superglobal::{self, Ranked};
-    use squire_indexer::{IndexOptions, StoreConfig, StoreKind, VectorStore};
+    use squire_engine::copies::{self, CopiesSpec};
+    use squire_engine::harness::{run_benchmark, RunOptions};
+    use squire_engine::pipeline::{Pipeline, Stage};
+    use squire_indexer::{IndexOptions, StoreConfig, StoreKind};
 
     let spec = CopiesSpec { sources: a.sources, variants: a.variants, others: a.others, seed: a.seed };
     let bar = super::progress_bar(a.json);
@@ -166,83 +151,82 @@ fn copies(a: CopiesArgs) -> anyhow::Result<()> {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     })?;
-    bar.finish_and_clear();
-    let compute = squire_kernels::Compute::new(a.device)?;
-    let superglobal = a.rerank == "superglobal";
-    let sg = a.sg.params();
-    let depth = if superglobal { a.k.max(sg.m) } else { a.k };
-    let row_of_path: std::collections::HashMap<&str, usize> =
-        col.records().iter().enumerate().map(|(i, r)| (r.path.as_str(), i)).collect();
-    // With --whiten: fit on the gallery, whiten it once, search the whitened copy.
+    // With --whiten: fit on the gallery and store it in the collection; the pipeline searches the whitened vectors.
     let vector_name = col.manifest().image_query_vector.clone();
     let whitening = if a.whiten {
         let vector = a.whitening.whiten_vector.clone().unwrap_or_else(|| vector_name.clone());
         anyhow::ensure!(vector == vector_name, "--whiten-vector {vector}: image queries search `{vector_name}`");
         let (w, secs) = super::whiten::fit_and_save(&col, &vector, &a.whitening)?;
-        let gallery = w.apply(col.vectors(&vector)?.data())?;
-        let db = compute.upload(&gallery, w.dim_out, squire_kernels::Precision::F32)?;
-        Some((w, gallery, db, secs))
+        Some((w.dim_out, w.params.power, secs))
     } else {
         None
     };
-    let (mut first, mut reranked, mut per_query) = (Vec::new(), Vec::new(), Vec::new());
+    drop(col);
+    let col = Collection::open_with(&index_dir, squire_indexer::OpenOptions { view: true })?;
+    let bench = squire_engine::benchmarks::copies(&col, &set, a.k)?;
+    let superglobal = a.rerank == "superglobal";
+    let options = squire_engine::pipeline::PipelineOptions { superglobal: a.sg.params(), ..Default::default() };
+    let compute = squire_kernels::Compute::new(a.device)?;
+    let device = compute.describe();
+    let pipeline = Pipeline::new(col, encoder, compute, None, options)?;
+    let pool_tag = a.pool.to_string().replace('+', "_");
+    let out = a.out.clone().unwrap_or_else(|| {
+        let whiten = if a.whiten { format!("-whiten-d{}-p{}", a.whitening.whiten_dims, a.whitening.whiten_power) } else { String::new() };
+        let sg = if superglobal { format!("-m{}-k{}-b{}-q{}", a.sg.sg_m, a.sg.sg_k, a.sg.sg_beta, a.sg.sg_query_top) } else { String::new() };
+        a.cache.join(format!("eval-{model_tag}-{pool_tag}-{}{sg}{whiten}-k{}", a.rerank, a.k))
+    });
+    let opts = RunOptions {
+        stages: if superglobal { vec![Stage::SuperGlobal] } else { Vec::new() },
+        keep: a.k,
+        ef: None,
+        whiten: a.whiten,
+        sqaf: false,
+        out: out.clone(),
+    };
+    bar.set_message("queries");
+    let run = run_benchmark(&pipeline, &bench, &opts, &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
+    let map = format!("mAP@{}", a.k);
+    let ap = |q: &squire_engine::harness::QueryOutcome, stage: &str| q.stages.iter().find(|s| s.stage == stage).and_then(|s| s.metrics.get(&map)).copied().unwrap_or(0.0);
     let (mut wins, mut losses, mut ties) = (0usize, 0usize, 0usize);
-    let mut rerank_ms = Vec::new();
-    for q in &set.queries {
-        let path = set.queries_dir.join(&q.query);
-        let query = squire_engine::pipeline::embed_query(&col, encoder.as_ref(), None, Some(&squire_models::image_io::load_rgb(&path)?), 0.0)?;
-        let relevant: std::collections::HashSet<usize> = q.relevant.iter().filter_map(|p| row_of_path.get(p.as_str()).copied()).collect();
-        anyhow::ensure!(relevant.len() == q.relevant.len(), "the gallery index lacks some of {:?}; delete {} and rerun", q.relevant, index_dir.display());
-        let (qv, ranking): (Vec<f32>, Vec<Ranked>) = match &whitening {
-            Some((w, _, db, _)) => {
-                let qv = w.apply(&query.values)?;
-                let hits = compute.top_k(db, &qv, depth, squire_kernels::Metric::InnerProduct)?;
-                (qv, hits[0].iter().map(|h| Ranked { row: h.row, score: h.score }).collect())
-            }
-            None => {
-                let hits = col.search_exact_on(&compute, &query.vector, &query.values, depth)?;
-                (query.values.clone(), hits.iter().map(|h| Ranked { row: h.row, score: h.score }).collect())
-            }
-        };
-        let score = |r: &[Ranked]| {
-            let rel: Vec<bool> = r.iter().take(a.k).map(|x| relevant.contains(&x.row)).collect();
-            (average_precision_at(&rel, relevant.len(), a.k), rel.first().copied().unwrap_or(false), rel.iter().take(10).any(|&b| b))
-        };
-        let f = score(&ranking);
-        first.push(f);
-        let mut entry = serde_json::json!({ "query": q.query, "source": q.source, "edits": q.edits, "ap_first_stage": f.0 });
+    let mut rerank_ms: Vec<f64> = Vec::new();
+    let mut per_query = Vec::new();
+    let edits: std::collections::HashMap<&str, &squire_engine::copies::CopyQuery> = set.queries.iter().map(|q| (q.query.as_str(), q)).collect();
+    for q in &run.outcomes {
+        let src = edits.get(q.qid.as_str());
+        let mut entry = serde_json::json!({
+            "query": q.qid, "source": src.map(|s| s.source.clone()), "edits": src.map(|s| s.edits.clone()), "ap_first_stage": ap(q, "first"),
+        });
         if superglobal {
-            let store = col.vectors(&query.vector)?;
-            let (data, dim) = match &whitening {
-                Some((w, g, _, _)) => (g.as_slice(), w.dim_out),
-                None => (store.data(), store.dim()),
-            };
-            let t = std::time::Instant::now();
-            let rr = superglobal::rerank(&compute, &qv, data, dim, &ranking, &sg)?;
-            rerank_ms.push(t.elapsed().as_secs_f64() * 1e3);
-            let s = score(&rr);
-            match s.0.partial_cmp(&f.0) {
+            let (f, s) = (ap(q, "first"), ap(q, "superglobal"));
+            match s.partial_cmp(&f) {
                 Some(std::cmp::Ordering::Greater) => wins += 1,
                 Some(std::cmp::Ordering::Less) => losses += 1,
                 _ => ties += 1,
             }
-            entry["ap_superglobal"] = serde_json::json!(s.0);
-            reranked.push(s);
+            entry["ap_superglobal"] = serde_json::json!(s);
+            rerank_ms.extend(q.stages.iter().find(|s| s.stage == "superglobal").map(|s| s.ms));
         }
         per_query.push(entry);
     }
-    let mut metrics = serde_json::json!({ "first_stage": stage_metrics(&first) });
-    if superglobal {
-        metrics["superglobal"] = serde_json::to_value(stage_metrics(&reranked))?;
-    }
     rerank_ms.sort_by(f64::total_cmp);
     let p50 = rerank_ms.get(rerank_ms.len() / 2).copied();
+    let stage_json = |stage: &str| serde_json::json!(run.summary.per_stage.get(stage));
+    let mut metrics = serde_json::json!({ "first_stage": stage_json("first") });
+    if superglobal {
+        metrics["superglobal"] = stage_json("superglobal");
+    }
+    let sg = a.sg.params();
     let report = serde_json::json!({
-        "benchmark": "copies", "spec": spec, "model": model, "pool": a.pool.to_string(), "device": compute.describe(),
-        "vector": col.manifest().image_query_vector, "queries": set.queries.len(), "gallery": col.records().len(),
-        "whitening": whitening.as_ref().map(|(w, _, _, secs)| serde_json::json!({"dims": w.dim_out, "power": w.params.power, "fit_s": secs})),
+        "benchmark": "copies", "spec": spec, "model": model, "pool": a.pool.to_string(), "device": device,
+        "vector": vector_name, "queries": run.summary.queries, "gallery": pipeline.collection().records().len(),
+        "whitening": whitening.map(|(dims, power, secs)| serde_json::json!({"dims": dims, "power": power, "fit_s": secs})),
         "k": a.k, "metrics": metrics,
         "superglobal": if superglobal { serde_json::json!({"params": sg, "wins": wins, "losses": losses, "ties": ties, "rerank_ms_p50": p50}) } else { serde_json::Value::Null },
+        "out": out.display().to_string(), "resumed": run.resumed,
         "per_query": per_query,
     });
     if a.json {
@@ -251,19 +235,15 @@ fn copies(a: CopiesArgs) -> anyhow::Result<()> {
     }
     println!(
         "copies: {} queries, {} gallery images (model {}, vector `{}`{}, seed {})",
-        set.queries.len(),
-        col.records().len(),
+        run.summary.queries,
+        pipeline.collection().records().len(),
         model,
-        col.manifest().image_query_vector,
-        whitening.as_ref().map_or(String::new(), |(w, _, _, _)| format!(", whitened to {} dims, power {}", w.dim_out, w.params.power)),
+        vector_name,
+        whitening.map_or(String::new(), |(dims, power, _)| format!(", whitened to {dims} dims, power {power}")),
         a.seed
     );
-    println!("| stage | mAP@{} | R@1 | R@10 |", a.k);
-    println!("|---|---|---|---|");
-    let row = |name: &str, m: &StageMetrics| println!("| {name} | {:.4} | {:.4} | {:.4} |", m.map, m.r1, m.r10);
-    row("first stage", &stage_metrics(&first));
+    println!("{}", run.summary.markdown());
     if superglobal {
-        row("+ SuperGlobal", &stage_metrics(&reranked));
         println!(
             "SuperGlobal vs first stage, per query AP: {wins} better, {losses} worse, {ties} unchanged; rerank p50 {:.2} ms (M = {}, K = {}, β = {})",
             p50.unwrap_or(0.0),
@@ -272,5 +252,6 @@ fn copies(a: CopiesArgs) -> anyhow::Result<()> {
             sg.beta
         );
     }
+    println!("written: {}", run.files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
     Ok(())
 }

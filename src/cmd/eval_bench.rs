@@ -73,7 +73,7 @@ pub fn run(a: &BenchmarkArgs, col: Collection, build: impl FnOnce(&Collection) -
     let encoder = super::load_encoder(&col.manifest().model, LoadOptions::default())?;
     let pipeline = Pipeline::new(col, encoder, Compute::new(a.device)?, mllm, options)?;
     let out = a.out.clone().unwrap_or_else(|| PathBuf::from("squire-eval").join(&bench.name));
-    let opts = RunOptions { stages, keep: a.keep, ef: a.ef, sqaf: a.stages.sqaf.sqaf, out: out.clone() };
+    let opts = RunOptions { stages, keep: a.keep, ef: a.ef, whiten: false, sqaf: a.stages.sqaf.sqaf, out: out.clone() };
     let bar = super::progress_bar(a.json);
     bar.set_message(bench.name.clone());
     let t0 = std::time::Instant::now();
@@ -240,7 +240,7 @@ pub fn inquire_rerank(a: InquireRerankArgs) -> anyhow::Result<()> {
     let encoder = super::load_encoder(&col.manifest().model, LoadOptions::default())?;
     let pipeline = Pipeline::new(col, encoder, Compute::new(a.common.device)?, mllm, options)?;
     let out = a.common.out.clone().unwrap_or_else(|| PathBuf::from("squire-eval").join("inquire-rerank"));
-    let opts = RunOptions { stages, keep: a.common.keep, ef: None, sqaf: false, out: out.clone() };
+    let opts = RunOptions { stages, keep: a.common.keep, ef: None, whiten: false, sqaf: false, out: out.clone() };
     let describe = json!({"shards": shards.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(), "queries": queries.len()});
     let bar = super::progress_bar(a.common.json);
     bar.set_message("inquire-rerank");
