@@ -63,6 +63,19 @@ fn call(req: ureq::Request, body: Option<(&str, Vec<u8>)>) -> (u16, Option<Strin
     (status, retry, buf)
 }
 
+/// Sends only the headers of a POST declaring `len` body bytes; returns the status and body.
+fn raw_headers_only(base: &str, content_type: &str, len: usize) -> (u16, String) {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "POST /api/search HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, out)
+}
+
 fn post_json(base: &str, v: &Value) -> (u16, Value) {
     let (s, _, b) = call(ureq::post(&format!("{base}/api/search")), Some(("application/json", v.to_string().into_bytes())));
     (s, serde_json::from_slice(&b).unwrap_or_else(|_| json!({"raw": String::from_utf8_lossy(&b)})))
@@ -142,12 +155,13 @@ fn search_by_text_upload_and_composed_with_the_search_schema() {
 fn bad_requests_get_clear_errors() {
     let config = ServerConfig { max_upload_bytes: 64 * 1024, ..ServerConfig::default() };
     let srv = start("serve-errors", config, None);
-    // Oversize upload → 413.
-    let big = vec![0u8; 200 * 1024];
-    let (s, v) = post_form(&srv.base, &[("k", "3")], Some(("big.jpg", &big)));
-    assert_eq!(s, 413, "{v}");
-    let (s, v) = post_json(&srv.base, &json!({"text": "x".repeat(100 * 1024)}));
-    assert_eq!(s, 413, "{v}");
+    // Oversize upload → 413, answered from the declared size before the body
+    // is read (a client still sending would otherwise race the closed connection).
+    for (ct, len) in [("multipart/form-data; boundary=b", 200 * 1024), ("application/json", 100 * 1024)] {
+        let (s, body) = raw_headers_only(&srv.base, ct, len);
+        assert_eq!(s, 413, "{body}");
+        assert!(body.contains("limit"), "{body}");
+    }
     // Not an image → 400 naming the field and the problem.
     let (s, v) = post_form(&srv.base, &[], Some(("notes.jpg", b"this is not a picture")));
     assert_eq!(s, 400, "{v}");

@@ -279,6 +279,14 @@ fn jpeg_data_url(img: &image::RgbImage, quality: u8) -> Option<String> {
 
 /// `POST /api/search`.
 pub async fn search(State(st): State<Arc<AppState>>, req: Request) -> Result<axum::Json<Value>, ApiError> {
+    // A declared size over the limit is refused before any byte of the body is read.
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if let Some(n) = declared.filter(|&n| n > st.config.max_upload_bytes as u64) {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is {n} bytes, over the {}-byte limit (--max-upload-mb)", st.config.max_upload_bytes),
+        ));
+    }
     let query = parse_request(req).await?;
     let Some(ticket) = st.gate.enter() else {
         st.metrics.rejected();
