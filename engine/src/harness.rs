@@ -503,25 +503,41 @@ pub fn run_benchmark(pipeline: &Pipeline, bench: &Benchmark, opts: &RunOptions, 
             sqaf: opts.sqaf && q.text.is_some() && q.image_row.is_some(),
         };
         let res = pipeline.search(&req).map_err(|e| EvalError::Backend(format!("query {}: {e}", q.qid)))?;
-        let runs = std::iter::once(("first".to_string(), &res.first, res.encode_ms + res.search_ms, None))
-            .chain(res.stages.iter().map(|s| (s.stage.name().to_string(), &s.ranking, s.ms, s.cost.as_ref().map(CostRecord::from))));
-        let mut results = Vec::new();
-        for (stage, ranking, ms, cost) in runs {
-            results.push(stage_result(bench.metrics.as_ref(), &bench.doc_names, q, stage, ranking, ms, cost, opts.keep));
-        }
-        let outcome = QueryOutcome { qid: q.qid.clone(), group: q.group.clone(), relevant: q.relevant_names.clone(), stages: results };
+        let outcome = query_outcome(bench.metrics.as_ref(), &bench.doc_names, q, &res.first, res.encode_ms + res.search_ms, &res.stages, opts.keep);
         log.append(&outcome)?;
         outcomes.push(outcome);
     }
     progress(todo.len(), todo.len());
-    // Queries logged by an earlier run but outside this one's list are not reported.
     let wanted: HashSet<&str> = bench.queries.iter().map(|q| q.qid.as_str()).collect();
-    outcomes.retain(|q| wanted.contains(q.qid.as_str()));
-    let dropped: Vec<String> = bench.dropped.iter().map(|(id, _)| id.clone()).collect();
-    let summary = Summary::from_outcomes(&bench.name, &stage_names, &bench.metric_names, &outcomes, dropped);
     let extra = json!({"run": describe, "dropped_reasons": bench.dropped.iter().map(|(id, why)| json!({"query_id": id, "reason": why})).collect::<Vec<_>>()});
-    let files = write_outputs(&opts.out, &summary, &outcomes, &extra)?;
+    let summary_of = |o: &[QueryOutcome]| {
+        Summary::from_outcomes(&bench.name, &stage_names, &bench.metric_names, o, bench.dropped.iter().map(|(id, _)| id.clone()).collect())
+    };
+    finish(outcomes, &wanted, summary_of, &opts.out, &extra, resumed)
+}
+
+/// Keeps the outcomes of the queries in `wanted` (an earlier run with a
+/// longer list may have logged more), summarises them and writes the outputs.
+fn finish(
+    mut outcomes: Vec<QueryOutcome>,
+    wanted: &HashSet<&str>,
+    summary_of: impl Fn(&[QueryOutcome]) -> Summary,
+    out: &Path,
+    extra: &Value,
+    resumed: usize,
+) -> Result<RunResult, EvalError> {
+    outcomes.retain(|q| wanted.contains(q.qid.as_str()));
+    let summary = summary_of(&outcomes);
+    let files = write_outputs(out, &summary, &outcomes, extra)?;
     Ok(RunResult { summary, outcomes, resumed, files })
+}
+
+/// A query's logged outcome: the first stage and every reranking stage, each scored.
+fn query_outcome(metric_fn: &MetricFn, doc_names: &[String], q: &EvalQuery, first: &[Ranked], first_ms: f64, stages: &[crate::pipeline::StageRun], keep: usize) -> QueryOutcome {
+    let runs = std::iter::once(("first".to_string(), first, first_ms, None))
+        .chain(stages.iter().map(|s| (s.stage.name().to_string(), s.ranking.as_slice(), s.ms, s.cost.as_ref().map(CostRecord::from))));
+    let results = runs.map(|(stage, ranking, ms, cost)| stage_result(metric_fn, doc_names, q, stage, ranking, ms, cost, keep)).collect();
+    QueryOutcome { qid: q.qid.clone(), group: q.group.clone(), relevant: q.relevant_names.clone(), stages: results }
 }
 
 /// One stage's logged result: metrics on the ranking without the excluded rows, the top `keep`.
@@ -619,22 +635,15 @@ pub fn run_inquire_rerank(
             ..EvalQuery::default()
         };
         let doc_names: Vec<String> = rq.candidates.iter().map(|c| c.id.clone()).collect();
-        let runs = std::iter::once(("first".to_string(), &res.first, res.encode_ms, None))
-            .chain(res.stages.iter().map(|s| (s.stage.name().to_string(), &s.ranking, s.ms, s.cost.as_ref().map(CostRecord::from))));
-        let mut results = Vec::new();
-        for (stage, ranking, ms, cost) in runs {
-            results.push(stage_result(metric_fn.as_ref(), &doc_names, &q, stage, ranking, ms, cost, opts.keep));
-        }
-        let outcome = QueryOutcome { qid: q.qid.clone(), group: q.group.clone(), relevant: q.relevant_names.clone(), stages: results };
+        let outcome = query_outcome(metric_fn.as_ref(), &doc_names, &q, &res.first, res.encode_ms, &res.stages, opts.keep);
         log.append(&outcome)?;
         outcomes.push(outcome);
     }
     progress(todo.len(), todo.len());
-    let wanted: HashSet<String> = (0..queries.len()).map(|i| i.to_string()).collect();
-    outcomes.retain(|q| wanted.contains(&q.qid));
-    let summary = Summary::from_outcomes(name, &stage_names, &metric_names, &outcomes, Vec::new());
-    let files = write_outputs(&opts.out, &summary, &outcomes, &json!({"run": run_describe}))?;
-    Ok(RunResult { summary, outcomes, resumed, files })
+    let ids: Vec<String> = (0..queries.len()).map(|i| i.to_string()).collect();
+    let wanted: HashSet<&str> = ids.iter().map(String::as_str).collect();
+    let summary_of = |o: &[QueryOutcome]| Summary::from_outcomes(name, &stage_names, &metric_names, o, Vec::new());
+    finish(outcomes, &wanted, summary_of, &opts.out, &json!({"run": run_describe}), resumed)
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Args;
 use serde_json::json;
 use squire_engine::benchmarks;
-use squire_engine::harness::{report_json, run_benchmark, Benchmark, RunOptions};
+use squire_engine::harness::{report_json, run_benchmark, Benchmark, RunOptions, RunResult};
 use squire_engine::pipeline::{Pipeline, Stage};
 use squire_indexer::{Collection, OpenOptions};
 use squire_kernels::{Compute, DeviceChoice};
@@ -61,7 +61,7 @@ impl BenchmarkArgs {
 
 /// Runs `bench` (built over `col`) with the options in `a`, prints the
 /// table or JSON, and returns the run's outcomes and output folder.
-pub fn run(a: &BenchmarkArgs, col: Collection, build: impl FnOnce(&Collection) -> anyhow::Result<Benchmark>) -> anyhow::Result<(squire_engine::harness::RunResult, PathBuf)> {
+pub fn run(a: &BenchmarkArgs, col: Collection, build: impl FnOnce(&Collection) -> anyhow::Result<Benchmark>) -> anyhow::Result<(RunResult, PathBuf)> {
     let stages = Stage::parse_list(&a.rerank)?;
     let mut bench = build(&col)?;
     if let Some(n) = a.limit {
@@ -83,31 +83,42 @@ pub fn run(a: &BenchmarkArgs, col: Collection, build: impl FnOnce(&Collection) -
     })?;
     bar.finish_and_clear();
     let secs = t0.elapsed().as_secs_f64();
-    if a.json {
-        let mut v = report_json(&result.summary, &result.outcomes);
-        v["out"] = json!(out.display().to_string());
-        v["images"] = json!(pipeline.collection().records().len());
-        v["model"] = json!(pipeline.collection().manifest().model);
-        v["resumed"] = json!(result.resumed);
-        v["seconds"] = json!(secs);
-        if bench.name.starts_with("fashioniq") {
+    let col = pipeline.collection();
+    let fiq = bench.name.starts_with("fashioniq");
+    print_run(a.json, &result, &out, secs, &format!("{} images, model {}", col.records().len(), col.manifest().model), |v| {
+        v["images"] = json!(col.records().len());
+        v["model"] = json!(col.manifest().model);
+        if fiq {
             let last = result.summary.stages.last().cloned().unwrap_or_default();
             v["category_average"] = json!(benchmarks::group_average(&result.summary, &last));
         }
+    })?;
+    if !bench.dropped.is_empty() {
+        let sample: Vec<String> = bench.dropped.iter().take(5).map(|(id, why)| format!("{id} ({why})")).collect();
+        eprintln!("warning: {} queries dropped: {}{}", bench.dropped.len(), sample.join("; "), if bench.dropped.len() > 5 { "; …" } else { "" });
+    }
+    Ok((result, out))
+}
+
+/// Prints a run: JSON (`report_json` plus `out`, `resumed`, `seconds` and
+/// what `extra` adds) or the Markdown table with `what` and the files written.
+fn print_run(json_out: bool, result: &RunResult, out: &std::path::Path, secs: f64, what: &str, extra: impl FnOnce(&mut serde_json::Value)) -> anyhow::Result<()> {
+    if json_out {
+        let mut v = report_json(&result.summary, &result.outcomes);
+        v["out"] = json!(out.display().to_string());
+        v["resumed"] = json!(result.resumed);
+        v["seconds"] = json!(secs);
+        extra(&mut v);
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         if result.resumed > 0 {
             println!("(resumed: {} queries from an earlier run in {})", result.resumed, out.display());
         }
         println!("{}", result.summary.markdown());
-        println!("{} images, model {}; {secs:.1} s", pipeline.collection().records().len(), pipeline.collection().manifest().model);
+        println!("{what}; {secs:.1} s");
         println!("written: {}", result.files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
     }
-    if !bench.dropped.is_empty() {
-        let sample: Vec<String> = bench.dropped.iter().take(5).map(|(id, why)| format!("{id} ({why})")).collect();
-        eprintln!("warning: {} queries dropped: {}{}", bench.dropped.len(), sample.join("; "), if bench.dropped.len() > 5 { "; …" } else { "" });
-    }
-    Ok((result, out))
+    Ok(())
 }
 
 /// Arguments of `squire eval t2i`.
@@ -251,17 +262,7 @@ pub fn inquire_rerank(a: InquireRerankArgs) -> anyhow::Result<()> {
     })?;
     bar.finish_and_clear();
     let secs = t0.elapsed().as_secs_f64();
-    if a.common.json {
-        let mut v = report_json(&result.summary, &result.outcomes);
-        v["out"] = json!(out.display().to_string());
-        v["resumed"] = json!(result.resumed);
-        v["seconds"] = json!(secs);
-        v["candidates"] = json!(queries.iter().map(|q| q.candidates.len()).sum::<usize>());
-        println!("{}", serde_json::to_string_pretty(&v)?);
-    } else {
-        println!("{}", result.summary.markdown());
-        println!("{} queries, {} candidates; {secs:.1} s", queries.len(), queries.iter().map(|q| q.candidates.len()).sum::<usize>());
-        println!("written: {}", result.files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
-    }
+    let candidates = queries.iter().map(|q| q.candidates.len()).sum::<usize>();
+    print_run(a.common.json, &result, &out, secs, &format!("{} queries, {candidates} candidates", queries.len()), |v| v["candidates"] = json!(candidates))?;
     Ok(())
 }
