@@ -3,11 +3,14 @@
 //! and the evaluation harness that measures them.
 //!
 //! Depends on `squire-indexer`, `squire-models` and `squire-kernels`. The
-//! whole query path is [`pipeline::Pipeline`]; under it sit SuperGlobal reranking ([`superglobal`]), SQUARE's query fusion
-//! ([`sqaf`]) and grid-mark batch reranking ([`ebr`], drawing in [`grid`],
-//! answer parsing in [`ranking`], cost accounting in [`cost`]), the
-//! text-to-image evaluation ([`eval`]), the transformed-copy benchmark
-//! ([`copies`]) and the benchmark annotation loaders ([`datasets`]).
+//! whole query path is [`pipeline::Pipeline`]; under it sit SuperGlobal
+//! reranking ([`superglobal`]), PCA-whitening ([`whitening`]), SQUARE's query
+//! fusion ([`sqaf`]), the MLLM rerankers ([`rerank`]: [`ebr`] with its grids
+//! in [`grid`], [`cotrr`], [`pointwise`]; answers parsed by [`ranking`], cost
+//! in [`cost`]). Evaluation: the metrics ([`metrics`]), the harness that runs
+//! benchmarks stage by stage ([`harness`], charts in [`plot`]), the
+//! benchmarks ([`benchmarks`], over the loaders in [`datasets`] and the
+//! query TSV in [`eval`]) and the transformed-copy generator ([`copies`]).
 
 #![warn(missing_docs)]
 
