@@ -95,7 +95,7 @@ pub fn rerank(
     let result = compute.refine_into(&x[..m * dim], dim, params.k, params.beta, &mut refined).map(|()| {
         let xt = |i: usize| &refined[i * dim..(i + 1) * dim];
         // Database side: s1 = q·x̃, order R by it.
-        let s1: Vec<f32> = (0..m).map(|i| dot(query, xt(i))).collect();
+        let s1: Vec<f32> = (0..m).into_par_iter().map(|i| dot(query, xt(i))).collect();
         let mut order: Vec<usize> = (0..m).collect();
         order.sort_by(|&a, &b| s1[b].total_cmp(&s1[a]));
         // Query side: q̃ = element-wise max over the top x̃ of that order.
@@ -105,7 +105,7 @@ pub fn rerank(
                 *e = e.max(v);
             }
         }
-        let fin: Vec<f32> = (0..m).map(|i| (s1[i] + dot(&expanded, xt(i))) / 2.0).collect();
+        let fin: Vec<f32> = (0..m).into_par_iter().map(|i| (s1[i] + dot(&expanded, xt(i))) / 2.0).collect();
         let mut order: Vec<usize> = (0..m).collect();
         order.sort_by(|&a, &b| fin[b].total_cmp(&fin[a]));
         let mut out: Vec<Ranked> = order.iter().map(|&i| Ranked { row: top[i].row, score: fin[i] }).collect();

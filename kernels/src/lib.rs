@@ -330,8 +330,12 @@ impl Compute {
         cpu::check_refine(m, k, beta)?;
         match &self.gpu {
             None => {
-                let s = cpu::gram(x, dim)?;
-                cpu::refine_into(x, &s, dim, k, beta, out)
+                // The Gram matrix and its bands live in per-thread buffers,
+                // taken out and put back (a nested call finds them empty).
+                let (mut s, mut scratch) = GRAM_BUFFERS.with(|c| std::mem::take(&mut *c.borrow_mut()));
+                let result = cpu::gram_into(x, dim, &mut s, &mut scratch).and_then(|()| cpu::refine_into(x, &s, dim, k, beta, out));
+                GRAM_BUFFERS.with(|c| *c.borrow_mut() = (s, scratch));
+                result
             }
             Some(g) => {
                 *out = g.refine(x, dim, k, beta)?;
@@ -339,6 +343,11 @@ impl Compute {
             }
         }
     }
+}
+
+thread_local! {
+    /// The CPU refinement's Gram matrix and band scratch, kept per thread across queries.
+    static GRAM_BUFFERS: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
 fn rows_ref(values: &CpuValues) -> cpu::RowsRef<'_> {

@@ -13,29 +13,42 @@ const GRAM_TILE: usize = 128;
 
 /// `X Xᵀ` for `X` = `m × dim` (row-major): `m × m`.
 pub fn gram(x: &[f32], dim: usize) -> Result<Vec<f32>> {
+    let (mut out, mut scratch) = (Vec::new(), Vec::new());
+    gram_into(x, dim, &mut out, &mut scratch)?;
+    Ok(out)
+}
+
+/// [`gram`] into `out` (resized to `m × m`), with `scratch` for the bands:
+/// a caller that keeps both across queries saves fresh pages on every call.
+pub fn gram_into(x: &[f32], dim: usize, out: &mut Vec<f32>, scratch: &mut Vec<f32>) -> Result<()> {
     let m = rows_of(x, dim, "Gram matrix input")?;
-    let mut out = vec![0f32; m * m];
+    out.clear();
+    out.resize(m * m, 0.0);
     if m == 0 {
-        return Ok(out);
+        return Ok(());
     }
     if m <= GRAM_TILE {
-        super::matmul::a_bt(&mut out, x, x, m, m, dim, false);
-        return Ok(out);
+        super::matmul::a_bt(out, x, x, m, m, dim, false);
+        return Ok(());
     }
     // Row bands of GRAM_TILE rows, each multiplied with every row from its
     // own first row on (the upper triangle and the diagonal block) in one
-    // product; the bands' sizes fall with their index, so rayon's halving
-    // pairs a large band with a small one.
-    let bands: Vec<(usize, Vec<f32>)> = (0..m.div_ceil(GRAM_TILE))
-        .into_par_iter()
-        .map(|b| {
-            let (r0, r1) = (b * GRAM_TILE, ((b + 1) * GRAM_TILE).min(m));
-            let mut band = vec![0f32; (r1 - r0) * (m - r0)];
-            super::matmul::a_bt(&mut band, &x[r0 * dim..r1 * dim], &x[r0 * dim..], r1 - r0, m - r0, dim, false);
-            (r0, band)
-        })
-        .collect();
-    for (r0, band) in bands {
+    // product, into disjoint parts of `scratch`; the bands' sizes fall with
+    // their index, so rayon's halving pairs a large band with a small one.
+    let bands: Vec<(usize, usize)> = (0..m.div_ceil(GRAM_TILE)).map(|b| (b * GRAM_TILE, ((b + 1) * GRAM_TILE).min(m))).collect();
+    let total: usize = bands.iter().map(|&(r0, r1)| (r1 - r0) * (m - r0)).sum();
+    scratch.resize(total, 0.0);
+    let mut parts = Vec::with_capacity(bands.len());
+    let mut rest: &mut [f32] = &mut scratch[..total];
+    for &(r0, r1) in &bands {
+        let (part, tail) = rest.split_at_mut((r1 - r0) * (m - r0));
+        parts.push((r0, r1, part));
+        rest = tail;
+    }
+    parts.par_iter_mut().for_each(|(r0, r1, band)| {
+        super::matmul::a_bt(band, &x[*r0 * dim..*r1 * dim], &x[*r0 * dim..], *r1 - *r0, m - *r0, dim, false);
+    });
+    for (r0, _, band) in parts {
         let w = m - r0;
         for (di, row) in band.chunks_exact(w).enumerate() {
             let i = r0 + di;
@@ -45,7 +58,7 @@ pub fn gram(x: &[f32], dim: usize) -> Result<Vec<f32>> {
             }
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Checks the refinement parameters.

@@ -8,7 +8,7 @@ mod pooling;
 mod simd;
 mod similarity;
 
-pub use gram::{gram, refine, refine_into};
+pub use gram::{gram, gram_into, refine, refine_into};
 pub use matmul::matmul_a_bt;
 pub use pooling::{gem, l2_normalize, regional_gem, scale_gem};
 pub use simd::{dot_f16, dot_f32};
