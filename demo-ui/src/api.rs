@@ -203,7 +203,7 @@ impl AppState {
     /// The file of the indexed image `id`, inside the collection's image folder.
     fn image_file(&self, id: &str) -> Result<(u64, PathBuf), ApiError> {
         let key = parse_id(id)?;
-        let row = self.pipeline.row_of_id(key).ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no image with id {id} in the collection")))?;
+        let row = self.pipeline.collection().row_of(key).ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no image with id {id} in the collection")))?;
         let record = &self.pipeline.collection().records()[row];
         let path = self
             .images_root

@@ -285,16 +285,27 @@ fn normalise(v: &mut [f32]) {
 
 /// The named vector `vector` of one image.
 pub fn embed_rgb(encoder: &dyn DualEncoder, img: &RgbImage, vector: &str) -> Result<Vec<f32>, PipelineError> {
-    let s = encoder.input_size();
-    let mut px = vec![0f32; 3 * s * s];
-    encoder.preprocess_into(img, &mut px)?;
-    let mut all = encoder.embed_named(&px, 1)?;
+    embed_rgb_batch(encoder, &[img], vector)
+}
+
+/// The named vector `vector` of each image, `images.len() × dim` values:
+/// preprocessed in parallel, embedded in batches of 32.
+pub fn embed_rgb_batch(encoder: &dyn DualEncoder, images: &[&RgbImage], vector: &str) -> Result<Vec<f32>, PipelineError> {
+    use rayon::prelude::*;
     let i = encoder
         .vector_names()
         .iter()
         .position(|n| *n == vector)
         .ok_or_else(|| PipelineError::Request(format!("the model has no `{vector}` vector (the collection's query vector)")))?;
-    Ok(all.swap_remove(i))
+    let s = encoder.input_size();
+    let plane = 3 * s * s;
+    let mut out = Vec::new();
+    for chunk in images.chunks(32) {
+        let mut px = vec![0f32; chunk.len() * plane];
+        px.par_chunks_mut(plane).zip(chunk.par_iter()).try_for_each(|(dst, img)| encoder.preprocess_into(img, dst))?;
+        out.extend(encoder.embed_named(&px, chunk.len())?.swap_remove(i));
+    }
+    Ok(out)
 }
 
 /// The two halves of a composed query in the collection's text-query space:
@@ -337,7 +348,16 @@ pub struct Pipeline {
     ebr: GridReranker,
     cotrr: CotrrReranker,
     pointwise: PointwiseReranker,
-    rows_by_id: HashMap<u64, usize>,
+    /// Per named vector: its whitening, the whitened gallery and that gallery
+    /// on the compute backend, made on the first whitened query.
+    whitened: std::sync::Mutex<HashMap<String, Arc<WhitenedGallery>>>,
+}
+
+/// A collection's vectors through its fitted whitening.
+struct WhitenedGallery {
+    whitening: whitening::Whitening,
+    rows: Vec<f32>,
+    database: squire_kernels::Database,
 }
 
 impl Pipeline {
@@ -355,8 +375,7 @@ impl Pipeline {
             return Err(PipelineError::Request("pointwise: k must be at least 1".into()));
         }
         let pointwise = PointwiseReranker { options: options.pointwise.clone() };
-        let rows_by_id = collection.records().iter().enumerate().map(|(i, r)| (r.id, i)).collect();
-        Ok(Pipeline { collection, encoder, compute, mllm, options, ebr, cotrr, pointwise, rows_by_id })
+        Ok(Pipeline { collection, encoder, compute, mllm, options, ebr, cotrr, pointwise, whitened: Default::default() })
     }
 
     /// The collection searched.
@@ -384,9 +403,19 @@ impl Pipeline {
         Stage::ALL.into_iter().filter(|s| !s.needs_mllm() || self.mllm.is_some()).collect()
     }
 
-    /// The row of the image with stable id `id`.
-    pub fn row_of_id(&self, id: u64) -> Option<usize> {
-        self.rows_by_id.get(&id).copied()
+
+    /// The whitened gallery of `vector`, whitened and uploaded once per pipeline.
+    fn whitened_gallery(&self, vector: &str) -> Result<Arc<WhitenedGallery>, PipelineError> {
+        let mut cache = self.whitened.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(g) = cache.get(vector) {
+            return Ok(g.clone());
+        }
+        let w = whitening::load_fresh(&self.collection, vector)?;
+        let rows = w.apply(self.collection.vectors(vector)?.data())?;
+        let database = self.compute.upload(&rows, w.dim_out, Precision::F32)?;
+        let g = Arc::new(WhitenedGallery { whitening: w, rows, database });
+        cache.insert(vector.to_string(), g.clone());
+        Ok(g)
     }
 
     fn depth_of(&self, stage: Stage) -> usize {
@@ -425,14 +454,14 @@ impl Pipeline {
         if req.stages.iter().filter(|s| **s == Stage::SuperGlobal).count() > 1
             || req.stages.iter().position(|s| *s == Stage::SuperGlobal).is_some_and(|i| i != 0)
         {
-            return bad("superglobal comes first (it reranks the first stage's vectors), once".into());
+            return bad("rerank: superglobal comes first (it reranks the first stage's vectors), once".into());
         }
         if self.mllm.is_none() {
             if let Some(s) = req.stages.iter().find(|s| s.needs_mllm()) {
-                return bad(format!("the {} reranker needs an MLLM, and none is configured (--mllm)", s.name()));
+                return bad(format!("the {} reranker needs an MLLM, and none is configured (--mllm openai --mllm-url URL --mllm-model NAME)", s.name()));
             }
             if req.sqaf {
-                return bad("SQAF needs an MLLM, and none is configured (--mllm)".into());
+                return bad("SQAF needs an MLLM, and none is configured (--mllm openai --mllm-url URL --mllm-model NAME)".into());
             }
         }
         if req.sqaf && req.kind() != "composed" {
@@ -467,9 +496,8 @@ impl Pipeline {
         };
         let vector = query.vector;
         let whitened = if req.first_stage == FirstStage::Whitened {
-            let w = whitening::load_fresh(col, &vector)?;
-            let store = col.vectors(&vector)?;
-            Some((w.apply(&query.values)?, w.apply(store.data())?, w.dim_out))
+            let g = self.whitened_gallery(&vector)?;
+            Some((g.whitening.apply(&query.values)?, g))
         } else {
             None
         };
@@ -482,9 +510,8 @@ impl Pipeline {
             _ => ("exact", None),
         };
         let hits: Vec<RowHit> = match (&whitened, req.first_stage) {
-            (Some((q, g, dim)), _) => {
-                let db = self.compute.upload(g, *dim, Precision::F32)?;
-                self.compute.top_k(&db, q, depth, Metric::InnerProduct)?[0].iter().map(|s| RowHit { row: s.row, score: s.score }).collect()
+            (Some((q, g)), _) => {
+                self.compute.top_k(&g.database, q, depth, Metric::InnerProduct)?[0].iter().map(|s| RowHit { row: s.row, score: s.score }).collect()
             }
             (None, FirstStage::Exact) => col.search_exact_on(&self.compute, &vector, &query.values, depth)?,
             // HNSW needs a search breadth of at least the depth asked for.
@@ -498,7 +525,7 @@ impl Pipeline {
             let t = Instant::now();
             let sg = &self.options.superglobal;
             ranked = match &whitened {
-                Some((q, g, dim)) => superglobal::rerank(&self.compute, q, g, *dim, &ranked, sg)?,
+                Some((q, g)) => superglobal::rerank(&self.compute, q, &g.rows, g.whitening.dim_out, &ranked, sg)?,
                 None => {
                     let store = col.vectors(&vector)?;
                     superglobal::rerank(&self.compute, &query.values, store.data(), store.dim(), &ranked, sg)?
@@ -564,11 +591,8 @@ impl Pipeline {
         let vector = self.collection.manifest().text_query_vector.clone();
         let (query, db) = if need_vectors {
             let q = self.encoder.embed_texts(&[text])?;
-            let mut db = Vec::with_capacity(candidates.len() * q.len());
-            for c in candidates {
-                db.extend(embed_rgb(self.encoder.as_ref(), &c.image, &vector)?);
-            }
-            (q, db)
+            let images: Vec<&RgbImage> = candidates.iter().map(|c| c.image.as_ref()).collect();
+            (q, embed_rgb_batch(self.encoder.as_ref(), &images, &vector)?)
         } else {
             (Vec::new(), Vec::new())
         };

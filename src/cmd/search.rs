@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{ArgGroup, Args};
 use serde_json::json;
-use squire_engine::pipeline::{FirstStage, Pipeline, PipelineError, SearchRequest, Stage};
+use squire_engine::pipeline::{FirstStage, Pipeline, SearchRequest, Stage};
 use squire_indexer::{Collection, OpenOptions};
 use squire_kernels::{Compute, DeviceChoice};
 use squire_models::clip::LoadOptions;
@@ -136,10 +136,6 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
         sqaf: a.stages.sqaf.sqaf,
     };
     let pipeline = Pipeline::new(col, encoder, compute, mllm, options)?;
-    pipeline.check(&req).map_err(|e| match e {
-        PipelineError::Request(m) => anyhow::anyhow!("{}", cli_words(&m)),
-        other => other.into(),
-    })?;
     let out = pipeline.search(&req)?;
     if let Some(why) = out.sqaf.as_ref().and_then(|s| s.fallback.as_deref()) {
         eprintln!("warning: SQAF fell back to the plain composed query: {why}");
@@ -190,18 +186,4 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
         out.search_ms
     );
     Ok(())
-}
-
-/// The pipeline's wording of a request error in the CLI's option names.
-fn cli_words(m: &str) -> String {
-    if m.contains("needs an MLLM") {
-        return format!("{m}: --sqaf and --rerank ebr|cotrr|pointwise need --mllm openai --mllm-url URL --mllm-model NAME");
-    }
-    if m.starts_with("SQAF needs a composed query") {
-        return "--sqaf needs a composed query: --image (the reference) and --text (the modification)".into();
-    }
-    if m.starts_with("superglobal comes first") {
-        return format!("--rerank: {m}");
-    }
-    m.to_string()
 }
