@@ -72,8 +72,9 @@ try {
   await page.screenshot({ path: `${out}/demo.png`, fullPage: true });
 
   // 4. "More like this" from the keyboard: an image query by id.
-  await page.locator("#rerank").selectOption("none").catch(() => {});
-  await page.waitForLoadState("networkidle");
+  resp = searched();
+  await page.locator("#rerank").selectOption("none");
+  await resp;
   resp = searched();
   await page.locator("#results li.card button").first().focus();
   await page.keyboard.press("Enter");

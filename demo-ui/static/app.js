@@ -80,8 +80,13 @@ function withOptions(body) {
   return b;
 }
 
+// Each search gets a number; an answer that arrives after a newer search
+// started is dropped, so a quick reranker switch never shows stale results.
+let latest = 0;
+
 async function run(body) {
   lastBody = body;
+  const mine = ++latest;
   showError("");
   const go = $("go");
   go.disabled = true; go.textContent = "Searching…";
@@ -89,13 +94,16 @@ async function run(body) {
   try {
     const r = await fetch("/api/search", { method: "POST", body: withOptions(body) });
     const data = await r.json().catch(() => ({ error: `HTTP ${r.status}` }));
+    if (mine !== latest) return;
     if (!r.ok) { showError(data.error || `HTTP ${r.status}`); return; }
     render(data);
   } catch (e) {
-    showError(`The server could not be reached: ${e}`);
+    if (mine === latest) showError(`The server could not be reached: ${e}`);
   } finally {
-    go.disabled = false; go.textContent = "Search";
-    document.body.removeAttribute("aria-busy");
+    if (mine === latest) {
+      go.disabled = false; go.textContent = "Search";
+      document.body.removeAttribute("aria-busy");
+    }
   }
 }
 
