@@ -9,35 +9,42 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use squire_kernels::cpu::{packed_product, PackedRows, TileInit};
+
 use crate::clip::Activation;
 
-/// A dense layer. On x86-64 with AVX2 and FMA, and a multiple of 16 outputs,
-/// its weight is stored strip-major for [`packed`]'s kernel (for each
-/// 16-column strip, the `in × 16` block contiguous, like a prepacked BLAS
-/// operand); otherwise transposed (`in × out`, row-major) for `gemm`.
+/// A dense layer. Where the CPU runs the kernels crate's packed product
+/// (x86-64 with AVX2 and FMA), its weight is stored strip-major for it
+/// ([`PackedRows`]); otherwise transposed (`in × out`, row-major) for `gemm`.
 pub(crate) struct DenseT {
-    w_t: Vec<f32>,
-    packed: bool,
+    weight: Weight,
     pub bias: Option<Vec<f32>>,
     pub inp: usize,
     pub out: usize,
 }
 
+/// A dense layer's weight in the layout its product reads.
+enum Weight {
+    Packed(PackedRows),
+    Transposed(Vec<f32>),
+}
+
 impl DenseT {
     /// Builds from a PyTorch-layout weight (`out × in`, row-major).
     pub fn from_torch(w: &[f32], bias: Option<Vec<f32>>, out: usize, inp: usize) -> Self {
-        #[cfg(target_arch = "x86_64")]
-        let packed = out % 16 == 0 && has_avx2_fma();
-        #[cfg(not(target_arch = "x86_64"))]
-        let packed = false;
-        let mut w_t = vec![0f32; w.len()];
-        for o in 0..out {
-            for i in 0..inp {
-                let at = if packed { (o / 16) * inp * 16 + i * 16 + o % 16 } else { i * out + o };
-                w_t[at] = w[o * inp + i];
+        let weight = match PackedRows::new(w, out, inp) {
+            Some(p) => Weight::Packed(p),
+            None => {
+                let mut w_t = vec![0f32; out * inp];
+                for o in 0..out {
+                    for i in 0..inp {
+                        w_t[i * out + o] = w[o * inp + i];
+                    }
+                }
+                Weight::Transposed(w_t)
             }
-        }
-        DenseT { w_t, packed, bias, inp, out }
+        };
+        DenseT { weight, bias, inp, out }
     }
 }
 
@@ -56,11 +63,17 @@ fn threads() -> Parallelism {
 pub(crate) fn dense(x: &[f32], rows: usize, layer: &DenseT, dst: &mut [f32], accumulate: bool, act: Option<Activation>) {
     let (k, n) = (layer.inp, layer.out);
     assert!(x.len() >= rows * k && dst.len() >= rows * n, "dense: buffer sizes");
-    #[cfg(target_arch = "x86_64")]
-    if layer.packed {
-        packed::dense(x, rows, k, &layer.w_t, n, layer.bias.as_deref(), accumulate, act, dst);
-        return;
-    }
+    let w_t = match &layer.weight {
+        Weight::Packed(p) => {
+            let init = TileInit { bias: layer.bias.as_deref(), accumulate };
+            match act {
+                Some(a) => packed_product(x, rows, p, init, &|row| activate_slice(row, a), dst),
+                None => packed_product(x, rows, p, init, &|_| {}, dst),
+            }
+            return;
+        }
+        Weight::Transposed(w_t) => w_t,
+    };
     let read_dst = accumulate || layer.bias.is_some();
     if let Some(b) = &layer.bias {
         if accumulate {
@@ -73,141 +86,11 @@ pub(crate) fn dense(x: &[f32], rows: usize, layer: &DenseT, dst: &mut [f32], acc
     unsafe {
         gemm::gemm(
             rows, n, k, dst.as_mut_ptr(), 1, n as isize, read_dst, x.as_ptr(), 1, k as isize,
-            layer.w_t.as_ptr(), 1, n as isize, 1.0, 1.0, false, false, false, threads(),
+            w_t.as_ptr(), 1, n as isize, 1.0, 1.0, false, false, false, threads(),
         );
     }
     if let Some(a) = act {
         activate(&mut dst[..rows * n], a);
-    }
-}
-
-/// Rows per panel of the packed kernel: a panel of activations stays in cache
-/// while every weight strip streams past it once.
-#[cfg(target_arch = "x86_64")]
-const PANEL_ROWS: usize = 96;
-
-#[cfg(target_arch = "x86_64")]
-fn has_avx2_fma() -> bool {
-    use std::sync::OnceLock;
-    static HAS: OnceLock<bool> = OnceLock::new();
-    *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
-}
-
-/// The packed product: `dst (m × n) = act(init + x (m × k) · W (k × n))` with
-/// 6×16 register tiles (AVX2 + FMA), where `init` is the bias, plus the old
-/// `dst` when accumulating. Measured on a 2-core Zen 3 against `gemm` (best of
-/// 6, GFLOP/s): 129 vs 50 at 50×768×3072, 143 vs 135 at 1600×768×2304, 138 vs
-/// 120 at 1600×3072×768, and faster end to end at every batch size.
-#[cfg(target_arch = "x86_64")]
-mod packed {
-    use rayon::prelude::*;
-    use std::arch::x86_64::*;
-
-    use crate::clip::Activation;
-
-    #[derive(Clone, Copy)]
-    struct Out(*mut f32);
-    // SAFETY: tasks write disjoint column strips.
-    unsafe impl Send for Out {}
-    unsafe impl Sync for Out {}
-
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn dense(
-        x: &[f32], m: usize, k: usize, w: &[f32], n: usize, bias: Option<&[f32]>, accumulate: bool,
-        act: Option<Activation>, dst: &mut [f32],
-    ) {
-        assert!(x.len() >= m * k && w.len() >= k * n && dst.len() >= m * n && n % 16 == 0);
-        assert!(bias.is_none_or(|b| b.len() >= n));
-        let out = Out(dst.as_mut_ptr());
-        let strips = n / 16;
-        // A panel of activation rows should stay in L2 (about 192 KiB of it) while
-        // the weight strips stream past: fewer rows for deeper products.
-        let panel = ((48 * 1024) / k.max(1)).clamp(12, super::PANEL_ROWS) / 6 * 6;
-        let mut apack = vec![0f32; panel.min(m) * k];
-        for p0 in (0..m).step_by(panel) {
-            let p1 = (p0 + panel).min(m);
-            // Pack the panel's rows tile by tile, interleaved (`[kk][r]`), so that each
-            // step of a tile's inner loop reads its R activations from one cache line.
-            apack[..(p1 - p0) * k].par_chunks_mut(6 * k).enumerate().for_each(|(ti, dst)| {
-                let r0 = p0 + ti * 6;
-                let rows = (p1 - r0).min(6);
-                for r in 0..rows {
-                    let src = &x[(r0 + r) * k..(r0 + r + 1) * k];
-                    for (kk, &v) in src.iter().enumerate() {
-                        dst[kk * rows + r] = v;
-                    }
-                }
-            });
-            let apack = &apack;
-            // Two strips per task keeps tasks coarse enough for rayon and balanced over 2+ cores.
-            (0..strips.div_ceil(2)).into_par_iter().for_each(|t| {
-                let out = out;
-                for s in (2 * t)..(2 * t + 2).min(strips) {
-                    let ws = &w[s * k * 16..(s + 1) * k * 16];
-                    let b = bias.map(|b| &b[s * 16..s * 16 + 16]);
-                    let mut r0 = p0;
-                    while r0 < p1 {
-                        let rows = (p1 - r0).min(6);
-                        // SAFETY: the checks above bound every access; the CPU has AVX2 and FMA
-                        // (checked before weights were packed); strip `s` is written by this task only.
-                        unsafe {
-                            let xs = apack.as_ptr().add((r0 - p0) * k);
-                            let d = out.0.add(r0 * n + s * 16);
-                            match rows {
-                                6 => tile::<6>(xs, k, ws, b, accumulate, act, n, d),
-                                5 => tile::<5>(xs, k, ws, b, accumulate, act, n, d),
-                                4 => tile::<4>(xs, k, ws, b, accumulate, act, n, d),
-                                3 => tile::<3>(xs, k, ws, b, accumulate, act, n, d),
-                                2 => tile::<2>(xs, k, ws, b, accumulate, act, n, d),
-                                _ => tile::<1>(xs, k, ws, b, accumulate, act, n, d),
-                            }
-                        }
-                        r0 += rows;
-                    }
-                }
-            });
-        }
-    }
-
-    /// One `R × 16` output tile over the whole depth `k`; `x` is the tile's packed
-    /// `k × R` activations, `w` the strip's packed `k × 16` weights.
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn tile<const R: usize>(
-        x: *const f32, k: usize, w: &[f32], bias: Option<&[f32]>, accumulate: bool, act: Option<Activation>,
-        n: usize, dst: *mut f32,
-    ) {
-        let (b0, b1) = match bias {
-            Some(b) => (_mm256_loadu_ps(b.as_ptr()), _mm256_loadu_ps(b.as_ptr().add(8))),
-            None => (_mm256_setzero_ps(), _mm256_setzero_ps()),
-        };
-        let mut acc = [[b0, b1]; R];
-        if accumulate {
-            for (r, a) in acc.iter_mut().enumerate() {
-                let p = dst.add(r * n);
-                a[0] = _mm256_add_ps(a[0], _mm256_loadu_ps(p));
-                a[1] = _mm256_add_ps(a[1], _mm256_loadu_ps(p.add(8)));
-            }
-        }
-        let mut wp = w.as_ptr();
-        for kk in 0..k {
-            let w0 = _mm256_loadu_ps(wp);
-            let w1 = _mm256_loadu_ps(wp.add(8));
-            for (r, a) in acc.iter_mut().enumerate() {
-                let v = _mm256_broadcast_ss(&*x.add(kk * R + r));
-                a[0] = _mm256_fmadd_ps(v, w0, a[0]);
-                a[1] = _mm256_fmadd_ps(v, w1, a[1]);
-            }
-            wp = wp.add(16);
-        }
-        for (r, a) in acc.iter().enumerate() {
-            let p = dst.add(r * n);
-            _mm256_storeu_ps(p, a[0]);
-            _mm256_storeu_ps(p.add(8), a[1]);
-            if let Some(act) = act {
-                super::activate_slice(std::slice::from_raw_parts_mut(p, 16), act);
-            }
-        }
     }
 }
 
@@ -264,7 +147,7 @@ fn activate_slice(c: &mut [f32], act: Activation) {
     match act {
         Activation::QuickGelu => {
             #[cfg(target_arch = "x86_64")]
-            if has_avx2_fma() {
+            if squire_kernels::cpu::packed_supported() {
                 // SAFETY: the CPU supports AVX2 and FMA.
                 unsafe { quick_gelu_avx2(c) };
                 return;

@@ -18,13 +18,18 @@ pub fn gram(x: &[f32], dim: usize) -> Result<Vec<f32>> {
     Ok(out)
 }
 
-/// [`gram`] into `out` (resized to `m × m`), with `scratch` for the bands:
-/// a caller that keeps both across queries saves fresh pages on every call.
+/// [`gram`] into `out` (resized to `m × m`), with `scratch` for the packed
+/// input (AVX2 + FMA CPUs; the bands of a `gemm` product elsewhere): a caller
+/// that keeps both across queries saves fresh pages on every call.
 pub fn gram_into(x: &[f32], dim: usize, out: &mut Vec<f32>, scratch: &mut Vec<f32>) -> Result<()> {
     let m = rows_of(x, dim, "Gram matrix input")?;
     out.clear();
     out.resize(m * m, 0.0);
     if m == 0 {
+        return Ok(());
+    }
+    if super::packed::packed_supported() {
+        super::packed::gram_packed(x, m, dim, out, scratch);
         return Ok(());
     }
     if m <= GRAM_TILE {
@@ -81,18 +86,31 @@ pub(crate) fn neighbours(row: &[f32], i: usize, k: usize) -> Vec<Scored> {
     if k <= 32 {
         // A sorted list of the k best so far: most scores lose to the k-th
         // at once, so this is one comparison per score (SuperGlobal's K = 9).
+        // Once k are held, a chunk of 8 scores all strictly below the k-th
+        // is skipped with one branch-free test (NaNs and ties take the exact
+        // path, so the order is still `better`'s).
         let mut best: Vec<Scored> = Vec::with_capacity(k + 1);
-        for (j, &s) in row.iter().enumerate() {
-            if j == i {
+        let mut floor = f32::NEG_INFINITY;
+        for (c, chunk) in row.chunks(8).enumerate() {
+            if best.len() == k && chunk.iter().fold(true, |all, &v| all & (v < floor)) {
                 continue;
             }
-            let c = Scored { row: j, score: s };
-            if best.len() == k && better(&c, &best[k - 1]) != std::cmp::Ordering::Less {
-                continue;
+            for (o, &s) in chunk.iter().enumerate() {
+                let j = c * 8 + o;
+                if j == i {
+                    continue;
+                }
+                let cand = Scored { row: j, score: s };
+                if best.len() == k && better(&cand, &best[k - 1]) != std::cmp::Ordering::Less {
+                    continue;
+                }
+                let at = best.partition_point(|b| better(b, &cand) == std::cmp::Ordering::Less);
+                best.insert(at, cand);
+                best.truncate(k);
+                if best.len() == k {
+                    floor = best[k - 1].score;
+                }
             }
-            let at = best.partition_point(|b| better(b, &c) == std::cmp::Ordering::Less);
-            best.insert(at, c);
-            best.truncate(k);
         }
         return best;
     }
@@ -125,21 +143,91 @@ pub fn refine_into(x: &[f32], s: &[f32], dim: usize, k: usize, beta: f32, out: &
     }
     check_refine(m, k, beta)?;
     out.resize(m * dim, 0.0);
-    out.par_chunks_mut(dim.max(1)).enumerate().for_each(|(i, dst)| {
-        dst.copy_from_slice(&x[i * dim..(i + 1) * dim]);
-        let mut total = 1.0f32;
-        for nb in neighbours(&s[i * m..(i + 1) * m], i, k) {
-            let w = beta * nb.score;
-            total += w;
-            for (d, &v) in dst.iter_mut().zip(&x[nb.row * dim..(nb.row + 1) * dim]) {
-                *d += w * v;
-            }
+    if m == 0 || dim == 0 {
+        return Ok(());
+    }
+    let lists: Vec<Vec<(usize, f32)>> = (0..m)
+        .into_par_iter()
+        .map(|i| neighbours(&s[i * m..(i + 1) * m], i, k).into_iter().map(|nb| (nb.row, beta * nb.score)).collect())
+        .collect();
+    // Column blocks: a block of every row (m × REFINE_COLS values) stays in
+    // L2 while each row sums its neighbours' slices, instead of K scattered
+    // whole rows per row streaming from L3.
+    let blocks = dim.div_ceil(REFINE_COLS);
+    let dst = SharedOut(out.as_mut_ptr());
+    (0..blocks).into_par_iter().for_each(|b| {
+        let dst = dst;
+        let (c0, c1) = (b * REFINE_COLS, ((b + 1) * REFINE_COLS).min(dim));
+        for (i, list) in lists.iter().enumerate() {
+            // SAFETY: row i's columns c0..c1 lie inside `out` (m × dim) and
+            // belong to this block's task alone.
+            let row = unsafe { std::slice::from_raw_parts_mut(dst.0.add(i * dim + c0), c1 - c0) };
+            let inv = 1.0 / list.iter().fold(1.0f32, |t, &(_, w)| t + w);
+            neighbour_sum(row, x, dim, i * dim + c0, c0, list, inv);
         }
-        let inv = 1.0 / total;
-        dst.iter_mut().for_each(|d| *d *= inv);
     });
     Ok(())
 }
+
+/// `row = (x[own..] + Σ w_j x_j[c0..]) · inv` over the row's length, in
+/// chunks of 32 columns held in registers across the neighbours (one pass
+/// over each neighbour slice, one store); the same additions in the same
+/// order per value on every CPU, 8 lanes wide where AVX2 is present.
+fn neighbour_sum(row: &mut [f32], x: &[f32], dim: usize, own: usize, c0: usize, list: &[(usize, f32)], inv: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if super::packed_supported() {
+        // SAFETY: the CPU has AVX2 (and FMA, unused: no contraction happens).
+        unsafe { neighbour_sum_avx2(row, x, dim, own, c0, list, inv) };
+        return;
+    }
+    neighbour_sum_portable(row, x, dim, own, c0, list, inv)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn neighbour_sum_avx2(row: &mut [f32], x: &[f32], dim: usize, own: usize, c0: usize, list: &[(usize, f32)], inv: f32) {
+    neighbour_sum_portable(row, x, dim, own, c0, list, inv)
+}
+
+#[inline(always)]
+fn neighbour_sum_portable(row: &mut [f32], x: &[f32], dim: usize, own: usize, c0: usize, list: &[(usize, f32)], inv: f32) {
+    const CHUNK: usize = 32;
+    let len = row.len();
+    let mut c = 0;
+    while c < len {
+        let w = CHUNK.min(len - c);
+        let mut acc = [0f32; CHUNK];
+        acc[..w].copy_from_slice(&x[own + c..own + c + w]);
+        if w == CHUNK {
+            for &(j, wt) in list {
+                let src: &[f32; CHUNK] = x[j * dim + c0 + c..j * dim + c0 + c + CHUNK].try_into().expect("chunk length");
+                for l in 0..CHUNK {
+                    acc[l] += wt * src[l];
+                }
+            }
+        } else {
+            for &(j, wt) in list {
+                for (a, &v) in acc[..w].iter_mut().zip(&x[j * dim + c0 + c..j * dim + c0 + c + w]) {
+                    *a += wt * v;
+                }
+            }
+        }
+        for (d, a) in row[c..c + w].iter_mut().zip(&acc[..w]) {
+            *d = a * inv;
+        }
+        c += w;
+    }
+}
+
+/// Columns per block of the refinement's neighbour sums.
+const REFINE_COLS: usize = 128;
+
+/// The refined output, shared by tasks that write disjoint column blocks.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: each task writes its own column block of every row.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
 
 #[cfg(test)]
 mod tests {

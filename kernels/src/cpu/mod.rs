@@ -4,12 +4,14 @@
 
 mod gram;
 mod matmul;
+mod packed;
 mod pooling;
 mod simd;
 mod similarity;
 
 pub use gram::{gram, gram_into, refine, refine_into};
 pub use matmul::matmul_a_bt;
+pub use packed::{packed_product, packed_supported, PackedRows, TileInit};
 pub use pooling::{gem, l2_normalize, regional_gem, scale_gem};
 pub use simd::{dot_f16, dot_f32};
 pub use similarity::{inner_product_topk, GEMM_MIN_QUERIES};
