@@ -25,6 +25,7 @@ pub mod minilm;
 pub mod mllm;
 pub mod perf;
 pub mod pooling;
+pub mod qwen3vl;
 pub mod preprocess;
 pub mod registry;
 pub mod resample;

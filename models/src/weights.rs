@@ -27,6 +27,21 @@ impl CheckedWeights {
         Ok(CheckedWeights { inner, path: path.to_path_buf() })
     }
 
+    /// Opens (memory-maps) the shards of one checkpoint (`model-00001-of-…`)
+    /// as one set of tensors; errors name the first file.
+    pub fn open_shards(paths: &[PathBuf]) -> Result<Self> {
+        let first = paths.first().cloned().unwrap_or_default();
+        for p in paths {
+            if !p.is_file() {
+                return Err(ModelError::io(p, std::io::Error::new(std::io::ErrorKind::NotFound, "file not found")));
+            }
+        }
+        // SAFETY: as in `open`: read-only maps of files Squire never writes while loaded.
+        let inner = unsafe { MmapedSafetensors::multi(paths) }
+            .map_err(|e| ModelError::Safetensors { path: first.clone(), message: e.to_string() })?;
+        Ok(CheckedWeights { inner, path: first })
+    }
+
     /// The file these weights come from.
     pub fn path(&self) -> &Path {
         &self.path
