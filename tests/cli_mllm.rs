@@ -125,3 +125,40 @@ fn scripted_server_cotrr_then_pointwise_through_the_cli() {
     assert!(v["timings"]["cotrr_ms"].as_f64().is_some() && v["timings"]["pointwise_ms"].as_f64().is_some());
     assert_eq!(server.seen().len(), 4);
 }
+
+#[test]
+fn local_tiny_qwen3vl_sqaf_and_ebr_through_the_cli() {
+    // The in-process Qwen3-VL backend on the tiny random-weight fixture: its
+    // answers are nonsense, so this checks the plumbing (a caption is fused,
+    // one EBR call is made, the order stays a permutation of the first stage).
+    let (home, idx, images) = tiny_collection("mllm-local");
+    let model = common::fixtures().join("tiny-qwen3vl").display().to_string();
+    let reference = std::path::Path::new(&images).join("astronaut.jpg").display().to_string();
+    let base = ["search", "--index", &idx, "--image", &reference, "--text", "make the suit blue", "-k", "5", "--exact", "--json",
+        "--mllm", "local", "--mllm-model", &model, "--mllm-cache", "none"];
+    let first = json(&squire(&home, &base));
+    let mut args = base.to_vec();
+    args.extend(["--sqaf", "--rerank", "ebr", "--ebr-k", "4", "--mllm-dtype", "bf16"]);
+    let v = json(&squire(&home, &args));
+    assert_eq!(v["mllm"]["backend"], "local");
+    assert_eq!(v["mllm"]["dtype"], "bf16");
+    assert!(v["mllm"]["model"].as_str().expect("model id").starts_with("local:"));
+    assert!(v["sqaf"]["caption"].is_string(), "{}", v["sqaf"]);
+    assert_eq!(v["cost"]["sqaf"]["calls"], 1);
+    assert_eq!(v["cost"]["ebr"]["calls"], 1, "one call for 4 candidates");
+    assert!(v["cost"]["total"]["prompt_tokens"].as_u64().expect("tokens") > 0);
+    // SQAF moves the query, so the order may differ from `first`; every
+    // result is still a gallery image, once.
+    let gallery: Vec<String> = paths(&first);
+    let mut got = paths(&v);
+    assert_eq!(got.len(), 5);
+    got.sort();
+    got.dedup();
+    assert_eq!(got.len(), 5, "no result repeats");
+    assert!(gallery.iter().all(|p| std::path::Path::new(&images).join(p).is_file()));
+    assert!(got.iter().all(|p| std::path::Path::new(&images).join(p).is_file()));
+    // A checkpoint that is not there is named.
+    let o = squire(&home, &["search", "--index", &idx, "--text", "a cat", "--sqaf", "--mllm", "local", "--mllm-model", "/nonexistent/qwen"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("/nonexistent/qwen"), "{}", text(&o));
+}

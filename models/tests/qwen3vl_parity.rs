@@ -138,3 +138,22 @@ fn tempdir() -> PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+#[test]
+fn tiny_qwen3vl_half_precision_stays_close() {
+    let (meta, tensors) = reference();
+    let image = Arc::new(squire_models::image_io::load_rgb(&fixtures().join(meta["image"].as_str().unwrap())).unwrap());
+    let want = tensors["image.logits"].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let spread = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+    for dtype in [candle_core::DType::BF16, candle_core::DType::F16] {
+        let model = Qwen3Vl::load_as(&fixtures().join("tiny-qwen3vl"), dtype).unwrap();
+        let prompt = model.prompt(&messages("image", image.clone())).unwrap();
+        let got = model.prompt_logits(&prompt).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let d = max_diff(&got, &want);
+        eprintln!("{dtype:?}: logits max |Δ| {d:.3} (logits up to {spread:.2})");
+        assert!(d < 0.1 * spread, "{dtype:?}: logits differ by {d} (scale {spread})");
+        let (generated, _) = model.generate(&prompt, 4, 0.0).unwrap();
+        assert_eq!(generated.len(), 4);
+    }
+    assert!(Qwen3Vl::load_as(&fixtures().join("tiny-qwen3vl"), candle_core::DType::U8).is_err());
+}

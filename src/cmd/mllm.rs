@@ -17,15 +17,19 @@ use squire_models::mllm::{Cached, Mllm, OpenAiChat, OpenAiOptions, ResponseCache
 /// Which MLLM to call and how.
 #[derive(Args, Debug, Clone)]
 pub struct MllmArgs {
-    /// MLLM backend for --sqaf and --rerank ebr: openai (any OpenAI-compatible
-    /// chat server: vLLM, llama.cpp server, Ollama, hosted APIs; the key, if
-    /// any, comes from $SQUIRE_MLLM_API_KEY and is never printed).
-    #[arg(long, value_parser = ["openai"])]
+    /// MLLM backend for --sqaf and the MLLM rerankers: openai (any
+    /// OpenAI-compatible chat server: vLLM, llama.cpp server, Ollama, hosted
+    /// APIs; the key, if any, comes from $SQUIRE_MLLM_API_KEY and is never
+    /// printed), or local (Qwen3-VL run in-process on the CPU by candle;
+    /// --mllm-model is a checkpoint directory in the Hugging Face layout or
+    /// qwen3-vl-2b|4b|8b).
+    #[arg(long, value_parser = ["openai", "local"])]
     pub mllm: Option<String>,
     /// Server base URL, e.g. http://localhost:8000/v1 (vLLM), http://localhost:11434/v1 (Ollama).
     #[arg(long, env = "SQUIRE_MLLM_URL", default_value = "http://localhost:8000/v1")]
     pub mllm_url: String,
-    /// The served model name, e.g. Qwen/Qwen3-VL-8B-Instruct.
+    /// The served model name, e.g. Qwen/Qwen3-VL-8B-Instruct; with --mllm
+    /// local, a checkpoint directory or a known name (qwen3-vl-2b, -4b, -8b).
     #[arg(long, env = "SQUIRE_MLLM_MODEL")]
     pub mllm_model: Option<String>,
     /// Response cache folder (identical requests are answered from it, so
@@ -43,6 +47,10 @@ pub struct MllmArgs {
     /// Requests in flight at once.
     #[arg(long, default_value_t = 4)]
     pub mllm_concurrency: usize,
+    /// Weights and activations of --mllm local: f32, or bf16 / f16 for half
+    /// the memory (the attention softmax and the logits stay f32).
+    #[arg(long, value_parser = ["f32", "bf16", "f16"], default_value = "f32")]
+    pub mllm_dtype: String,
     /// Images sent are downscaled to this longer side (JPEG, quality 90).
     #[arg(long, default_value_t = 1024)]
     pub mllm_max_image_side: u32,
@@ -61,7 +69,10 @@ impl MllmArgs {
     /// Opens the backend; `None` without --mllm.
     pub fn open(&self) -> anyhow::Result<Option<PipelineMllm>> {
         let Some(backend) = self.mllm.as_deref() else { return Ok(None) };
-        anyhow::ensure!(backend == "openai", "--mllm {backend}: expected openai");
+        anyhow::ensure!(backend == "openai" || backend == "local", "--mllm {backend}: expected openai or local");
+        if backend == "local" {
+            return self.open_local();
+        }
         let model = self.mllm_model.clone().context("--mllm openai needs --mllm-model (the served model name)")?;
         anyhow::ensure!(
             self.mllm_timeout.is_finite() && self.mllm_timeout > 0.0,
@@ -87,6 +98,37 @@ impl MllmArgs {
         let model: Box<dyn Mllm> = match cache {
             Some(dir) => Box::new(Cached::new(client, ResponseCache::new(dir))),
             None => Box::new(client),
+        };
+        Ok(Some(PipelineMllm { model, describe }))
+    }
+}
+
+impl MllmArgs {
+    /// The response cache folder, if any.
+    fn cache_dir(&self) -> Option<PathBuf> {
+        match &self.mllm_cache {
+            Some(p) if p.as_os_str() == "none" => None,
+            Some(p) => Some(p.clone()),
+            None => Some(default_cache()),
+        }
+    }
+
+    /// `--mllm local`: loads the Qwen3-VL checkpoint in-process.
+    fn open_local(&self) -> anyhow::Result<Option<PipelineMllm>> {
+        let spec = self.mllm_model.clone().context("--mllm local needs --mllm-model (a Qwen3-VL checkpoint directory or qwen3-vl-2b|4b|8b)")?;
+        let dir = squire_models::qwen3vl::resolve_vlm(&spec)?;
+        let t0 = std::time::Instant::now();
+        let dtype = squire_models::qwen3vl::parse_dtype(&self.mllm_dtype)?;
+        let model = squire_models::qwen3vl::Qwen3Vl::load_as(&dir, dtype).with_context(|| format!("--mllm-model {}", dir.display()))?;
+        tracing::info!("loaded {} in {:.1} s", dir.display(), t0.elapsed().as_secs_f64());
+        let cache = self.cache_dir();
+        let describe = serde_json::json!({
+            "backend": "local", "model": model.model_id(), "dir": dir.display().to_string(), "dtype": self.mllm_dtype,
+            "cache": cache.as_ref().map(|p| p.display().to_string()),
+        });
+        let model: Box<dyn Mllm> = match cache {
+            Some(c) => Box::new(Cached::new(model, ResponseCache::new(c))),
+            None => Box::new(model),
         };
         Ok(Some(PipelineMllm { model, describe }))
     }

@@ -11,21 +11,24 @@
 //! template (`<|im_start|>role\n…<|im_end|>\n`, each image as
 //! `<|vision_start|>` + one `<|image_pad|>` per merged token +
 //! `<|vision_end|>`), then greedy (temperature 0) or sampled decoding with a
-//! key/value cache until an end token or `max_tokens`. f32 on the CPU.
+//! key/value cache until an end token or `max_tokens`. On the CPU, in f32 or
+//! (half the memory) bf16 / f16.
 //! `json` requests are not constrained (the answer parsers accept prose).
 
 mod config;
 mod processor;
+mod resolve;
 mod text;
 mod vision;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 pub use config::{ImageProcessorConfig, Qwen3VlConfig};
 pub use processor::{preprocess, smart_resize, ImagePatches};
+pub use resolve::{resolve_vlm, KNOWN_VLMS};
 pub use text::{KvCache, TextModel};
 pub use vision::{VisionOutput, VisionTower};
 
@@ -35,6 +38,12 @@ use crate::weights::CheckedWeights;
 
 pub(crate) fn rotate_half(x: &Tensor) -> candle_core::Result<Tensor> {
     vision::rotate_half_impl(x)
+}
+
+/// Softmax over the last dimension computed in f32 (as transformers' eager
+/// attention does), returned in the input's dtype.
+pub(crate) fn softmax_f32(x: &Tensor) -> candle_core::Result<Tensor> {
+    candle_nn::ops::softmax_last_dim(&x.to_dtype(DType::F32)?)?.to_dtype(x.dtype())
 }
 
 /// A prompt ready for the model: token ids and each image's patches, in order.
@@ -64,11 +73,20 @@ impl Qwen3Vl {
     /// `tokenizer.json`, and `preprocessor_config.json` and
     /// `generation_config.json` where present.
     pub fn load(dir: &Path) -> Result<Self> {
+        Self::load_as(dir, DType::F32)
+    }
+
+    /// [`Qwen3Vl::load`] with the weights and activations in `dtype` (f32,
+    /// or bf16 / f16 for half the memory; attention softmax and logits stay f32).
+    pub fn load_as(dir: &Path, dtype: DType) -> Result<Self> {
+        if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
+            return Err(ModelError::InvalidRequest(format!("dtype {dtype:?}: expected f32, bf16 or f16")));
+        }
         let cfg = Qwen3VlConfig::load(&dir.join("config.json"))?;
         let weights = open_weights(dir)?;
         let device = Device::Cpu;
-        let vision = VisionTower::load(&weights, &cfg, &device)?;
-        let text = TextModel::load(&weights, &cfg, &device)?;
+        let vision = VisionTower::load(&weights, &cfg, dtype, &device)?;
+        let text = TextModel::load(&weights, &cfg, dtype, &device)?;
         let tok_path = dir.join("tokenizer.json");
         if !tok_path.is_file() {
             return Err(ModelError::io(&tok_path, std::io::Error::new(std::io::ErrorKind::NotFound, "tokenizer.json not found")));
@@ -258,6 +276,16 @@ impl Qwen3Vl {
     }
 }
 
+/// The dtype named `f32`, `bf16` or `f16`.
+pub fn parse_dtype(name: &str) -> Result<DType> {
+    match name {
+        "f32" => Ok(DType::F32),
+        "bf16" => Ok(DType::BF16),
+        "f16" => Ok(DType::F16),
+        other => Err(ModelError::InvalidRequest(format!("dtype `{other}`: expected f32, bf16 or f16"))),
+    }
+}
+
 /// The safetensors of a checkpoint directory: `model.safetensors`, or the
 /// shards its index names.
 fn open_weights(dir: &Path) -> Result<CheckedWeights> {
@@ -311,7 +339,9 @@ fn sample(logits: &[f32], temperature: f32, state: &mut u64) -> u32 {
 
 impl Mllm for Qwen3Vl {
     fn model_id(&self) -> String {
-        format!("local:{}", self.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
+        // The whole path: two checkpoints of the same folder name must not
+        // share response-cache entries.
+        format!("local:{}", self.dir.display())
     }
 
     fn chat(&self, request: &ChatRequest) -> std::result::Result<ChatResponse, MllmError> {

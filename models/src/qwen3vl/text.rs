@@ -27,8 +27,8 @@ struct Layer {
     down: Linear,
 }
 
-fn rms(w: &CheckedWeights, name: &str, width: usize, eps: f64, dev: &Device) -> Result<RmsNorm> {
-    Ok(RmsNorm::new(w.get(name, &[width], DType::F32, dev)?, eps))
+fn rms(w: &CheckedWeights, name: &str, width: usize, eps: f64, dt: DType, dev: &Device) -> Result<RmsNorm> {
+    Ok(RmsNorm::new(w.get(name, &[width], dt, dev)?, eps))
 }
 
 /// Keys and values of every layer for the tokens seen so far.
@@ -48,6 +48,7 @@ pub struct TextModel {
     cfg: Qwen3VlConfig,
     inv_freq: Vec<f32>,
     device: Device,
+    dtype: DType,
 }
 
 /// Visual features to insert: the image-token rows and what goes there.
@@ -61,32 +62,32 @@ pub struct VisualInputs<'a> {
 }
 
 impl TextModel {
-    /// Loads the language model (`model.language_model.*`, `lm_head`).
-    pub fn load(w: &CheckedWeights, cfg: &Qwen3VlConfig, dev: &Device) -> Result<Self> {
+    /// Loads the language model (`model.language_model.*`, `lm_head`) in `dt`.
+    pub fn load(w: &CheckedWeights, cfg: &Qwen3VlConfig, dt: DType, dev: &Device) -> Result<Self> {
         let t = &cfg.text_config;
         let p = "model.language_model";
         let (hid, hd) = (t.hidden_size, t.head_dim);
         let (qh, kvh) = (t.num_attention_heads, t.num_key_value_heads);
-        let table = w.get(&format!("{p}.embed_tokens.weight"), &[t.vocab_size, hid], DType::F32, dev)?;
+        let table = w.get(&format!("{p}.embed_tokens.weight"), &[t.vocab_size, hid], dt, dev)?;
         let mut layers = Vec::with_capacity(t.num_hidden_layers);
         for i in 0..t.num_hidden_layers {
             let l = format!("{p}.layers.{i}");
             layers.push(Layer {
-                input_norm: rms(w, &format!("{l}.input_layernorm.weight"), hid, t.rms_norm_eps, dev)?,
-                post_norm: rms(w, &format!("{l}.post_attention_layernorm.weight"), hid, t.rms_norm_eps, dev)?,
-                q: linear(w, &format!("{l}.self_attn.q_proj"), qh * hd, hid, false, dev)?,
-                k: linear(w, &format!("{l}.self_attn.k_proj"), kvh * hd, hid, false, dev)?,
-                v: linear(w, &format!("{l}.self_attn.v_proj"), kvh * hd, hid, false, dev)?,
-                o: linear(w, &format!("{l}.self_attn.o_proj"), hid, qh * hd, false, dev)?,
-                q_norm: rms(w, &format!("{l}.self_attn.q_norm.weight"), hd, t.rms_norm_eps, dev)?,
-                k_norm: rms(w, &format!("{l}.self_attn.k_norm.weight"), hd, t.rms_norm_eps, dev)?,
-                gate: linear(w, &format!("{l}.mlp.gate_proj"), t.intermediate_size, hid, false, dev)?,
-                up: linear(w, &format!("{l}.mlp.up_proj"), t.intermediate_size, hid, false, dev)?,
-                down: linear(w, &format!("{l}.mlp.down_proj"), hid, t.intermediate_size, false, dev)?,
+                input_norm: rms(w, &format!("{l}.input_layernorm.weight"), hid, t.rms_norm_eps, dt, dev)?,
+                post_norm: rms(w, &format!("{l}.post_attention_layernorm.weight"), hid, t.rms_norm_eps, dt, dev)?,
+                q: linear(w, &format!("{l}.self_attn.q_proj"), qh * hd, hid, false, dt, dev)?,
+                k: linear(w, &format!("{l}.self_attn.k_proj"), kvh * hd, hid, false, dt, dev)?,
+                v: linear(w, &format!("{l}.self_attn.v_proj"), kvh * hd, hid, false, dt, dev)?,
+                o: linear(w, &format!("{l}.self_attn.o_proj"), hid, qh * hd, false, dt, dev)?,
+                q_norm: rms(w, &format!("{l}.self_attn.q_norm.weight"), hd, t.rms_norm_eps, dt, dev)?,
+                k_norm: rms(w, &format!("{l}.self_attn.k_norm.weight"), hd, t.rms_norm_eps, dt, dev)?,
+                gate: linear(w, &format!("{l}.mlp.gate_proj"), t.intermediate_size, hid, false, dt, dev)?,
+                up: linear(w, &format!("{l}.mlp.up_proj"), t.intermediate_size, hid, false, dt, dev)?,
+                down: linear(w, &format!("{l}.mlp.down_proj"), hid, t.intermediate_size, false, dt, dev)?,
             });
         }
         let lm_head = if w.contains("lm_head.weight") || !cfg.tied_embeddings() {
-            linear(w, "lm_head", t.vocab_size, hid, false, dev)?
+            linear(w, "lm_head", t.vocab_size, hid, false, dt, dev)?
         } else {
             Linear::new(table.clone(), None)
         };
@@ -95,11 +96,12 @@ impl TextModel {
         Ok(TextModel {
             embed: Embedding::new(table, hid),
             layers,
-            norm: rms(w, &format!("{p}.norm.weight"), hid, t.rms_norm_eps, dev)?,
+            norm: rms(w, &format!("{p}.norm.weight"), hid, t.rms_norm_eps, dt, dev)?,
             lm_head,
             cfg: cfg.clone(),
             inv_freq,
             device: dev.clone(),
+            dtype: dt,
         })
     }
 
@@ -136,12 +138,12 @@ impl TextModel {
             }
         }
         let shape = (positions.len(), 1, hd);
-        Ok((Tensor::from_vec(cos, shape, &self.device)?, Tensor::from_vec(sin, shape, &self.device)?))
+        Ok((Tensor::from_vec(cos, shape, &self.device)?.to_dtype(self.dtype)?, Tensor::from_vec(sin, shape, &self.device)?.to_dtype(self.dtype)?))
     }
 
     /// Runs `ids` (with their (t, h, w) positions) after the cached tokens
-    /// and returns the logits of every token (`all`) or of the last one only
-    /// (`1 × vocab`).
+    /// and returns the logits (f32) of every token (`all`) or of the last
+    /// one only (`1 × vocab`).
     pub fn forward(&self, ids: &[u32], positions: &[[i64; 3]], visual: Option<VisualInputs<'_>>, cache: &mut KvCache, all: bool) -> Result<Tensor> {
         let t = &self.cfg.text_config;
         let n = ids.len();
@@ -187,7 +189,7 @@ impl TextModel {
         // Causal mask over (new tokens) × (cached + new tokens).
         let mask = if n > 1 {
             let m: Vec<f32> = (0..n).flat_map(|i| (0..past + n).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 })).collect();
-            Some(Tensor::from_vec(m, (1, 1, n, past + n), &self.device)?)
+            Some(Tensor::from_vec(m, (1, 1, n, past + n), &self.device)?.to_dtype(self.dtype)?)
         } else {
             None
         };
@@ -210,7 +212,7 @@ impl TextModel {
                 Some(m) => scores.broadcast_add(m)?,
                 None => scores,
             };
-            let att = candle_nn::ops::softmax_last_dim(&scores)?.reshape((kvh, rep * n, past + n))?;
+            let att = super::softmax_f32(&scores)?.reshape((kvh, rep * n, past + n))?;
             let o = att.matmul(&v)?.reshape((qh, n, hd))?.transpose(0, 1)?.reshape((n, qh * hd))?;
             x = (x + layer.o.forward(&o)?)?;
             let h = layer.post_norm.forward(&x)?;
@@ -224,7 +226,7 @@ impl TextModel {
         }
         cache.len += n;
         let x = if all { x } else { x.narrow(0, n - 1, 1)? };
-        Ok(self.lm_head.forward(&self.norm.forward(&x)?)?)
+        Ok(self.lm_head.forward(&self.norm.forward(&x)?)?.to_dtype(DType::F32)?)
     }
 }
 

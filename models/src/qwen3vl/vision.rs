@@ -12,16 +12,16 @@ use crate::error::Result;
 use crate::weights::CheckedWeights;
 
 /// A linear layer with bias, checked against the config's shapes.
-pub(super) fn linear(w: &CheckedWeights, prefix: &str, out: usize, inp: usize, bias: bool, dev: &Device) -> Result<Linear> {
-    let weight = w.get(&format!("{prefix}.weight"), &[out, inp], DType::F32, dev)?;
-    let b = if bias { Some(w.get(&format!("{prefix}.bias"), &[out], DType::F32, dev)?) } else { None };
+pub(super) fn linear(w: &CheckedWeights, prefix: &str, out: usize, inp: usize, bias: bool, dt: DType, dev: &Device) -> Result<Linear> {
+    let weight = w.get(&format!("{prefix}.weight"), &[out, inp], dt, dev)?;
+    let b = if bias { Some(w.get(&format!("{prefix}.bias"), &[out], dt, dev)?) } else { None };
     Ok(Linear::new(weight, b))
 }
 
-fn layer_norm(w: &CheckedWeights, prefix: &str, width: usize, dev: &Device) -> Result<LayerNorm> {
+fn layer_norm(w: &CheckedWeights, prefix: &str, width: usize, dt: DType, dev: &Device) -> Result<LayerNorm> {
     Ok(LayerNorm::new(
-        w.get(&format!("{prefix}.weight"), &[width], DType::F32, dev)?,
-        w.get(&format!("{prefix}.bias"), &[width], DType::F32, dev)?,
+        w.get(&format!("{prefix}.weight"), &[width], dt, dev)?,
+        w.get(&format!("{prefix}.bias"), &[width], dt, dev)?,
         1e-6,
     ))
 }
@@ -46,14 +46,14 @@ struct PatchMerger {
 }
 
 impl PatchMerger {
-    fn load(w: &CheckedWeights, prefix: &str, cfg: &Qwen3VlConfig, postshuffle: bool, dev: &Device) -> Result<Self> {
+    fn load(w: &CheckedWeights, prefix: &str, cfg: &Qwen3VlConfig, postshuffle: bool, dt: DType, dev: &Device) -> Result<Self> {
         let v = &cfg.vision_config;
         let merged = v.hidden_size * v.spatial_merge_size * v.spatial_merge_size;
         Ok(PatchMerger {
-            norm: layer_norm(w, &format!("{prefix}.norm"), if postshuffle { merged } else { v.hidden_size }, dev)?,
+            norm: layer_norm(w, &format!("{prefix}.norm"), if postshuffle { merged } else { v.hidden_size }, dt, dev)?,
             postshuffle,
-            fc1: linear(w, &format!("{prefix}.linear_fc1"), merged, merged, true, dev)?,
-            fc2: linear(w, &format!("{prefix}.linear_fc2"), v.out_hidden_size, merged, true, dev)?,
+            fc1: linear(w, &format!("{prefix}.linear_fc1"), merged, merged, true, dt, dev)?,
+            fc2: linear(w, &format!("{prefix}.linear_fc2"), v.out_hidden_size, merged, true, dt, dev)?,
             merged,
         })
     }
@@ -85,11 +85,12 @@ pub struct VisionTower {
     deepstack: Vec<(usize, PatchMerger)>,
     cfg: Qwen3VlConfig,
     device: Device,
+    dtype: DType,
 }
 
 impl VisionTower {
-    /// Loads the tower's weights (`model.visual.*`).
-    pub fn load(w: &CheckedWeights, cfg: &Qwen3VlConfig, dev: &Device) -> Result<Self> {
+    /// Loads the tower's weights (`model.visual.*`) in `dt`.
+    pub fn load(w: &CheckedWeights, cfg: &Qwen3VlConfig, dt: DType, dev: &Device) -> Result<Self> {
         let v = &cfg.vision_config;
         let p = "model.visual";
         let (hid, patch_in) = (v.hidden_size, v.in_channels * v.temporal_patch_size * v.patch_size * v.patch_size);
@@ -97,31 +98,31 @@ impl VisionTower {
         let conv = w.get(
             &format!("{p}.patch_embed.proj.weight"),
             &[hid, v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size],
-            DType::F32,
+            dt,
             dev,
         )?;
-        let patch_embed = Linear::new(conv.reshape((hid, patch_in))?, Some(w.get(&format!("{p}.patch_embed.proj.bias"), &[hid], DType::F32, dev)?));
+        let patch_embed = Linear::new(conv.reshape((hid, patch_in))?, Some(w.get(&format!("{p}.patch_embed.proj.bias"), &[hid], dt, dev)?));
         let pos_embed = w.get_f32(&format!("{p}.pos_embed.weight"), &[v.num_position_embeddings, hid])?;
         let mut blocks = Vec::with_capacity(v.depth);
         for i in 0..v.depth {
             let b = format!("{p}.blocks.{i}");
             blocks.push(Block {
-                norm1: layer_norm(w, &format!("{b}.norm1"), hid, dev)?,
-                norm2: layer_norm(w, &format!("{b}.norm2"), hid, dev)?,
-                qkv: linear(w, &format!("{b}.attn.qkv"), 3 * hid, hid, true, dev)?,
-                proj: linear(w, &format!("{b}.attn.proj"), hid, hid, true, dev)?,
-                fc1: linear(w, &format!("{b}.mlp.linear_fc1"), v.intermediate_size, hid, true, dev)?,
-                fc2: linear(w, &format!("{b}.mlp.linear_fc2"), hid, v.intermediate_size, true, dev)?,
+                norm1: layer_norm(w, &format!("{b}.norm1"), hid, dt, dev)?,
+                norm2: layer_norm(w, &format!("{b}.norm2"), hid, dt, dev)?,
+                qkv: linear(w, &format!("{b}.attn.qkv"), 3 * hid, hid, true, dt, dev)?,
+                proj: linear(w, &format!("{b}.attn.proj"), hid, hid, true, dt, dev)?,
+                fc1: linear(w, &format!("{b}.mlp.linear_fc1"), v.intermediate_size, hid, true, dt, dev)?,
+                fc2: linear(w, &format!("{b}.mlp.linear_fc2"), hid, v.intermediate_size, true, dt, dev)?,
             });
         }
-        let merger = PatchMerger::load(w, &format!("{p}.merger"), cfg, false, dev)?;
+        let merger = PatchMerger::load(w, &format!("{p}.merger"), cfg, false, dt, dev)?;
         let deepstack = v
             .deepstack_visual_indexes
             .iter()
             .enumerate()
-            .map(|(k, &layer)| Ok((layer, PatchMerger::load(w, &format!("{p}.deepstack_merger_list.{k}"), cfg, true, dev)?)))
+            .map(|(k, &layer)| Ok((layer, PatchMerger::load(w, &format!("{p}.deepstack_merger_list.{k}"), cfg, true, dt, dev)?)))
             .collect::<Result<Vec<_>>>()?;
-        Ok(VisionTower { patch_embed, pos_embed, blocks, merger, deepstack, cfg: cfg.clone(), device: dev.clone() })
+        Ok(VisionTower { patch_embed, pos_embed, blocks, merger, deepstack, cfg: cfg.clone(), device: dev.clone(), dtype: dt })
     }
 
     /// Row and column of each patch, in merge-block order.
@@ -166,7 +167,7 @@ impl VisionTower {
                 }
             }
         }
-        Ok(Tensor::from_vec(out, (coords.len(), hid), &self.device)?)
+        Ok(Tensor::from_vec(out, (coords.len(), hid), &self.device)?.to_dtype(self.dtype)?)
     }
 
     /// cos and sin of the 2-D rotary embedding per patch (`patches × head_dim`).
@@ -185,7 +186,7 @@ impl VisionTower {
             }
         }
         let shape = (coords.len(), 1, dim);
-        Ok((Tensor::from_vec(cos, shape, &self.device)?, Tensor::from_vec(sin, shape, &self.device)?))
+        Ok((Tensor::from_vec(cos, shape, &self.device)?.to_dtype(self.dtype)?, Tensor::from_vec(sin, shape, &self.device)?.to_dtype(self.dtype)?))
     }
 
     /// Runs the tower on one image's patches.
@@ -196,7 +197,7 @@ impl VisionTower {
         let heads = v.num_heads;
         let hd = v.hidden_size / heads;
         let coords = self.patch_coords(gh, gw);
-        let px = Tensor::from_slice(&patches.values, (n, patches.row_len), &self.device)?;
+        let px = Tensor::from_slice(&patches.values, (n, patches.row_len), &self.device)?.to_dtype(self.dtype)?;
         let mut x = self.patch_embed.forward(&px)?.broadcast_add(&self.position_embeddings(&coords, gh, gw)?)?;
         let (cos, sin) = self.rotary(&coords)?;
         let rope = |t: &Tensor| -> Result<Tensor> { Ok((t.broadcast_mul(&cos)? + rotate_half(t)?.broadcast_mul(&sin)?)?) };
@@ -207,7 +208,7 @@ impl VisionTower {
             let q = rope(&qkv.narrow(1, 0, 1)?.squeeze(1)?)?.transpose(0, 1)?.contiguous()?;
             let k = rope(&qkv.narrow(1, 1, 1)?.squeeze(1)?)?.transpose(0, 1)?.contiguous()?;
             let val = qkv.narrow(1, 2, 1)?.squeeze(1)?.transpose(0, 1)?.contiguous()?;
-            let att = candle_nn::ops::softmax_last_dim(&(q.matmul(&k.t()?)? * scale)?)?;
+            let att = super::softmax_f32(&(q.matmul(&k.t()?)? * scale)?)?;
             let o = att.matmul(&val)?.transpose(0, 1)?.reshape((n, v.hidden_size))?;
             x = (x + b.proj.forward(&o)?)?;
             let h = b.fc2.forward(&b.fc1.forward(&b.norm2.forward(&x)?)?.gelu()?)?;
