@@ -95,14 +95,7 @@ pub struct TileInit<'a> {
 /// plus the old `dst` when accumulating; `epilogue` runs on each finished
 /// tile row (at most 16 values, still in cache), e.g. an activation.
 /// Multi-threaded (rayon). Panics if a slice is shorter than the shapes say.
-pub fn packed_product(
-    x: &[f32],
-    m: usize,
-    b: &PackedRows,
-    init: TileInit<'_>,
-    epilogue: &(dyn Fn(&mut [f32]) + Sync),
-    dst: &mut [f32],
-) {
+pub fn packed_product<E: Fn(&mut [f32]) + Sync>(x: &[f32], m: usize, b: &PackedRows, init: TileInit<'_>, epilogue: &E, dst: &mut [f32]) {
     let (k, n) = (b.k, b.n);
     assert!(x.len() >= m * k && dst.len() >= m * n, "packed_product: buffer sizes");
     assert!(init.bias.is_none_or(|v| v.len() >= n), "packed_product: bias shorter than {n}");
@@ -114,7 +107,10 @@ pub fn packed_product(
     // A panel of activation rows should stay in L2 (about 192 KiB of it) while
     // the strips of B stream past: fewer rows for deeper products.
     let panel = ((48 * 1024) / k.max(1)).clamp(12, 96) / 6 * 6;
-    let mut apack = vec![0f32; panel.min(m) * k];
+    // The packed panel lives in a per-thread buffer: a fresh one per call
+    // would cost page faults (and zeroing) on every layer.
+    let mut apack = PANEL.with(|c| std::mem::take(&mut *c.borrow_mut()));
+    apack.resize(panel.min(m) * k, 0.0);
     for p0 in (0..m).step_by(panel) {
         let p1 = (p0 + panel).min(m);
         // Pack the panel's rows tile by tile, interleaved (`[kk][r]`), so each
@@ -149,6 +145,12 @@ pub fn packed_product(
             }
         });
     }
+    PANEL.with(|c| *c.borrow_mut() = apack);
+}
+
+thread_local! {
+    /// [`packed_product`]'s packed row panel, kept per calling thread.
+    static PANEL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// `X Xᵀ` (`m × m`) into `out` with the packed kernel: `scratch` receives
@@ -218,23 +220,15 @@ struct Tile {
 ///
 /// # Safety
 /// As [`tile`].
-unsafe fn tile_dispatch(
-    rows: usize,
-    t: &Tile,
-    bias: Option<&[f32]>,
-    accumulate: bool,
-    dst: *mut f32,
-    n: usize,
-    epilogue: &(dyn Fn(&mut [f32]) + Sync),
-) {
+unsafe fn tile_dispatch<E: Fn(&mut [f32])>(rows: usize, t: &Tile, bias: Option<&[f32]>, accumulate: bool, dst: *mut f32, n: usize, epilogue: &E) {
     #[cfg(target_arch = "x86_64")]
     match rows {
-        6 => tile::<6>(t, bias, accumulate, dst, n, epilogue),
-        5 => tile::<5>(t, bias, accumulate, dst, n, epilogue),
-        4 => tile::<4>(t, bias, accumulate, dst, n, epilogue),
-        3 => tile::<3>(t, bias, accumulate, dst, n, epilogue),
-        2 => tile::<2>(t, bias, accumulate, dst, n, epilogue),
-        _ => tile::<1>(t, bias, accumulate, dst, n, epilogue),
+        6 => tile::<6, E>(t, bias, accumulate, dst, n, epilogue),
+        5 => tile::<5, E>(t, bias, accumulate, dst, n, epilogue),
+        4 => tile::<4, E>(t, bias, accumulate, dst, n, epilogue),
+        3 => tile::<3, E>(t, bias, accumulate, dst, n, epilogue),
+        2 => tile::<2, E>(t, bias, accumulate, dst, n, epilogue),
+        _ => tile::<1, E>(t, bias, accumulate, dst, n, epilogue),
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -251,14 +245,7 @@ unsafe fn tile_dispatch(
 /// `dst` `R` rows of `cols` values `n` apart, `bias` (if any) `cols` values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile<const R: usize>(
-    t: &Tile,
-    bias: Option<&[f32]>,
-    accumulate: bool,
-    dst: *mut f32,
-    n: usize,
-    epilogue: &(dyn Fn(&mut [f32]) + Sync),
-) {
+unsafe fn tile<const R: usize, E: Fn(&mut [f32])>(t: &Tile, bias: Option<&[f32]>, accumulate: bool, dst: *mut f32, n: usize, epilogue: &E) {
     use std::arch::x86_64::*;
     let full = t.cols == STRIP;
     let mut b16 = [0f32; STRIP];
@@ -270,9 +257,14 @@ unsafe fn tile<const R: usize>(
     if accumulate {
         for (r, a) in acc.iter_mut().enumerate() {
             let mut row = [0f32; STRIP];
-            std::ptr::copy_nonoverlapping(dst.add(r * n), row.as_mut_ptr(), t.cols);
-            a[0] = _mm256_add_ps(a[0], _mm256_loadu_ps(row.as_ptr()));
-            a[1] = _mm256_add_ps(a[1], _mm256_loadu_ps(row.as_ptr().add(8)));
+            let src = if full {
+                dst.add(r * n) as *const f32
+            } else {
+                std::ptr::copy_nonoverlapping(dst.add(r * n), row.as_mut_ptr(), t.cols);
+                row.as_ptr()
+            };
+            a[0] = _mm256_add_ps(a[0], _mm256_loadu_ps(src));
+            a[1] = _mm256_add_ps(a[1], _mm256_loadu_ps(src.add(8)));
         }
     }
     let mut wp = t.w;

@@ -5,9 +5,17 @@ use rayon::prelude::*;
 
 use super::config::{ClipConfig, ClipTextConfig, ClipVisionConfig};
 use super::Activation;
-use crate::cpu_ops::{attention, dense, l2_normalize_rows, layer_norm, DenseT};
+use crate::cpu_ops::{attention, dense, in_pool, l2_normalize_rows, layer_norm, with_scratch, DenseT};
+
 use crate::error::Result;
 use crate::weights::CheckedWeights;
+
+thread_local! {
+    /// The encoder layers' activation buffers, per thread (see `with_scratch`).
+    static ENCODER_SCRATCH: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The image tower's im2col, patch and token buffers, per thread.
+    static TOWER_SCRATCH: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 struct Norm {
     gamma: Vec<f32>,
@@ -76,19 +84,18 @@ impl Encoder {
     fn forward(&self, x: &mut [f32], batch: usize, seq: usize, causal: bool) {
         let rows = batch * seq;
         let d = self.width;
-        let mut normed = vec![0f32; rows * d];
-        let mut qkv = vec![0f32; rows * 3 * d];
-        let mut attn = vec![0f32; rows * d];
-        let mut hidden = vec![0f32; rows * self.mlp];
-        for l in &self.layers {
-            layer_norm(x, d, &l.ln1.gamma, &l.ln1.beta, self.eps, &mut normed);
-            dense(&normed, rows, &l.qkv, &mut qkv, false, None);
-            attention(&qkv, batch, seq, d, self.heads, causal, &mut attn);
-            dense(&attn, rows, &l.out, x, true, None);
-            layer_norm(x, d, &l.ln2.gamma, &l.ln2.beta, self.eps, &mut normed);
-            dense(&normed, rows, &l.fc1, &mut hidden, false, Some(self.act));
-            dense(&hidden, rows, &l.fc2, x, true, None);
-        }
+        with_scratch(&ENCODER_SCRATCH, [rows * d, rows * 3 * d, rows * d, rows * self.mlp], |bufs| {
+            let [normed, qkv, attn, hidden] = bufs else { unreachable!("four buffers") };
+            for l in &self.layers {
+                layer_norm(x, d, &l.ln1.gamma, &l.ln1.beta, self.eps, normed);
+                dense(normed, rows, &l.qkv, qkv, false, None);
+                attention(qkv, batch, seq, d, self.heads, causal, attn);
+                dense(attn, rows, &l.out, x, true, None);
+                layer_norm(x, d, &l.ln2.gamma, &l.ln2.beta, self.eps, normed);
+                dense(normed, rows, &l.fc1, hidden, false, Some(self.act));
+                dense(hidden, rows, &l.fc2, x, true, None);
+            }
+        })
     }
 }
 
@@ -133,13 +140,35 @@ impl FastVision {
     /// tokens after the post-layernorm (class token dropped), as feature maps
     /// `batch × hidden × g × g` (g = size / patch).
     pub fn forward_with_patches(&self, pixels: &[f32], batch: usize, patches_wanted: bool) -> (Vec<f32>, Option<Vec<f32>>) {
+        in_pool(|| {
+            let (s, p, d) = (self.cfg.image_size, self.cfg.patch_size, self.cfg.hidden_size);
+            let np = (s / p) * (s / p);
+            with_scratch(&TOWER_SCRATCH, [batch * np * 3 * p * p, batch * np * d, batch * (np + 1) * d, batch * (np + 1) * d], |bufs| {
+                let [cols, patches, x, h] = bufs else { unreachable!("four buffers") };
+                self.forward_in(pixels, batch, patches_wanted, cols, patches, x, h)
+            })
+        })
+    }
+
+    /// The forward pass over lent buffers (im2col, patch embeddings, the
+    /// embedded tokens and the residual stream).
+    #[allow(clippy::too_many_arguments)]
+    fn forward_in(
+        &self,
+        pixels: &[f32],
+        batch: usize,
+        patches_wanted: bool,
+        cols: &mut [f32],
+        patches: &mut [f32],
+        x: &mut [f32],
+        h: &mut [f32],
+    ) -> (Vec<f32>, Option<Vec<f32>>) {
         let (s, p, d) = (self.cfg.image_size, self.cfg.patch_size, self.cfg.hidden_size);
         let g = s / p;
         let np = g * g;
         let seq = np + 1;
         let kdim = 3 * p * p;
         // im2col: one row per patch in (channel, ky, kx) order, the conv weight's order.
-        let mut cols = vec![0f32; batch * np * kdim];
         cols.par_chunks_mut(kdim).enumerate().for_each(|(r, row)| {
             let (b, pi) = (r / np, r % np);
             let (gy, gx) = (pi / g, pi % g);
@@ -151,10 +180,7 @@ impl FastVision {
                 }
             }
         });
-        let mut patches = vec![0f32; batch * np * d];
-        dense(&cols, batch * np, &self.patch, &mut patches, false, None);
-        drop(cols);
-        let mut x = vec![0f32; batch * seq * d];
+        dense(cols, batch * np, &self.patch, patches, false, None);
         x.par_chunks_mut(d).enumerate().for_each(|(r, row)| {
             let (b, t) = (r / seq, r % seq);
             let pos = &self.positions[t * d..(t + 1) * d];
@@ -163,10 +189,8 @@ impl FastVision {
                 row[i] = src[i] + pos[i];
             }
         });
-        drop(patches);
-        let mut h = vec![0f32; x.len()];
-        layer_norm(&x, d, &self.pre_norm.gamma, &self.pre_norm.beta, self.encoder.eps, &mut h);
-        self.encoder.forward(&mut h, batch, seq, false);
+        layer_norm(x, d, &self.pre_norm.gamma, &self.pre_norm.beta, self.encoder.eps, h);
+        self.encoder.forward(h, batch, seq, false);
         let mut cls = vec![0f32; batch * d];
         for b in 0..batch {
             cls[b * d..(b + 1) * d].copy_from_slice(&h[b * seq * d..b * seq * d + d]);
@@ -223,6 +247,10 @@ impl FastText {
     /// `ids`: one token sequence per text (BOS … EOS), each at most the context
     /// length; `pool_at`: the index of each sequence's pooled (EOS) token.
     pub fn forward(&self, ids: &[Vec<u32>], pool_at: &[usize], pad: u32) -> Vec<f32> {
+        in_pool(|| self.forward_in(ids, pool_at, pad))
+    }
+
+    fn forward_in(&self, ids: &[Vec<u32>], pool_at: &[usize], pad: u32) -> Vec<f32> {
         let d = self.cfg.hidden_size;
         let batch = ids.len();
         // Causal attention and EOS pooling make padding invisible, so the batch
