@@ -95,9 +95,8 @@ pub(crate) fn dense(x: &[f32], rows: usize, layer: &DenseT, dst: &mut [f32], acc
 }
 
 /// A per-thread pool of `f32` buffers that hot paths borrow instead of
-/// allocating: large fresh buffers come from the kernel as zeroed pages, and
-/// faulting them in on every forward pass cost about 5% of the CLIP image
-/// tower at batch 32.
+/// allocating: large fresh buffers come from the kernel as zeroed pages,
+/// faulted in and cleared again on every forward pass.
 pub(crate) type ScratchSlot = std::thread::LocalKey<std::cell::RefCell<Vec<Vec<f32>>>>;
 
 /// Lends `N` buffers of `lens` values from `slot` to `f` (their contents are
