@@ -165,10 +165,32 @@ fn quick_gelu(c: &mut [f32]) {
     c.iter_mut().for_each(|v| *v /= 1.0 + exp_approx(-1.702 * *v));
 }
 
+/// [`quick_gelu`] eight lanes at a time: the same range reduction and
+/// polynomial as [`exp_approx`], evaluated with FMA (so within a few ulps
+/// of the scalar form, not bit-identical).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn quick_gelu_avx2(c: &mut [f32]) {
-    quick_gelu(c)
+    use std::arch::x86_64::*;
+    let chunks = c.len() / 8;
+    let ptr = c.as_mut_ptr();
+    let one = _mm256_set1_ps(1.0);
+    for i in 0..chunks {
+        let p = ptr.add(i * 8);
+        let x = _mm256_loadu_ps(p);
+        let z = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(x, _mm256_set1_ps(-1.702)), _mm256_set1_ps(-87.0)), _mm256_set1_ps(88.0));
+        let shifted = _mm256_fmadd_ps(z, _mm256_set1_ps(std::f32::consts::LOG2_E), _mm256_set1_ps(12_582_912.0));
+        let n = _mm256_sub_ps(shifted, _mm256_set1_ps(12_582_912.0));
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428_606_8e-6), _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_145_75), z));
+        let mut poly = _mm256_set1_ps(0.001_388_89);
+        for coef in [0.008_333_452f32, 0.041_666_668, 0.166_666_67, 0.5, 1.0, 1.0] {
+            poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(coef));
+        }
+        let bits = _mm256_slli_epi32::<23>(_mm256_sub_epi32(_mm256_castps_si256(shifted), _mm256_set1_epi32(0x4B40_0000 - 127)));
+        let e = _mm256_mul_ps(poly, _mm256_castsi256_ps(bits));
+        _mm256_storeu_ps(p, _mm256_div_ps(x, _mm256_add_ps(one, e)));
+    }
+    quick_gelu(&mut c[chunks * 8..])
 }
 
 /// Applies the activation in place, in parallel.
@@ -296,6 +318,17 @@ mod tests {
     fn erf_matches_known_values() {
         for (x, e) in [(0.0f32, 0.0f32), (0.5, 0.520_499_9), (1.0, 0.842_700_8), (-2.0, -0.995_322_3), (3.0, 0.999_977_9)] {
             assert!((erf(x) - e).abs() < 1e-6, "erf({x}) = {} vs {e}", erf(x));
+        }
+    }
+
+    #[test]
+    fn vectorised_quick_gelu_matches_the_scalar_form() {
+        let xs: Vec<f32> = (-2000..2000).map(|i| i as f32 * 0.013).chain([0.0, -0.0, 60.0, -60.0, 1e-8]).collect();
+        let mut fast = xs.clone();
+        activate_slice(&mut fast, Activation::QuickGelu);
+        for (x, f) in xs.iter().zip(&fast) {
+            let want = x / (1.0 + (-1.702 * x).exp());
+            assert!((f - want).abs() <= 1e-6 * (1.0 + want.abs()), "quick_gelu({x}) = {f}, want {want}");
         }
     }
 

@@ -130,9 +130,11 @@ pub fn packed_product<E: Fn(&mut [f32]) + Sync>(x: &[f32], m: usize, b: &PackedR
             apack[..(p1 - p0) * kl].par_chunks_mut((6 * kl).max(1)).enumerate().for_each(|(ti, tile_dst)| {
                 let r0 = p0 + ti * 6;
                 let rows = (p1 - r0).min(6);
-                for r in 0..rows {
-                    for (kk, &v) in x[(r0 + r) * k + k0..(r0 + r) * k + k0 + kl].iter().enumerate() {
-                        tile_dst[kk * rows + r] = v;
+                // Written in order, read as `rows` sequential streams.
+                let src: Vec<&[f32]> = (0..rows).map(|r| &x[(r0 + r) * k + k0..(r0 + r) * k + k0 + kl]).collect();
+                for (kk, line) in tile_dst.chunks_exact_mut(rows).enumerate() {
+                    for (v, row) in line.iter_mut().zip(&src) {
+                        *v = row[kk];
                     }
                 }
             });
