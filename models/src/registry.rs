@@ -243,20 +243,32 @@ fn describe_missing(dir: &Path) -> String {
 }
 
 fn download(k: &KnownModel) -> std::result::Result<PathBuf, String> {
+    hf_fetch(k.hf_repo, &CLIP_FILES, &CLIP_OPTIONAL_FILES).map(|(dir, _)| dir)
+}
+
+/// Downloads `required` (each must exist) and `optional` files of a Hugging
+/// Face model repository into the hub cache; returns the snapshot directory
+/// and the repository handle for further files.
+pub(crate) fn hf_fetch(
+    repo: &str,
+    required: &[&str],
+    optional: &[&str],
+) -> std::result::Result<(PathBuf, hf_hub::api::sync::ApiRepo), String> {
     let api = hf_hub::api::sync::ApiBuilder::from_env()
         .with_progress(true)
         .build()
         .map_err(|e| e.to_string())?;
-    let repo = api.model(k.hf_repo.to_string());
+    let r = api.model(repo.to_string());
     let mut dir = None;
-    for f in CLIP_FILES {
-        let p = repo.get(f).map_err(|e| format!("{f}: {e}"))?;
+    for f in required {
+        let p = r.get(f).map_err(|e| format!("{f}: {e}"))?;
         dir = p.parent().map(Path::to_path_buf);
     }
-    for f in CLIP_OPTIONAL_FILES {
-        let _ = repo.get(f);
+    for f in optional {
+        let _ = r.get(f);
     }
-    dir.ok_or_else(|| "the hub returned no files".to_string())
+    let dir = dir.ok_or_else(|| "the hub returned no files".to_string())?;
+    Ok((dir, r))
 }
 
 #[cfg(test)]

@@ -291,15 +291,21 @@ pub fn parse_dtype(name: &str) -> Result<DType> {
 fn open_weights(dir: &Path) -> Result<CheckedWeights> {
     let index = dir.join("model.safetensors.index.json");
     if index.is_file() {
-        let text = std::fs::read_to_string(&index).map_err(|e| ModelError::io(&index, e))?;
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Json { path: index.clone(), message: e.to_string() })?;
-        let map = v["weight_map"].as_object().ok_or_else(|| ModelError::Json { path: index.clone(), message: "no `weight_map` object".into() })?;
-        let mut files: Vec<PathBuf> = map.values().filter_map(|f| f.as_str()).map(|f| dir.join(f)).collect();
-        files.sort();
-        files.dedup();
+        let files: Vec<PathBuf> = shard_names(&index)?.into_iter().map(|f| dir.join(f)).collect();
         return CheckedWeights::open_shards(&files);
     }
     CheckedWeights::open(&dir.join("model.safetensors"))
+}
+
+/// The shard files a `model.safetensors.index.json` names, sorted, once each.
+pub(crate) fn shard_names(index: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(index).map_err(|e| ModelError::io(index, e))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Json { path: index.to_path_buf(), message: e.to_string() })?;
+    let map = v["weight_map"].as_object().ok_or_else(|| ModelError::Json { path: index.to_path_buf(), message: "no `weight_map` object".into() })?;
+    let mut files: Vec<String> = map.values().filter_map(|f| f.as_str()).map(str::to_string).collect();
+    files.sort();
+    files.dedup();
+    Ok(files)
 }
 
 /// End tokens from `generation_config.json` (`eos_token_id`: a number or a list).

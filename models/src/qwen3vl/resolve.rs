@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{ModelError, Result};
-use crate::registry::{hf_cache_dir, hf_cache_snapshot, offline, squire_home};
+use crate::registry::{hf_cache_dir, hf_cache_snapshot, hf_fetch, offline, squire_home};
 
 /// Vision-language models known by name: (name, Hugging Face repository).
 pub const KNOWN_VLMS: &[(&str, &str)] = &[
@@ -82,32 +82,18 @@ pub fn resolve_vlm(spec: &str) -> Result<PathBuf> {
 }
 
 fn download(repo: &str) -> std::result::Result<PathBuf, String> {
-    let api = hf_hub::api::sync::ApiBuilder::from_env().with_progress(true).build().map_err(|e| e.to_string())?;
-    let r = api.model(repo.to_string());
-    let mut dir = None;
-    for f in REQUIRED {
-        let p = r.get(f).map_err(|e| format!("{f}: {e}"))?;
-        dir = p.parent().map(Path::to_path_buf);
-    }
-    for f in OPTIONAL {
-        let _ = r.get(f);
-    }
+    let (dir, r) = hf_fetch(repo, &REQUIRED, &OPTIONAL)?;
     match r.get("model.safetensors.index.json") {
         Ok(index) => {
-            let text = std::fs::read_to_string(&index).map_err(|e| format!("{}: {e}", index.display()))?;
-            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", index.display()))?;
-            let mut shards: Vec<&str> = v["weight_map"].as_object().map(|m| m.values().filter_map(|s| s.as_str()).collect()).unwrap_or_default();
-            shards.sort_unstable();
-            shards.dedup();
-            for s in shards {
-                r.get(s).map_err(|e| format!("{s}: {e}"))?;
+            for s in super::shard_names(&index).map_err(|e| e.to_string())? {
+                r.get(&s).map_err(|e| format!("{s}: {e}"))?;
             }
         }
         Err(_) => {
             r.get("model.safetensors").map_err(|e| format!("model.safetensors: {e}"))?;
         }
     }
-    dir.ok_or_else(|| "the hub returned no files".to_string())
+    Ok(dir)
 }
 
 #[cfg(test)]
