@@ -130,13 +130,29 @@ pub(crate) fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 pub(crate) fn layer_norm(x: &[f32], width: usize, gamma: &[f32], beta: &[f32], eps: f32, dst: &mut [f32]) {
     dst.par_chunks_mut(width).zip(x.par_chunks(width)).for_each(|(d, row)| {
         let n = width as f32;
-        let mean = row.iter().sum::<f32>() / n;
-        let var = row.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / n;
+        let mean = lane_sum(row, |v| v) / n;
+        let var = lane_sum(row, |v| (v - mean) * (v - mean)) / n;
         let inv = 1.0 / (var + eps).sqrt();
         for i in 0..width {
             d[i] = (row[i] - mean) * inv * gamma[i] + beta[i];
         }
     });
+}
+
+/// `Σ f(v)` over `row` in 16 independent partial sums, which the compiler
+/// turns into vector additions (a plain iterator sum is one serial chain of
+/// dependent additions: 768 of them per row made layer norm 3× slower).
+#[inline(always)]
+fn lane_sum(row: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0f32; 16];
+    let chunks = row.chunks_exact(16);
+    let tail: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += f(v);
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 /// `e^x` for f32 in a form the compiler vectorises (Cephes-style range
@@ -279,11 +295,9 @@ pub(crate) fn attention(qkv: &[f32], batch: usize, seq: usize, width: usize, hea
                 let row = &mut scores[i * seq..(i + 1) * seq];
                 let valid = if causal { i + 1 } else { seq };
                 let m = row[..valid].iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0.0;
-                for r in row[..valid].iter_mut() {
-                    *r = (*r - m).exp();
-                    sum += *r;
-                }
+                // Exponentials first (a loop the compiler vectorises), then the sum.
+                row[..valid].iter_mut().for_each(|r| *r = exp_approx(*r - m));
+                let sum = lane_sum(&row[..valid], |v| v);
                 let inv = 1.0 / sum;
                 row[..valid].iter_mut().for_each(|r| *r *= inv);
                 row[valid..].iter_mut().for_each(|r| *r = 0.0);
