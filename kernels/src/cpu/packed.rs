@@ -266,7 +266,8 @@ unsafe fn tile_dispatch<const XS: usize, E: Fn(&mut [f32])>(rows: usize, t: &Til
 }
 
 /// One `R × cols` output tile over the whole depth: row `r` of the output
-/// (at `dst + r·n`) gets `init + Σ_kk x[r·x_row + kk·XS] · w[kk·16 + c]`.
+/// (at `dst + r·n`) gets `bias + Σ_kk x[r·x_row + kk·XS] · w[kk·16 + c]`, plus
+/// its old value (added last) when `accumulate` is set.
 ///
 /// The depth loop is unrolled by 4 and addresses the rows from two base
 /// pointers (rows 0–2 and 3–5, plus 1× or 2× the row stride), so no chain of
@@ -288,19 +289,6 @@ unsafe fn tile<const R: usize, const XS: usize, E: Fn(&mut [f32])>(t: &Tile, bia
     }
     let (b0, b1) = (_mm256_loadu_ps(b16.as_ptr()), _mm256_loadu_ps(b16.as_ptr().add(8)));
     let mut acc = [[b0, b1]; R];
-    if accumulate {
-        for (r, a) in acc.iter_mut().enumerate() {
-            let mut row = [0f32; STRIP];
-            let src = if full {
-                dst.add(r * n) as *const f32
-            } else {
-                std::ptr::copy_nonoverlapping(dst.add(r * n), row.as_mut_ptr(), t.cols);
-                row.as_ptr()
-            };
-            a[0] = _mm256_add_ps(a[0], _mm256_loadu_ps(src));
-            a[1] = _mm256_add_ps(a[1], _mm256_loadu_ps(src.add(8)));
-        }
-    }
     let lda = t.x_row;
     let mut wp = t.w;
     // Rows 0–2 from `a0`, rows 3–5 from `a3` (only formed, never read, when R ≤ 3).
@@ -335,6 +323,19 @@ unsafe fn tile<const R: usize, const XS: usize, E: Fn(&mut [f32])>(t: &Tile, bia
         a0 = a0.wrapping_add(XS);
         a3 = a3.wrapping_add(XS);
         left -= 1;
+    }
+    if accumulate {
+        for (r, a) in acc.iter_mut().enumerate() {
+            let mut row = [0f32; STRIP];
+            let src = if full {
+                dst.add(r * n) as *const f32
+            } else {
+                std::ptr::copy_nonoverlapping(dst.add(r * n), row.as_mut_ptr(), t.cols);
+                row.as_ptr()
+            };
+            a[0] = _mm256_add_ps(a[0], _mm256_loadu_ps(src));
+            a[1] = _mm256_add_ps(a[1], _mm256_loadu_ps(src.add(8)));
+        }
     }
     for (r, a) in acc.iter().enumerate() {
         let p = dst.add(r * n);
