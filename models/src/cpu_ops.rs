@@ -9,7 +9,7 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use squire_kernels::cpu::{packed_product, PackedRows, TileInit};
+use squire_kernels::cpu::{packed_product, team_for_each, team_for_each_rows, team_threads, PackedRows, TileInit};
 
 use crate::clip::Activation;
 
@@ -114,27 +114,19 @@ pub(crate) fn with_scratch<const N: usize, R>(slot: &'static ScratchSlot, lens: 
     out
 }
 
-/// Runs `f` on a worker of the global rayon pool (directly when already on
-/// one): a forward pass makes dozens of parallel calls, and from outside the
-/// pool each would wake the workers anew while the caller's serial steps
-/// compete with them for the cores.
-pub(crate) fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    if rayon::current_thread_index().is_some() {
-        f()
-    } else {
-        rayon::scope(|_| f())
-    }
-}
-
 /// Row-wise layer norm: `dst = (x − mean) / sqrt(var + eps) · γ + β`.
 pub(crate) fn layer_norm(x: &[f32], width: usize, gamma: &[f32], beta: &[f32], eps: f32, dst: &mut [f32]) {
-    dst.par_chunks_mut(width).zip(x.par_chunks(width)).for_each(|(d, row)| {
-        let n = width as f32;
-        let mean = lane_sum(row, |v| v) / n;
-        let var = lane_sum(row, |v| (v - mean) * (v - mean)) / n;
-        let inv = 1.0 / (var + eps).sqrt();
-        for i in 0..width {
-            d[i] = (row[i] - mean) * inv * gamma[i] + beta[i];
+    let rows = x.len() / width.max(1);
+    team_for_each_rows(&mut dst[..rows * width], width, rows_per_task(rows), |r0, block| {
+        for (r, d) in block.chunks_exact_mut(width).enumerate() {
+            let row = &x[(r0 + r) * width..(r0 + r + 1) * width];
+            let n = width as f32;
+            let mean = lane_sum(row, |v| v) / n;
+            let var = lane_sum(row, |v| (v - mean) * (v - mean)) / n;
+            let inv = 1.0 / (var + eps).sqrt();
+            for i in 0..width {
+                d[i] = (row[i] - mean) * inv * gamma[i] + beta[i];
+            }
         }
     });
 }
@@ -273,9 +265,9 @@ pub(crate) fn attention(qkv: &[f32], batch: usize, seq: usize, width: usize, hea
     let scale = 1.0 / (dh as f32).sqrt();
     let stride = 3 * width;
     let out_ptr = SendPtr(out.as_mut_ptr());
-    (0..batch * heads).into_par_iter().for_each_init(
-        || vec![0f32; seq * seq],
-        |scores, bh| {
+    team_for_each(batch * heads, |bh| {
+        ATTENTION_SCORES.with_borrow_mut(|scores| {
+            scores.resize(seq * seq, 0.0);
             let out_ptr = out_ptr;
             let (b, h) = (bh / heads, bh % heads);
             let base = b * seq * stride;
@@ -310,8 +302,18 @@ pub(crate) fn attention(qkv: &[f32], batch: usize, seq: usize, width: usize, hea
                     false, false, false, Parallelism::None,
                 );
             }
-        },
-    );
+        })
+    });
+}
+
+thread_local! {
+    /// One attention task's `seq × seq` scores, kept per thread.
+    static ATTENTION_SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Rows per task for row-wise passes: about four tasks per thread.
+pub(crate) fn rows_per_task(rows: usize) -> usize {
+    rows.div_ceil(4 * team_threads()).max(1)
 }
 
 /// L2-normalises each row in place (a zero row stays zero).

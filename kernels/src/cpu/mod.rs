@@ -8,6 +8,7 @@ mod packed;
 mod pooling;
 mod simd;
 mod similarity;
+mod team;
 
 pub use gram::{gram, gram_into, refine, refine_into};
 pub use matmul::matmul_a_bt;
@@ -15,6 +16,7 @@ pub use packed::{packed_product, packed_supported, PackedRows, TileInit};
 pub use pooling::{gem, l2_normalize, regional_gem, scale_gem};
 pub use simd::{dot_f16, dot_f32};
 pub use similarity::{inner_product_topk, GEMM_MIN_QUERIES};
+pub use team::{team_for_each, team_for_each_rows, team_threads};
 
 pub(crate) use gram::check_refine;
 pub(crate) use pooling::{check_scales, inv_norm};

@@ -1,11 +1,10 @@
 //! The CPU f32 CLIP encoder: a preallocated, fused forward pass built on
 //! [`crate::cpu_ops`]. Numerically the same model as [`super::generic`].
 
-use rayon::prelude::*;
-
 use super::config::{ClipConfig, ClipTextConfig, ClipVisionConfig};
 use super::Activation;
-use crate::cpu_ops::{attention, dense, in_pool, l2_normalize_rows, layer_norm, with_scratch, DenseT};
+use crate::cpu_ops::{attention, dense, l2_normalize_rows, layer_norm, rows_per_task, with_scratch, DenseT};
+use squire_kernels::cpu::team_for_each_rows;
 
 use crate::error::Result;
 use crate::weights::CheckedWeights;
@@ -140,13 +139,11 @@ impl FastVision {
     /// tokens after the post-layernorm (class token dropped), as feature maps
     /// `batch × hidden × g × g` (g = size / patch).
     pub fn forward_with_patches(&self, pixels: &[f32], batch: usize, patches_wanted: bool) -> (Vec<f32>, Option<Vec<f32>>) {
-        in_pool(|| {
-            let (s, p, d) = (self.cfg.image_size, self.cfg.patch_size, self.cfg.hidden_size);
-            let np = (s / p) * (s / p);
-            with_scratch(&TOWER_SCRATCH, [batch * np * 3 * p * p, batch * np * d, batch * (np + 1) * d, batch * (np + 1) * d], |bufs| {
-                let [cols, patches, x, h] = bufs else { unreachable!("four buffers") };
-                self.forward_in(pixels, batch, patches_wanted, cols, patches, x, h)
-            })
+        let (s, p, d) = (self.cfg.image_size, self.cfg.patch_size, self.cfg.hidden_size);
+        let np = (s / p) * (s / p);
+        with_scratch(&TOWER_SCRATCH, [batch * np * 3 * p * p, batch * np * d, batch * (np + 1) * d, batch * (np + 1) * d], |bufs| {
+            let [cols, patches, x, h] = bufs else { unreachable!("four buffers") };
+            self.forward_in(pixels, batch, patches_wanted, cols, patches, x, h)
         })
     }
 
@@ -169,24 +166,30 @@ impl FastVision {
         let seq = np + 1;
         let kdim = 3 * p * p;
         // im2col: one row per patch in (channel, ky, kx) order, the conv weight's order.
-        cols.par_chunks_mut(kdim).enumerate().for_each(|(r, row)| {
-            let (b, pi) = (r / np, r % np);
-            let (gy, gx) = (pi / g, pi % g);
-            let img = &pixels[b * 3 * s * s..(b + 1) * 3 * s * s];
-            for c in 0..3 {
-                for ky in 0..p {
-                    let src = &img[c * s * s + (gy * p + ky) * s + gx * p..][..p];
-                    row[(c * p + ky) * p..][..p].copy_from_slice(src);
+        let rows = batch * np;
+        team_for_each_rows(&mut cols[..rows * kdim], kdim, rows_per_task(rows), |r0, block| {
+            for (r, row) in (r0..).zip(block.chunks_exact_mut(kdim)) {
+                let (b, pi) = (r / np, r % np);
+                let (gy, gx) = (pi / g, pi % g);
+                let img = &pixels[b * 3 * s * s..(b + 1) * 3 * s * s];
+                for c in 0..3 {
+                    for ky in 0..p {
+                        let src = &img[c * s * s + (gy * p + ky) * s + gx * p..][..p];
+                        row[(c * p + ky) * p..][..p].copy_from_slice(src);
+                    }
                 }
             }
         });
         dense(cols, batch * np, &self.patch, patches, false, None);
-        x.par_chunks_mut(d).enumerate().for_each(|(r, row)| {
-            let (b, t) = (r / seq, r % seq);
-            let pos = &self.positions[t * d..(t + 1) * d];
-            let src = if t == 0 { &self.class_embedding[..] } else { &patches[(b * np + t - 1) * d..][..d] };
-            for i in 0..d {
-                row[i] = src[i] + pos[i];
+        let rows = batch * seq;
+        team_for_each_rows(&mut x[..rows * d], d, rows_per_task(rows), |r0, block| {
+            for (r, row) in (r0..).zip(block.chunks_exact_mut(d)) {
+                let (b, t) = (r / seq, r % seq);
+                let pos = &self.positions[t * d..(t + 1) * d];
+                let src = if t == 0 { &self.class_embedding[..] } else { &patches[(b * np + t - 1) * d..][..d] };
+                for i in 0..d {
+                    row[i] = src[i] + pos[i];
+                }
             }
         });
         layer_norm(x, d, &self.pre_norm.gamma, &self.pre_norm.beta, self.encoder.eps, h);
@@ -247,7 +250,7 @@ impl FastText {
     /// `ids`: one token sequence per text (BOS … EOS), each at most the context
     /// length; `pool_at`: the index of each sequence's pooled (EOS) token.
     pub fn forward(&self, ids: &[Vec<u32>], pool_at: &[usize], pad: u32) -> Vec<f32> {
-        in_pool(|| self.forward_in(ids, pool_at, pad))
+        self.forward_in(ids, pool_at, pad)
     }
 
     fn forward_in(&self, ids: &[Vec<u32>], pool_at: &[usize], pad: u32) -> Vec<f32> {
@@ -257,13 +260,16 @@ impl FastText {
         // only needs to be as long as its longest sequence.
         let seq = ids.iter().map(Vec::len).max().unwrap_or(1).max(1);
         let mut x = vec![0f32; batch * seq * d];
-        x.par_chunks_mut(d).enumerate().for_each(|(r, row)| {
-            let (b, t) = (r / seq, r % seq);
-            let id = ids[b].get(t).copied().unwrap_or(pad) as usize;
-            let tok = &self.tokens[id * d..(id + 1) * d];
-            let pos = &self.positions[t * d..(t + 1) * d];
-            for i in 0..d {
-                row[i] = tok[i] + pos[i];
+        let rows = batch * seq;
+        team_for_each_rows(&mut x, d, rows_per_task(rows), |r0, block| {
+            for (r, row) in (r0..).zip(block.chunks_exact_mut(d)) {
+                let (b, t) = (r / seq, r % seq);
+                let id = ids[b].get(t).copied().unwrap_or(pad) as usize;
+                let tok = &self.tokens[id * d..(id + 1) * d];
+                let pos = &self.positions[t * d..(t + 1) * d];
+                for i in 0..d {
+                    row[i] = tok[i] + pos[i];
+                }
             }
         });
         self.encoder.forward(&mut x, batch, seq, true);
