@@ -38,6 +38,9 @@ const DEPTH_BLOCK: usize = 256;
 /// 128 KiB block of `B` that stays in L2 while every row group passes over it.
 const BLOCK_STRIPS: usize = 8;
 
+/// Most rows of `x` one task of [`packed_product`] multiplies.
+const MAX_TASK_ROWS: usize = 480;
+
 /// A right-hand operand `B` (`n × k`, row-major) stored for
 /// [`packed_product`]: depth blocks of 256, one after another; inside a
 /// block, strip `s` (rows `16s .. 16s + 16` of `B`, zero-padded past row
@@ -138,6 +141,11 @@ pub fn packed_product<E: Fn(&mut [f32]) + Sync>(x: &[f32], m: usize, b: &PackedR
     // block of B again; splitting 50 rows measured 0.97×).
     let want = 12 * super::team_threads();
     let row_chunks = want.div_ceil(col_blocks).clamp(1, (m / 48).max(1));
+    // At most 480 rows a task: the task's output block (480 × 128 values,
+    // 240 KiB) then stays in L2 with the B block from one depth block to the
+    // next (1.03× on the image tower at batch 32, up to 1.09× on a stack of
+    // products with distinct weights, as in a model).
+    let row_chunks = row_chunks.max(m.div_ceil(MAX_TASK_ROWS));
     let chunk = m.div_ceil(row_chunks).div_ceil(6) * 6;
     let row_chunks = m.div_ceil(chunk);
     let no_epilogue = |_: &mut [f32]| {};
