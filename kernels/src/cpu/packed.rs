@@ -385,7 +385,7 @@ mod tests {
             return;
         }
         // Values are multiples of 1/8 with small numerators: every sum is exact.
-        for (m, n, k) in [(1, 1, 1), (5, 17, 3), (7, 48, 40), (97, 33, 64), (130, 16, 600), (200, 40, 1300)] {
+        for (m, n, k) in [(1, 1, 1), (5, 17, 3), (7, 48, 40), (50, 40, 64), (97, 33, 64), (130, 16, 600), (200, 40, 1300), (1000, 33, 300)] {
             let x: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 13) as f32 - 6.0) / 8.0).collect();
             let b: Vec<f32> = (0..n * k).map(|i| ((i * 5 % 11) as f32 - 5.0) / 8.0).collect();
             let bias: Vec<f32> = (0..n).map(|i| i as f32 / 4.0).collect();
