@@ -119,10 +119,11 @@ pub struct TileInit<'a> {
 /// tile row (at most 16 values, still in cache), e.g. an activation.
 /// Multi-threaded (on the spinning team of [`super::team_for_each`]). Panics if a slice is shorter than the shapes say.
 ///
-/// The loop order is that of ONNX Runtime's MLAS SGEMM: tasks of (rows ×
-/// 128 columns); inside one, for each depth block of 256, each group of 6
-/// rows of `x` — read in place, never copied, 6 KiB that stay in L1 — passes
-/// over the 8 strips of the column block, which stay in L2. Tiles after the
+/// The loop order is that of ONNX Runtime's MLAS SGEMM: tasks of (at most
+/// 480 rows × 128 columns), handed out column block by column block; inside
+/// one, for each depth block of 256, each group of 6 rows of `x` — read in
+/// place, never copied, 6 KiB that stay in L1 — passes over the 8 strips of
+/// the column block, which stay in L2. Tiles after the
 /// first depth block add to the output; the epilogue runs after the last.
 pub fn packed_product<E: Fn(&mut [f32]) + Sync>(x: &[f32], m: usize, b: &PackedRows, init: TileInit<'_>, epilogue: &E, dst: &mut [f32]) {
     let (k, n) = (b.k, b.n);
@@ -151,7 +152,11 @@ pub fn packed_product<E: Fn(&mut [f32]) + Sync>(x: &[f32], m: usize, b: &PackedR
     let no_epilogue = |_: &mut [f32]| {};
     super::team_for_each(row_chunks * col_blocks, |t| {
         let out = out;
-        let (rc, cb) = (t / col_blocks, t % col_blocks);
+        // Column block major: the threads work on the same block of B at
+        // the same time, in different rows, so it comes from memory once and
+        // from the shared L3 after (1.08× on the image tower at batch 32
+        // over row-chunk-major order, whose every task fetched its own).
+        let (rc, cb) = (t % row_chunks, t / row_chunks);
         let (r_lo, r_hi) = (rc * chunk, ((rc + 1) * chunk).min(m));
         let (s_lo, s_hi) = (cb * BLOCK_STRIPS, ((cb + 1) * BLOCK_STRIPS).min(strips));
         let mut k0 = 0;
