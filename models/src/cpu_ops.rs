@@ -116,7 +116,7 @@ pub(crate) fn with_scratch<const N: usize, R>(slot: &'static ScratchSlot, lens: 
 
 /// Row-wise layer norm: `dst = (x − mean) / sqrt(var + eps) · γ + β`.
 pub(crate) fn layer_norm(x: &[f32], width: usize, gamma: &[f32], beta: &[f32], eps: f32, dst: &mut [f32]) {
-    let rows = x.len() / width.max(1);
+    let rows = x.len().min(dst.len()) / width.max(1);
     team_for_each_rows(&mut dst[..rows * width], width, rows_per_task(rows), |r0, block| {
         for (r, d) in block.chunks_exact_mut(width).enumerate() {
             let row = &x[(r0 + r) * width..(r0 + r + 1) * width];

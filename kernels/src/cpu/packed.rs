@@ -6,10 +6,10 @@
 //! in PyTorch's `out × in` layout, packed once at load time, with bias,
 //! residual and activation folded into the tiles) and the Gram matrix of
 //! SuperGlobal's refinement (`B` = `A`, only the upper triangle computed).
-//! Measured on a 2-core Zen 3 (GFLOP/s, twelve products with distinct
-//! weights, as in a ViT-B/32 forward pass at batch 32): 120–155 at
-//! 1600×768×{768, 2304, 3072} and 1600×3072×768; the machine's 6 × 16 tile
-//! peak with everything in L1 is 80–95 per core.
+//! Measured on a 2-core Zen 3 (GFLOP/s, twelve layers' products with
+//! distinct weights, as in a ViT-B/32 forward pass at batch 32:
+//! 1600×768×{768, 2304, 3072} and 1600×3072×768): 140–170 on both cores;
+//! the machine's 6 × 16 tile peak with everything in L1 is 80–95 per core.
 
 use rayon::prelude::*;
 
@@ -117,14 +117,16 @@ pub struct TileInit<'a> {
 /// `dst (m × n) = epilogue(init + x (m × k) · Bᵀ)`, where `init` is the bias,
 /// plus the old `dst` when accumulating; `epilogue` runs on each finished
 /// tile row (at most 16 values, still in cache), e.g. an activation.
-/// Multi-threaded (on the spinning team of [`super::team_for_each`]). Panics if a slice is shorter than the shapes say.
+/// Multi-threaded, on the spinning thread team of
+/// [`crate::cpu::team_for_each`]. Panics if a slice is shorter than the
+/// shapes say.
 ///
 /// The loop order is that of ONNX Runtime's MLAS SGEMM: tasks of (at most
 /// 480 rows × 128 columns), handed out column block by column block; inside
 /// one, for each depth block of 256, each group of 6 rows of `x` — read in
 /// place, never copied, 6 KiB that stay in L1 — passes over the 8 strips of
-/// the column block, which stay in L2. Tiles after the
-/// first depth block add to the output; the epilogue runs after the last.
+/// the column block, which stay in L2. Tiles after the first depth block
+/// add to the output; the epilogue runs after the last.
 pub fn packed_product<E: Fn(&mut [f32]) + Sync>(x: &[f32], m: usize, b: &PackedRows, init: TileInit<'_>, epilogue: &E, dst: &mut [f32]) {
     let (k, n) = (b.k, b.n);
     assert!(x.len() >= m * k && dst.len() >= m * n, "packed_product: buffer sizes");
