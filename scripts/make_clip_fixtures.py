@@ -172,6 +172,21 @@ def randomise(model: CLIPModel):
                 p.copy_(0.1 * torch.randn(p.shape, generator=g))
 
 
+CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)[:, None, None]
+CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)[:, None, None]
+
+
+def encode_pixels_u8(px):
+    """A CLIP-normalised CHW tensor as the 8-bit values it came from; asserts
+    that decoding ((v / 255 - mean) / std in f32) gives it back within 1e-6."""
+    px = np.asarray(px, dtype=np.float32)
+    v = np.round((px * CLIP_STD + CLIP_MEAN) * 255.0)
+    assert v.min() >= 0 and v.max() <= 255
+    decoded = ((v / 255.0).astype(np.float32) - CLIP_MEAN) / CLIP_STD
+    assert np.abs(decoded - px).max() <= 1e-6, np.abs(decoded - px).max()
+    return v.astype(np.uint8)
+
+
 def main():
     tmp = OUT / "tiny-clip"
     if tmp.exists():
@@ -217,13 +232,16 @@ def main():
     tensors = {}
     pre224_pil = CLIPImageProcessorPil()
     pre224_tv = CLIPImageProcessor()
-    # Full-size (224 px) pixel references for a subset, to keep the fixtures near 10 MB.
+    # Full-size (224 px) pixel references for a subset, stored as the 8-bit
+    # values the processor normalised (a quarter of the f32 size).
     for n, im in zip(names, pil):
         key = n.replace(".", "_")
         if n in FULL_SIZE:
-            tensors[f"pixels224_pil.{key}"] = pre224_pil(images=im, return_tensors="np")["pixel_values"][0].astype(np.float32)
+            px224 = pre224_pil(images=im, return_tensors="np")["pixel_values"][0]
+            tensors[f"pixels224_pil_u8.{key}"] = encode_pixels_u8(px224)
         if n == "astronaut.jpg":
-            tensors[f"pixels224_torchvision.{key}"] = pre224_tv(images=im, return_tensors="np")["pixel_values"][0].astype(np.float32)
+            px224 = pre224_tv(images=im, return_tensors="np")["pixel_values"][0]
+            tensors[f"pixels224_torchvision_u8.{key}"] = encode_pixels_u8(px224)
     px = tiny_pre(images=pil, return_tensors="pt")["pixel_values"]
     tensors["pixels32"] = px.numpy().astype(np.float32)
 
@@ -260,8 +278,10 @@ def main():
             "open_clip": open_clip.__version__,
             "pillow": Image.__version__,
         },
-        "notes": "pixels224_pil: CLIPImageProcessorPil (Pillow bicubic, the original CLIP preprocessing); "
-        "pixels224_torchvision: transformers 5 CLIPImageProcessor (torchvision backend). Images are decoded by "
+        "notes": "pixels224_pil_u8: CLIPImageProcessorPil (Pillow bicubic, the original CLIP preprocessing); "
+        "pixels224_torchvision_u8: transformers 5 CLIPImageProcessor (torchvision backend); both stored losslessly "
+        "as the 8-bit values the processor normalised: decode as (v / 255 - CLIP_MEAN) / CLIP_STD in f32 "
+        "(the generator checks the decode against the processor's output within 1e-6). Images are decoded by "
         "Pillow with EXIF orientation applied (ImageOps.exif_transpose) and converted with Image.convert('RGB').",
     }
     (OUT / "clip-reference.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n")

@@ -42,6 +42,17 @@ fn flat(t: &Tensor) -> Vec<f32> {
     t.flatten_all().expect("flatten").to_vec1::<f32>().expect("f32")
 }
 
+/// A 224 px reference stored as the 8-bit values the reference processor
+/// normalised (`3 × h × w`), decoded the way the generator checked it:
+/// `(v / 255 − mean) / std` in f32, with CLIP's mean and std.
+fn decode_u8_pixels(t: &Tensor) -> Vec<f32> {
+    const MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+    const STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
+    let v = t.flatten_all().expect("flatten").to_vec1::<u8>().expect("u8 pixels");
+    let plane = v.len() / 3;
+    v.iter().enumerate().map(|(i, &b)| (b as f32 / 255.0 - MEAN[i / plane]) / STD[i / plane]).collect()
+}
+
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length mismatch");
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
@@ -89,15 +100,15 @@ fn preprocessing_matches_reference_pixels() {
     let mut checked = 0;
     for name in &r.images {
         let key = name.replace('.', "_");
-        let Some(t) = r.tensors.get(&format!("pixels224_pil.{key}")) else { continue };
+        let Some(t) = r.tensors.get(&format!("pixels224_pil_u8.{key}")) else { continue };
         let img = load_rgb(&fixtures().join("images").join(name)).expect("image loads");
         let ours = full.preprocess(&img).expect("preprocess");
-        let d = max_abs_diff(&ours, &flat(t));
+        let d = max_abs_diff(&ours, &decode_u8_pixels(t));
         println!("{name:<24} 224 px: max |diff| {d:.2e}");
         worst224 = worst224.max(d);
         checked += 1;
-        if let Some(tv) = r.tensors.get(&format!("pixels224_torchvision.{key}")) {
-            println!("{name:<24} 224 px vs the torchvision backend: max |diff| {:.2e}", max_abs_diff(&ours, &flat(tv)));
+        if let Some(tv) = r.tensors.get(&format!("pixels224_torchvision_u8.{key}")) {
+            println!("{name:<24} 224 px vs the torchvision backend: max |diff| {:.2e}", max_abs_diff(&ours, &decode_u8_pixels(tv)));
         }
     }
     assert!(checked >= 4);
