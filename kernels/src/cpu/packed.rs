@@ -13,6 +13,8 @@
 
 use rayon::prelude::*;
 
+use super::team::SharedMut;
+
 /// Whether this CPU runs the packed kernel (x86-64 with AVX2 and FMA).
 pub fn packed_supported() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -134,7 +136,7 @@ pub fn packed_product<E: Fn(&mut [f32]) + Sync>(x: &[f32], m: usize, b: &PackedR
     if m == 0 || n == 0 {
         return;
     }
-    let out = OutPtr(dst.as_mut_ptr());
+    let out = SharedMut(dst.as_mut_ptr());
     let strips = n.div_ceil(STRIP);
     let col_blocks = strips.div_ceil(BLOCK_STRIPS);
     // About 12 tasks per thread (a thread that falls behind then costs the
@@ -209,7 +211,7 @@ pub(crate) fn gram_packed(x: &[f32], m: usize, k: usize, out: &mut [f32], scratc
     pack_strips(x, m, k, k.max(1), scratch);
     let packed = &scratch[..];
     let strips = m.div_ceil(STRIP);
-    let ptr = OutPtr(out.as_mut_ptr());
+    let ptr = SharedMut(out.as_mut_ptr());
     let no_epilogue = |_: &mut [f32]| {};
     // Strip a multiplies with strips a.. (its rows' blocks on and above the
     // diagonal): the first strips carry the most work, so rayon's splitting
@@ -244,13 +246,6 @@ pub(crate) fn gram_packed(x: &[f32], m: usize, k: usize, out: &mut [f32], scratc
         }
     });
 }
-
-/// A raw output pointer shared by tasks that write disjoint regions.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: every user writes regions no other task touches.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
 
 /// One tile's operands: `x` points at the tile's first row value, row `r`
 /// at depth step `kk` being `x[r·x_row + kk·XS]` (`XS` a const parameter of

@@ -218,9 +218,12 @@ pub fn team_for_each_rows<T: Send>(data: &mut [T], width: usize, rows_per_task: 
     });
 }
 
-/// A mutable base pointer shared by tasks that touch disjoint parts.
-struct SharedMut<T>(*mut T);
-// SAFETY: every task gets a disjoint block (see `team_for_each_rows`).
+/// A mutable base pointer shared by parallel tasks that each write a part
+/// no other task touches (every user states which part in its SAFETY note).
+#[derive(Clone, Copy)]
+pub(crate) struct SharedMut<T>(pub(crate) *mut T);
+// SAFETY: users write disjoint parts only (see above).
+unsafe impl<T: Send> Send for SharedMut<T> {}
 unsafe impl<T: Send> Sync for SharedMut<T> {}
 
 #[cfg(test)]
