@@ -257,6 +257,13 @@ struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
+impl SendPtr {
+    /// The pointer (a method, so a closure captures the whole `Send` wrapper).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// Multi-head self-attention over packed `qkv` rows (`batch·seq × 3·width`,
 /// the q, k and v projections side by side), writing `out` (`batch·seq × width`).
 /// With `causal`, position i attends to positions ≤ i only.
@@ -268,7 +275,6 @@ pub(crate) fn attention(qkv: &[f32], batch: usize, seq: usize, width: usize, hea
     team_for_each(batch * heads, |bh| {
         ATTENTION_SCORES.with_borrow_mut(|scores| {
             scores.resize(seq * seq, 0.0);
-            let out_ptr = out_ptr;
             let (b, h) = (bh / heads, bh % heads);
             let base = b * seq * stride;
             let q = qkv[base + h * dh..].as_ptr();
@@ -295,7 +301,7 @@ pub(crate) fn attention(qkv: &[f32], batch: usize, seq: usize, width: usize, hea
                 row[valid..].iter_mut().for_each(|r| *r = 0.0);
             }
             unsafe {
-                let dst = out_ptr.0.add(b * seq * width + h * dh);
+                let dst = out_ptr.get().add(b * seq * width + h * dh);
                 gemm::gemm(
                     seq, dh, seq, dst, 1, width as isize, false,
                     scores.as_ptr(), 1, seq as isize, v, 1, stride as isize, 0.0, 1.0,
@@ -304,6 +310,58 @@ pub(crate) fn attention(qkv: &[f32], batch: usize, seq: usize, width: usize, hea
             }
         })
     });
+}
+
+/// [`attention`] for one query position per sequence: `out` (`batch × width`)
+/// receives, for each sequence `b`, the attention output of its position
+/// `query_at[b]` only (keys and values are still every position's, or with
+/// `causal` every position up to it). This is all a last layer needs when
+/// only a pooled token (CLIP's class or end-of-text token) is read out.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attention_rows(qkv: &[f32], batch: usize, seq: usize, width: usize, heads: usize, causal: bool, query_at: &[usize], out: &mut [f32]) {
+    let dh = width / heads;
+    let scale = 1.0 / (dh as f32).sqrt();
+    let stride = 3 * width;
+    assert!(query_at.len() >= batch && query_at[..batch].iter().all(|&i| i < seq), "attention_rows: query positions");
+    assert!(qkv.len() >= batch * seq * stride && out.len() >= batch * width, "attention_rows: buffer sizes");
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    team_for_each(batch * heads, |bh| {
+        ATTENTION_SCORES.with_borrow_mut(|scores| {
+            let (b, h) = (bh / heads, bh % heads);
+            let i = query_at[b];
+            let valid = if causal { i + 1 } else { seq };
+            scores.resize(valid, 0.0);
+            let row = |t: usize, part: usize| &qkv[(b * seq + t) * stride + part * width + h * dh..][..dh];
+            let q = row(i, 0);
+            for (t, s) in scores.iter_mut().enumerate() {
+                *s = dot(q, row(t, 1)) * scale;
+            }
+            let m = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            scores.iter_mut().for_each(|s| *s = exp_approx(*s - m));
+            let inv = 1.0 / lane_sum(scores, |v| v);
+            // SAFETY: columns h·dh.. h·dh + dh of output row b are written by this task only.
+            let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(b * width + h * dh), dh) };
+            dst.fill(0.0);
+            for (t, &p) in scores.iter().enumerate() {
+                let p = p * inv;
+                dst.iter_mut().zip(row(t, 2)).for_each(|(d, &v)| *d += p * v);
+            }
+        })
+    });
+}
+
+/// `Σ a·b` in 16 independent partial sums (see [`lane_sum`]).
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..16 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 thread_local! {
@@ -405,6 +463,25 @@ mod tests {
             for o in 0..out {
                 let want: f32 = 1.0 + b[o] + (0..inp).map(|i| x[r * inp + i] * w[o * inp + i]).sum::<f32>();
                 assert!((dst[r * out + o] - want).abs() < 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn attention_for_chosen_rows_matches_full_attention() {
+        let (batch, seq, width, heads) = (3, 7, 40, 2);
+        let qkv: Vec<f32> = (0..batch * seq * 3 * width).map(|i| (i as f32 * 0.173).sin() * 2.0).collect();
+        for causal in [false, true] {
+            let mut full = vec![0f32; batch * seq * width];
+            attention(&qkv, batch, seq, width, heads, causal, &mut full);
+            let at = [0, 6, 3];
+            let mut rows = vec![f32::NAN; batch * width];
+            attention_rows(&qkv, batch, seq, width, heads, causal, &at, &mut rows);
+            for b in 0..batch {
+                for c in 0..width {
+                    let (got, want) = (rows[b * width + c], full[(b * seq + at[b]) * width + c]);
+                    assert!((got - want).abs() < 1e-5, "causal {causal}, sequence {b}, column {c}: {got} vs {want}");
+                }
             }
         }
     }

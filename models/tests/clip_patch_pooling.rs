@@ -28,7 +28,12 @@ fn patch_tokens_match_transformers_and_pool_as_gem() {
     let (np, d) = (tshape[1], tshape[2]);
     let g = clip.patch_grid();
     assert_eq!(g * g, np);
-    let (_, maps) = clip.embed_pixels_with_patches(&pixels, batch).expect("patches");
+    let (embeddings, maps) = clip.embed_pixels_with_patches(&pixels, batch).expect("patches");
+    // Without patches the last layer runs for the class token only: the same embeddings.
+    let pooled_only = clip.embed_pixels(&pixels, batch).expect("embed");
+    assert_eq!(embeddings.len(), pooled_only.len());
+    let gap = embeddings.iter().zip(&pooled_only).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(gap < 1e-6, "class-token-only last layer differs from the full pass by {gap}");
     // maps: batch × d × g × g; the reference: batch × np × d.
     // Relative to the token's scale: LayerNorm outputs are O(1) (up to
     // |gamma|), where the final L2-normalised embeddings are O(1/sqrt(512)).

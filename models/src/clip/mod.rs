@@ -246,6 +246,16 @@ impl ClipModel {
         Ok(())
     }
 
+    /// Whether [`Self::embed_pixels`] and [`Self::embed_token_ids`] run the
+    /// last transformer layer for the pooled token only (the f32 CPU fast
+    /// path: the class or end-of-text token is all the embedding reads, so
+    /// the other tokens' last attention output and MLP are skipped; the
+    /// embeddings are the same). False on the candle path, which runs the
+    /// whole model as the reference does.
+    pub fn pools_last_layer(&self) -> bool {
+        matches!(self.vision, Vision::Fast(_))
+    }
+
     /// Embeds preprocessed pixels (`batch × 3 × size × size`, CHW).
     pub fn embed_pixels(&self, pixels: &[f32], batch: usize) -> Result<Vec<f32>> {
         self.check_pixels(pixels, batch)?;
