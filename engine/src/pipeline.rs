@@ -506,7 +506,7 @@ impl Pipeline {
         let store_kind = manifest.store.kind;
         let (method, ef) = match req.first_stage {
             FirstStage::Index { .. } if store_kind == StoreKind::Exact => ("exact", None),
-            FirstStage::Index { ef } => (store_kind.name(), Some(ef.unwrap_or(manifest.store.expansion_search).max(depth))),
+            FirstStage::Index { ef } => (store_kind.name(), Some(ef.unwrap_or_else(|| manifest.store.search_breadth(col.records().len())).max(depth))),
             _ => ("exact", None),
         };
         let hits: Vec<RowHit> = match (&whitened, req.first_stage) {

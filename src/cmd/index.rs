@@ -57,7 +57,8 @@ pub struct IndexArgs {
     /// HNSW build breadth (ef_construction) [default: 128].
     #[arg(long)]
     ef_construction: Option<usize>,
-    /// Default HNSW search breadth (ef) recorded for queries [default: 128].
+    /// Default HNSW search breadth (ef) recorded for queries [default: by
+    /// size, 128 below 200,000 vectors and 256 from there].
     #[arg(long)]
     ef: Option<usize>,
     /// Print the report as JSON.
@@ -81,12 +82,12 @@ impl IndexArgs {
             precision: self.precision.unwrap_or(base.precision),
             connectivity: self.connectivity.unwrap_or(base.connectivity),
             expansion_add: self.ef_construction.unwrap_or(base.expansion_add),
-            expansion_search: self.ef.unwrap_or(base.expansion_search),
+            expansion_search: self.ef.or(base.expansion_search),
         };
         if !(2..=255).contains(&c.connectivity) {
             anyhow::bail!("--connectivity {} is out of range (2 to 255)", c.connectivity);
         }
-        if c.expansion_add == 0 || c.expansion_search == 0 {
+        if c.expansion_add == 0 || c.expansion_search == Some(0) {
             anyhow::bail!("--ef-construction and --ef must be at least 1");
         }
         if c.precision == StoredPrecision::F16 && c.kind != StoreKind::Usearch {

@@ -49,7 +49,8 @@ pub struct SearchArgs {
     #[arg(long, default_value_t = 0.8)]
     alpha: f32,
     /// HNSW search breadth: higher finds more true neighbours, slower
-    /// [default: the collection's, 128 unless set at indexing].
+    /// [default: the collection's if set at indexing, else 128 below
+    /// 200,000 vectors and 256 from there].
     #[arg(long)]
     ef: Option<usize>,
     /// Brute-force search over every vector (exact; ignores the HNSW index).

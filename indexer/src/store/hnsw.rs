@@ -21,7 +21,8 @@ pub struct HnswRsStore {
     graph: Hnsw<'static, f32, DistDot>,
     keys: HashSet<u64>,
     dim: usize,
-    default_ef: usize,
+    /// Its configuration (the default search breadth comes from it).
+    config: StoreConfig,
 }
 
 impl std::fmt::Debug for HnswRsStore {
@@ -39,7 +40,7 @@ impl HnswRsStore {
     /// An empty graph for `dim`-long vectors.
     pub fn new(config: &StoreConfig, dim: usize) -> Self {
         let graph = Hnsw::new(connectivity(config), 10_000, MAX_LAYERS, config.expansion_add.max(1), DistDot);
-        HnswRsStore { graph, keys: HashSet::new(), dim, default_ef: config.expansion_search }
+        HnswRsStore { graph, keys: HashSet::new(), dim, config: *config }
     }
 
     /// Reloads the graph saved under `name` in `dir` (files already checksummed).
@@ -54,7 +55,7 @@ impl HnswRsStore {
         let io: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new(dir, name)));
         let graph: Hnsw<'static, f32, DistDot> = io.load_hnsw::<f32, DistDot>().map_err(|e| corrupt(e.to_string()))?;
         let keys: HashSet<u64> = graph.get_point_indexation().into_iter().map(|p| p.get_origin_id() as u64).collect();
-        Ok(HnswRsStore { graph, keys, dim, default_ef: config.expansion_search })
+        Ok(HnswRsStore { graph, keys, dim, config: *config })
     }
 }
 
@@ -91,7 +92,7 @@ impl VectorStore for HnswRsStore {
         if k == 0 || self.keys.is_empty() {
             return Ok(Vec::new());
         }
-        let ef = params.ef.unwrap_or(self.default_ef).max(k);
+        let ef = params.ef.unwrap_or_else(|| self.config.search_breadth(self.keys.len())).max(k);
         let found = self.graph.search(query, k, ef);
         Ok(found.iter().map(|n| Hit { key: n.d_id as u64, score: 1.0 - n.distance }).collect())
     }

@@ -120,3 +120,20 @@ fn store_kinds_parse_and_print() {
     }
     assert!("faiss".parse::<StoreKind>().unwrap_err().contains("faiss"));
 }
+
+#[test]
+fn default_search_breadth_grows_with_the_store_and_a_recorded_one_is_kept() {
+    let auto = StoreConfig::default();
+    assert_eq!(auto.expansion_search, None);
+    assert_eq!(auto.search_breadth(0), SMALL_STORE_EF);
+    assert_eq!(auto.search_breadth(LARGE_STORE_VECTORS - 1), SMALL_STORE_EF);
+    assert_eq!(auto.search_breadth(LARGE_STORE_VECTORS), LARGE_STORE_EF);
+    let fixed = StoreConfig { expansion_search: Some(40), ..auto };
+    assert_eq!(fixed.search_breadth(5_000_000), 40);
+    // Manifests written before the size rule recorded a number: it stays fixed.
+    let old: StoreConfig = serde_json::from_str(r#"{"kind":"usearch","precision":"f32","connectivity":16,"expansion_add":128,"expansion_search":128}"#)
+        .expect("old manifest store config");
+    assert_eq!(old.search_breadth(1_000_000), 128);
+    let new: StoreConfig = serde_json::from_str(&serde_json::to_string(&auto).expect("serialise")).expect("read back");
+    assert_eq!(new, auto);
+}

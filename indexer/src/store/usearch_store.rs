@@ -21,7 +21,8 @@ pub struct UsearchStore {
     dim: usize,
     /// Memory-mapped read-only (`view`).
     read_only: bool,
-    default_ef: usize,
+    /// Its configuration (the default search breadth comes from it).
+    config: StoreConfig,
     /// The `ef` the index is currently set to; searches with another `ef`
     /// take the write lock to change it.
     current_ef: RwLock<usize>,
@@ -43,7 +44,7 @@ fn options(config: &StoreConfig, dim: usize) -> IndexOptions {
         },
         connectivity: config.connectivity,
         expansion_add: config.expansion_add,
-        expansion_search: config.expansion_search,
+        expansion_search: config.search_breadth(0),
         multi: false,
     }
 }
@@ -56,8 +57,8 @@ impl UsearchStore {
             index,
             dim,
             read_only: false,
-            default_ef: config.expansion_search,
-            current_ef: RwLock::new(config.expansion_search),
+            config: *config,
+            current_ef: RwLock::new(config.search_breadth(0)),
         })
     }
 
@@ -72,7 +73,7 @@ impl UsearchStore {
         if store.index.dimensions() != dim {
             return Err(IndexError::Corrupt { path, message: format!("{} dims, the manifest says {dim}", store.index.dimensions()) });
         }
-        store.index.change_expansion_search(config.expansion_search);
+        store.index.change_expansion_search(config.search_breadth(0));
         store.read_only = true;
         Ok(store)
     }
@@ -101,7 +102,7 @@ impl UsearchStore {
                 message: format!("{} dims, the manifest says {dim}", store.index.dimensions()),
             });
         }
-        store.index.change_expansion_search(config.expansion_search);
+        store.index.change_expansion_search(config.search_breadth(0));
         Ok(store)
     }
 
@@ -162,7 +163,7 @@ impl VectorStore for UsearchStore {
         if k == 0 || self.index.size() == 0 {
             return Ok(Vec::new());
         }
-        let ef = params.ef.unwrap_or(self.default_ef).max(k);
+        let ef = params.ef.unwrap_or_else(|| self.config.search_breadth(self.index.size())).max(k);
         let matches = {
             let cur = self.current_ef.read().map_err(err)?;
             if *cur == ef {

@@ -126,7 +126,7 @@ fn store_config(name: &str, a: &QueryBenchArgs) -> anyhow::Result<StoreConfig> {
         "hnsw_rs" => (StoreKind::HnswRs, StoredPrecision::F32),
         _ => anyhow::bail!("unknown store `{name}` (expected usearch, usearch-f16 or hnsw_rs)"),
     };
-    Ok(StoreConfig { kind, precision, connectivity: a.connectivity, expansion_add: a.ef_construction, expansion_search: 128 })
+    Ok(StoreConfig { kind, precision, connectivity: a.connectivity, expansion_add: a.ef_construction, expansion_search: None })
 }
 
 /// Measures one store: build, then recall and latency at each `ef`.
