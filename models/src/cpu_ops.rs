@@ -9,7 +9,7 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use squire_kernels::cpu::{packed_product, team_for_each, team_for_each_rows, team_threads, PackedRows, TileInit};
+use squire_kernels::cpu::{dot_f32, packed_product, team_for_each, team_for_each_rows, team_threads, PackedRows, TileInit};
 
 use crate::clip::Activation;
 
@@ -324,44 +324,30 @@ pub(crate) fn attention_rows(qkv: &[f32], batch: usize, seq: usize, width: usize
     let stride = 3 * width;
     assert!(query_at.len() >= batch && query_at[..batch].iter().all(|&i| i < seq), "attention_rows: query positions");
     assert!(qkv.len() >= batch * seq * stride && out.len() >= batch * width, "attention_rows: buffer sizes");
-    let out_ptr = SendPtr(out.as_mut_ptr());
-    team_for_each(batch * heads, |bh| {
+    // One task per sequence (a row of `out`): the work is small (one query
+    // row per head), so heads are not split further.
+    team_for_each_rows(&mut out[..batch * width], width, 1, |b, dst| {
         ATTENTION_SCORES.with_borrow_mut(|scores| {
-            let (b, h) = (bh / heads, bh % heads);
             let i = query_at[b];
             let valid = if causal { i + 1 } else { seq };
             scores.resize(valid, 0.0);
-            let row = |t: usize, part: usize| &qkv[(b * seq + t) * stride + part * width + h * dh..][..dh];
-            let q = row(i, 0);
-            for (t, s) in scores.iter_mut().enumerate() {
-                *s = dot(q, row(t, 1)) * scale;
-            }
-            let m = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            scores.iter_mut().for_each(|s| *s = exp_approx(*s - m));
-            let inv = 1.0 / lane_sum(scores, |v| v);
-            // SAFETY: columns h·dh.. h·dh + dh of output row b are written by this task only.
-            let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(b * width + h * dh), dh) };
-            dst.fill(0.0);
-            for (t, &p) in scores.iter().enumerate() {
-                let p = p * inv;
-                dst.iter_mut().zip(row(t, 2)).for_each(|(d, &v)| *d += p * v);
+            for (h, dst) in dst.chunks_exact_mut(dh).enumerate() {
+                let row = |t: usize, part: usize| &qkv[(b * seq + t) * stride + part * width + h * dh..][..dh];
+                let q = row(i, 0);
+                for (t, s) in scores.iter_mut().enumerate() {
+                    *s = dot_f32(q, row(t, 1)) * scale;
+                }
+                let m = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                scores.iter_mut().for_each(|s| *s = exp_approx(*s - m));
+                let inv = 1.0 / lane_sum(scores, |v| v);
+                dst.fill(0.0);
+                for (t, &p) in scores.iter().enumerate() {
+                    let p = p * inv;
+                    dst.iter_mut().zip(row(t, 2)).for_each(|(d, &v)| *d += p * v);
+                }
             }
         })
     });
-}
-
-/// `Σ a·b` in 16 independent partial sums (see [`lane_sum`]).
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..16 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 thread_local! {

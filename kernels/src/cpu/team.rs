@@ -129,16 +129,11 @@ fn team() -> &'static Team {
             wake: Condvar::new(),
             busy: Mutex::new(()),
         }));
-        let mut started = 0;
         for i in 0..workers {
-            let spawned = std::thread::Builder::new().name(format!("squire-team-{i}")).spawn(move || team.worker());
-            if spawned.is_ok() {
-                started += 1;
-            }
+            // A thread that fails to start is simply absent: the caller and
+            // the others take its tasks.
+            let _ = std::thread::Builder::new().name(format!("squire-team-{i}")).spawn(move || team.worker());
         }
-        // Threads that failed to start are simply absent: the caller and the
-        // others take their tasks.
-        let _ = started;
         team
     })
 }
@@ -170,7 +165,7 @@ pub fn team_for_each(tasks: usize, f: impl Fn(usize) + Sync) {
         // Or another region holds the team (another thread, or a task of
         // this one): rayon keeps this one parallel without waiting for it.
         _ => {
-            (0..tasks).into_par_iter().for_each(|t| f(t));
+            (0..tasks).into_par_iter().for_each(&f);
             return;
         }
     };

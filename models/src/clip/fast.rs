@@ -81,10 +81,9 @@ impl Encoder {
 
     /// Runs every layer over `x` (`batch·seq × width`) in place.
     fn forward(&self, x: &mut [f32], batch: usize, seq: usize, causal: bool) {
-        let rows = batch * seq;
-        self.with_buffers(rows, |normed, qkv, attn, hidden| {
+        self.with_buffers(batch * seq, |bufs| {
             for l in &self.layers {
-                self.layer(l, x, rows, normed, qkv, hidden, |qkv, attn| attention(qkv, batch, seq, self.width, self.heads, causal, attn), attn);
+                self.layer(l, x, batch, seq, causal, bufs);
             }
         })
     }
@@ -107,58 +106,54 @@ impl Encoder {
         let Some((last, first)) = self.layers.split_last() else {
             return gather(x, pooled);
         };
-        self.with_buffers(rows, |normed, qkv, attn, hidden| {
+        self.with_buffers(rows, |bufs| {
             for l in first {
-                self.layer(l, x, rows, normed, qkv, hidden, |qkv, attn| attention(qkv, batch, seq, d, self.heads, causal, attn), attn);
+                self.layer(l, x, batch, seq, causal, bufs);
             }
-            layer_norm(x, d, &last.ln1.gamma, &last.ln1.beta, self.eps, normed);
-            dense(normed, rows, &last.qkv, qkv, false, None);
-            attention_rows(qkv, batch, seq, d, self.heads, causal, pool_at, attn);
+            layer_norm(x, d, &last.ln1.gamma, &last.ln1.beta, self.eps, bufs.normed);
+            dense(bufs.normed, rows, &last.qkv, bufs.qkv, false, None);
+            attention_rows(bufs.qkv, batch, seq, d, self.heads, causal, pool_at, bufs.attn);
             gather(x, pooled);
-            self.mlp_block(last, pooled, batch, attn, normed, hidden);
+            self.mlp_block(last, pooled, batch, bufs);
         })
     }
 
-    /// Lends the layers' activation buffers for `rows` rows: normed input,
-    /// q/k/v, attention output, MLP hidden.
-    fn with_buffers<R>(&self, rows: usize, f: impl FnOnce(&mut [f32], &mut [f32], &mut [f32], &mut [f32]) -> R) -> R {
+    /// Lends the layers' activation buffers for `rows` rows.
+    fn with_buffers<R>(&self, rows: usize, f: impl FnOnce(&mut Buffers<'_>) -> R) -> R {
         let d = self.width;
         with_scratch(&ENCODER_SCRATCH, [rows * d, rows * 3 * d, rows * d, rows * self.mlp], |bufs| {
             let [normed, qkv, attn, hidden] = bufs else { unreachable!("four buffers") };
-            f(normed, qkv, attn, hidden)
+            f(&mut Buffers { normed, qkv, attn, hidden })
         })
     }
 
-    /// One layer over all `rows` of `x`, in place; `attend` maps q/k/v to the
-    /// attention output.
-    #[allow(clippy::too_many_arguments)]
-    fn layer(
-        &self,
-        l: &Layer,
-        x: &mut [f32],
-        rows: usize,
-        normed: &mut [f32],
-        qkv: &mut [f32],
-        hidden: &mut [f32],
-        attend: impl Fn(&[f32], &mut [f32]),
-        attn: &mut [f32],
-    ) {
-        let d = self.width;
-        layer_norm(x, d, &l.ln1.gamma, &l.ln1.beta, self.eps, normed);
-        dense(normed, rows, &l.qkv, qkv, false, None);
-        attend(qkv, attn);
-        self.mlp_block(l, x, rows, attn, normed, hidden);
+    /// One layer over all `batch·seq` rows of `x`, in place.
+    fn layer(&self, l: &Layer, x: &mut [f32], batch: usize, seq: usize, causal: bool, bufs: &mut Buffers<'_>) {
+        let (rows, d) = (batch * seq, self.width);
+        layer_norm(x, d, &l.ln1.gamma, &l.ln1.beta, self.eps, bufs.normed);
+        dense(bufs.normed, rows, &l.qkv, bufs.qkv, false, None);
+        attention(bufs.qkv, batch, seq, d, self.heads, causal, bufs.attn);
+        self.mlp_block(l, x, rows, bufs);
     }
 
-    /// The rest of a layer after attention, over `rows` rows: `x += attn ·
-    /// out_proj`, then `x += MLP(norm(x))`.
-    fn mlp_block(&self, l: &Layer, x: &mut [f32], rows: usize, attn: &[f32], normed: &mut [f32], hidden: &mut [f32]) {
+    /// The rest of a layer after attention (`bufs.attn`), over `rows` rows:
+    /// `x += attn · out_proj`, then `x += MLP(norm(x))`.
+    fn mlp_block(&self, l: &Layer, x: &mut [f32], rows: usize, bufs: &mut Buffers<'_>) {
         let d = self.width;
-        dense(attn, rows, &l.out, x, true, None);
-        layer_norm(&x[..rows * d], d, &l.ln2.gamma, &l.ln2.beta, self.eps, normed);
-        dense(normed, rows, &l.fc1, hidden, false, Some(self.act));
-        dense(hidden, rows, &l.fc2, x, true, None);
+        dense(bufs.attn, rows, &l.out, x, true, None);
+        layer_norm(&x[..rows * d], d, &l.ln2.gamma, &l.ln2.beta, self.eps, bufs.normed);
+        dense(bufs.normed, rows, &l.fc1, bufs.hidden, false, Some(self.act));
+        dense(bufs.hidden, rows, &l.fc2, x, true, None);
     }
+}
+
+/// An encoder's activation buffers: normed input, q/k/v side by side,
+/// attention output, MLP hidden.
+struct Buffers<'a> {
+    normed: &'a mut [f32],
+    qkv: &'a mut [f32],
+    attn: &'a mut [f32],
+    hidden: &'a mut [f32],
 }
 
 /// The vision tower on the fast path.
