@@ -2,8 +2,7 @@
 //! tiny random CLIP (the plumbing and the bookkeeping are tested; retrieval
 //! quality is measured on Flickr8k-1k with the lite pack, see README).
 
-mod common;
-use common::{fixtures, scratch, squire, text};
+use crate::common::{fixtures, scratch, squire, text};
 
 #[test]
 fn copies_benchmark_is_deterministic_and_counts_every_query() {

@@ -1,15 +1,12 @@
 //! The web demo's JSON API, served in process over the tiny CLIP collection
 //! and called over real HTTP on loopback.
 
-mod common;
-#[path = "support/scripted_openai.rs"]
-mod scripted_openai;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{fixtures, tiny_collection};
-use scripted_openai::{Reply, ScriptedServer};
+use crate::common::{fixtures, tiny_collection};
+use crate::scripted_openai::{Reply, ScriptedServer};
 use serde_json::{json, Value};
 use squire_demo_ui::{AppState, ServerConfig};
 use squire_engine::pipeline::{Pipeline, PipelineMllm, PipelineOptions};

@@ -5,12 +5,9 @@
 
 use std::process::Output;
 
-mod common;
-#[path = "support/scripted_openai.rs"]
-mod scripted_openai;
 
-use common::{squire, text, tiny_collection};
-use scripted_openai::{Reply, ScriptedServer};
+use crate::common::{squire, text, tiny_collection};
+use crate::scripted_openai::{Reply, ScriptedServer};
 use serde_json::Value;
 
 fn json(o: &Output) -> Value {
@@ -132,7 +129,7 @@ fn local_tiny_qwen3vl_sqaf_and_ebr_through_the_cli() {
     // answers are nonsense, so this checks the plumbing (a caption is fused,
     // one EBR call is made, the order stays a permutation of the first stage).
     let (home, idx, images) = tiny_collection("mllm-local");
-    let model = common::fixtures().join("tiny-qwen3vl").display().to_string();
+    let model = crate::common::fixtures().join("tiny-qwen3vl").display().to_string();
     let reference = std::path::Path::new(&images).join("astronaut.jpg").display().to_string();
     let base = ["search", "--index", &idx, "--image", &reference, "--text", "make the suit blue", "-k", "5", "--exact", "--json",
         "--mllm", "local", "--mllm-model", &model, "--mllm-cache", "none"];

@@ -4,8 +4,7 @@
 
 use std::path::Path;
 
-mod common;
-use common::{fixtures, scratch, squire, text};
+use crate::common::{fixtures, scratch, squire, text};
 
 fn photos() -> Vec<image::RgbImage> {
     let mut names: Vec<_> = std::fs::read_dir(fixtures().join("images")).expect("fixtures").filter_map(|e| e.ok()).map(|e| e.path()).collect();

@@ -2,8 +2,7 @@
 //! CLIP fixture and report what they promise (no timing is asserted: numbers
 //! come from release builds, see README).
 
-mod common;
-use common::{fixtures, scratch, squire};
+use crate::common::{fixtures, scratch, squire};
 
 #[test]
 fn bench_index_and_query_report_throughput_shares_and_recall() {

@@ -3,8 +3,7 @@
 
 use std::path::Path;
 
-mod common;
-use common::{fixtures, scratch, squire, text};
+use crate::common::{fixtures, scratch, squire, text};
 
 /// A gallery of the fixture images plus every kind of bad file.
 fn gallery(dir: &Path) {

@@ -1,8 +1,7 @@
 //! `squire whiten` and `--whiten`: the whitening is fitted on the collection,
 //! stored beside it, used by search, and refused once the collection changes.
 
-mod common;
-use common::{fixtures, scratch, squire, text};
+use crate::common::{fixtures, scratch, squire, text};
 
 #[test]
 fn whiten_fit_search_and_stale_refusal() {

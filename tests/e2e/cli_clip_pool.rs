@@ -1,8 +1,7 @@
 //! CLIP with patch-token pooling through the CLI: `--pool gem+rgem` with a
 //! CLIP model adds a `gem` vector that image queries search.
 
-mod common;
-use common::{fixtures, scratch, squire, text};
+use crate::common::{fixtures, scratch, squire, text};
 
 #[test]
 fn clip_patch_token_pooling_through_the_cli() {

@@ -1,5 +1,5 @@
 //! Helpers shared by the CLI integration tests.
-#![allow(dead_code)] // each test binary uses its own subset
+#![allow(dead_code)] // not every helper is used by every test module
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -10,8 +10,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-mod common;
-use common::{squire, text, tiny_collection};
+use crate::common::{squire, text, tiny_collection};
 
 fn squire_env(home: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_squire"));

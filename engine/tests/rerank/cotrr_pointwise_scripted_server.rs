@@ -5,14 +5,12 @@
 //! prior order, and pointwise scores computed exactly from the supplied
 //! log-probabilities with stable ties.
 
-#[path = "../../tests/support/scripted_openai.rs"]
-mod scripted_openai;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use image::{Rgb, RgbImage};
-use scripted_openai::{Reply, ScriptedServer};
+use crate::scripted_openai::{Reply, ScriptedServer};
 use squire_engine::cotrr::{CotrrOptions, CotrrReasoning, CotrrReranker};
 use squire_engine::pointwise::{PointwiseOptions, PointwiseReranker};
 use squire_engine::rerank::RerankQuery;

@@ -3,20 +3,17 @@
 //! `query`, `relevant`, `clip_score`, iNat24 ids and categories) around the
 //! fixture photos; EBR runs against a scripted stand-in for the MLLM.
 
-mod common;
-#[path = "support/scripted_openai.rs"]
-mod scripted_openai;
 
 use std::path::Path;
 use std::sync::Arc;
 
-use common::{fixtures, scratch, squire, text, tiny_collection};
+use crate::common::{fixtures, scratch, squire, text, tiny_collection};
 use parquet::basic::Compression;
 use parquet::data_type::{BoolType, ByteArray, ByteArrayType, DoubleType, Int64Type};
 use parquet::file::properties::WriterProperties;
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::parser::parse_message_type;
-use scripted_openai::{Reply, ScriptedServer};
+use crate::scripted_openai::{Reply, ScriptedServer};
 use serde_json::{json, Value};
 
 /// (query, supercategory, [(photo, relevant, clip_score)]).

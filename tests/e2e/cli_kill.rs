@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 
 use squire_indexer::{Collection, OpenOptions};
 
-mod common;
-use common::{fixtures, scratch};
+use crate::common::{fixtures, scratch};
 
 /// `copies` copies of each fixture image under distinct names, in two folders.
 fn gallery(dir: &Path, copies: usize) -> BTreeSet<String> {

@@ -6,15 +6,13 @@
 //! that malformed answers fall back, and that the response cache answers a
 //! repeated run without any request.
 
-#[path = "../../tests/support/scripted_openai.rs"]
-mod scripted_openai;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
 use image::{Rgb, RgbImage};
-use scripted_openai::{Reply, ScriptedServer};
+use crate::scripted_openai::{Reply, ScriptedServer};
 use squire_engine::ebr::{EbrOptions, GridReranker, RerankQuery};
 use squire_engine::grid::GridOptions;
 use squire_engine::sqaf::{caption_target, SqafOptions};

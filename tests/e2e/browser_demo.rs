@@ -8,16 +8,13 @@
 //! (`.ci/run` does all three). Without them the test is skipped, unless
 //! SQUIRE_REQUIRE_BROWSER=1 (set by `.ci/run`), when it fails.
 
-mod common;
-#[path = "support/scripted_openai.rs"]
-mod scripted_openai;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::tiny_collection;
-use scripted_openai::{Reply, ScriptedServer};
+use crate::common::tiny_collection;
+use crate::scripted_openai::{Reply, ScriptedServer};
 use serde_json::Value;
 
 fn missing_tools(test_dir: &Path) -> Vec<String> {

@@ -3,11 +3,10 @@
 //! photos (the real benchmarks' images are not available), indexed with the
 //! tiny CLIP.
 
-mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{fixtures, scratch, squire, text};
+use crate::common::{fixtures, scratch, squire, text};
 use serde_json::{json, Value};
 
 /// The fixture photos copied under `names` into `dir/sub`, indexed; returns (home, index).
