@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """A tiny random-weight Qwen3-VL and its reference outputs, for the parity
-test of Squire's local VLM backend (models/tests/qwen3vl_parity.rs).
+test of Squire's local VLM backend (models/tests/parity/qwen3vl_parity.rs).
 
 Run by hand, never in CI (needs torch, transformers >= 5, tokenizers and
 Pillow from PyPI):

@@ -1,4 +1,4 @@
-// Drives the demo page in headless Chromium for tests/browser_demo.rs:
+// Drives the demo page in headless Chromium for tests/e2e/browser_demo.rs:
 //   node run.mjs URL IMAGE BAD_FILE OUT_DIR
 // loads the page, types a query (Enter), uploads an image (composed query),
 // switches the reranker, follows "More like this" from the keyboard, checks

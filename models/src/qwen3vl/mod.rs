@@ -1,7 +1,7 @@
 //! A local vision-language model on candle: Qwen3-VL (2B / 4B / 8B Instruct
 //! in the Hugging Face layout), implemented here and proven against
 //! transformers on a tiny random-weight model
-//! (`scripts/make_qwen3vl_fixtures.py`, `models/tests/qwen3vl_parity.rs`).
+//! (`scripts/make_qwen3vl_fixtures.py`, `models/tests/parity/qwen3vl_parity.rs`).
 //!
 //! candle-transformers 0.11's `qwen3_vl` is not used: it builds no causal
 //! mask for a multi-token prefill and gives text tokens 1-D positions instead
