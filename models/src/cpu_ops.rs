@@ -9,7 +9,7 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use squire_kernels::cpu::{dot_f32, packed_product, team_for_each, team_for_each_rows, team_threads, PackedRows, TileInit};
+use squire_kernels::cpu::{dot_f32, packed_product, team_for_each, team_for_each_rows, team_threads, PackedRows, SharedMut, TileInit};
 
 use crate::clip::Activation;
 
@@ -251,19 +251,6 @@ fn erf(x: f32) -> f32 {
     (s * (1.0 - y)) as f32
 }
 
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: each task writes a disjoint region (its own batch item and head).
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    /// The pointer (a method, so a closure captures the whole `Send` wrapper).
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
 /// Multi-head self-attention over packed `qkv` rows (`batch·seq × 3·width`,
 /// the q, k and v projections side by side), writing `out` (`batch·seq × width`).
 /// With `causal`, position i attends to positions ≤ i only.
@@ -271,7 +258,7 @@ pub(crate) fn attention(qkv: &[f32], batch: usize, seq: usize, width: usize, hea
     let dh = width / heads;
     let scale = 1.0 / (dh as f32).sqrt();
     let stride = 3 * width;
-    let out_ptr = SendPtr(out.as_mut_ptr());
+    let out_ptr = SharedMut::new(out.as_mut_ptr());
     team_for_each(batch * heads, |bh| {
         ATTENTION_SCORES.with_borrow_mut(|scores| {
             scores.resize(seq * seq, 0.0);
@@ -300,6 +287,8 @@ pub(crate) fn attention(qkv: &[f32], batch: usize, seq: usize, width: usize, hea
                 row[..valid].iter_mut().for_each(|r| *r *= inv);
                 row[valid..].iter_mut().for_each(|r| *r = 0.0);
             }
+            // SAFETY: rows b·seq.., columns h·dh.. of `out` (batch·seq × width)
+            // are this task's alone; `v` as above.
             unsafe {
                 let dst = out_ptr.get().add(b * seq * width + h * dh);
                 gemm::gemm(

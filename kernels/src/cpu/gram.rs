@@ -3,6 +3,7 @@
 
 use rayon::prelude::*;
 
+use super::team::SharedMut;
 use crate::error::{KernelError, Result};
 use crate::types::{better, rows_of, Scored};
 
@@ -154,14 +155,13 @@ pub fn refine_into(x: &[f32], s: &[f32], dim: usize, k: usize, beta: f32, out: &
     // L2 while each row sums its neighbours' slices, instead of K scattered
     // whole rows per row streaming from L3.
     let blocks = dim.div_ceil(REFINE_COLS);
-    let dst = SharedOut(out.as_mut_ptr());
+    let dst = SharedMut::new(out.as_mut_ptr());
     (0..blocks).into_par_iter().for_each(|b| {
-        let dst = dst;
         let (c0, c1) = (b * REFINE_COLS, ((b + 1) * REFINE_COLS).min(dim));
         for (i, list) in lists.iter().enumerate() {
             // SAFETY: row i's columns c0..c1 lie inside `out` (m × dim) and
             // belong to this block's task alone.
-            let row = unsafe { std::slice::from_raw_parts_mut(dst.0.add(i * dim + c0), c1 - c0) };
+            let row = unsafe { std::slice::from_raw_parts_mut(dst.get().add(i * dim + c0), c1 - c0) };
             let inv = 1.0 / list.iter().fold(1.0f32, |t, &(_, w)| t + w);
             neighbour_sum(row, x, dim, i * dim + c0, c0, list, inv);
         }
@@ -222,12 +222,6 @@ fn neighbour_sum_portable(row: &mut [f32], x: &[f32], dim: usize, own: usize, c0
 /// Columns per block of the refinement's neighbour sums.
 const REFINE_COLS: usize = 128;
 
-/// The refined output, shared by tasks that write disjoint column blocks.
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-// SAFETY: each task writes its own column block of every row.
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
 
 #[cfg(test)]
 mod tests {

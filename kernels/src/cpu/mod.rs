@@ -16,7 +16,7 @@ pub use packed::{packed_product, packed_supported, PackedRows, TileInit};
 pub use pooling::{gem, l2_normalize, regional_gem, scale_gem};
 pub use simd::{dot_f16, dot_f32};
 pub use similarity::{inner_product_topk, GEMM_MIN_QUERIES};
-pub use team::{team_for_each, team_for_each_rows, team_threads};
+pub use team::{team_for_each, team_for_each_rows, team_threads, SharedMut};
 
 pub(crate) use gram::check_refine;
 pub(crate) use pooling::{check_scales, inv_norm};

@@ -136,7 +136,7 @@ pub fn packed_product<E: Fn(&mut [f32]) + Sync>(x: &[f32], m: usize, b: &PackedR
     if m == 0 || n == 0 {
         return;
     }
-    let out = SharedMut(dst.as_mut_ptr());
+    let out = SharedMut::new(dst.as_mut_ptr());
     let strips = n.div_ceil(STRIP);
     let col_blocks = strips.div_ceil(BLOCK_STRIPS);
     // About 12 tasks per thread (a thread that falls behind then costs the
@@ -155,7 +155,6 @@ pub fn packed_product<E: Fn(&mut [f32]) + Sync>(x: &[f32], m: usize, b: &PackedR
     let row_chunks = m.div_ceil(chunk);
     let no_epilogue = |_: &mut [f32]| {};
     super::team_for_each(row_chunks * col_blocks, |t| {
-        let out = out;
         // Column block major: the threads work on the same block of B at
         // the same time, in different rows, so it comes from memory once and
         // from the shared L3 after (1.08× on the image tower at batch 32
@@ -178,7 +177,7 @@ pub fn packed_product<E: Fn(&mut [f32]) + Sync>(x: &[f32], m: usize, b: &PackedR
                     let cols = STRIP.min(n - s * STRIP);
                     let bias = if first { init.bias.map(|v| &v[s * STRIP..s * STRIP + cols]) } else { None };
                     let spec = Tile { x: x[r0 * k + k0..].as_ptr(), x_row: k, k: kl, w: b.strip(s, k0, kl).as_ptr(), cols };
-                    let d = out.0.wrapping_add(r0 * n + s * STRIP);
+                    let d = out.get().wrapping_add(r0 * n + s * STRIP);
                     // SAFETY: the asserts above bound every access (rows
                     // r0..r0 + rows of x hold k0 + kl values each); the CPU
                     // runs the kernel (a PackedRows exists); the block (rows
@@ -211,13 +210,12 @@ pub(crate) fn gram_packed(x: &[f32], m: usize, k: usize, out: &mut [f32], scratc
     pack_strips(x, m, k, k.max(1), scratch);
     let packed = &scratch[..];
     let strips = m.div_ceil(STRIP);
-    let ptr = SharedMut(out.as_mut_ptr());
+    let ptr = SharedMut::new(out.as_mut_ptr());
     let no_epilogue = |_: &mut [f32]| {};
     // Strip a multiplies with strips a.. (its rows' blocks on and above the
     // diagonal): the first strips carry the most work, so rayon's splitting
     // pairs heavy tasks with light ones.
     (0..strips).into_par_iter().for_each(|a| {
-        let ptr = ptr;
         let rows = STRIP.min(m - a * STRIP);
         let left = &packed[a * k * STRIP..(a + 1) * k * STRIP];
         for bs in a..strips {
@@ -230,7 +228,7 @@ pub(crate) fn gram_packed(x: &[f32], m: usize, k: usize, out: &mut [f32], scratc
                 // SAFETY: `left[r..]` holds k steps of 16 values (r + tr ≤ 16);
                 // the block (rows of strip a, columns of strip bs) is written
                 // by this task only, inside out (m × m).
-                unsafe { tile_dispatch::<STRIP, _>(tr, &spec, None, false, ptr.0.add((a * STRIP + r) * m + bs * STRIP), m, &no_epilogue) };
+                unsafe { tile_dispatch::<STRIP, _>(tr, &spec, None, false, ptr.get().add((a * STRIP + r) * m + bs * STRIP), m, &no_epilogue) };
                 r += tr;
             }
         }
@@ -238,11 +236,10 @@ pub(crate) fn gram_packed(x: &[f32], m: usize, k: usize, out: &mut [f32], scratc
     // Mirror: below the diagonal blocks, row i takes column i of the rows above.
     out[..m * m].par_chunks_mut(m).enumerate().for_each(|(i, row)| {
         let upto = (i / STRIP) * STRIP;
-        let src = ptr;
         for (j, v) in row[..upto].iter_mut().enumerate() {
             // SAFETY: (j, i) with j < upto ≤ i lies in a block above the
             // diagonal, which this pass only reads; this task writes row i only.
-            *v = unsafe { *src.0.add(j * m + i) };
+            *v = unsafe { *ptr.get().add(j * m + i) };
         }
     });
 }

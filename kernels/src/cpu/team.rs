@@ -203,23 +203,47 @@ pub fn team_for_each_rows<T: Send>(data: &mut [T], width: usize, rows_per_task: 
     let width = width.max(1);
     let rows = data.len() / width;
     let per = rows_per_task.max(1);
-    let ptr = SharedMut(data.as_mut_ptr());
+    let ptr = SharedMut::new(data.as_mut_ptr());
     team_for_each(rows.div_ceil(per), |t| {
-        let ptr = &ptr;
         let (r0, r1) = (t * per, ((t + 1) * per).min(rows));
         // SAFETY: task t alone gets rows r0..r1, inside `data`.
-        let block = unsafe { std::slice::from_raw_parts_mut(ptr.0.add(r0 * width), (r1 - r0) * width) };
+        let block = unsafe { std::slice::from_raw_parts_mut(ptr.get().add(r0 * width), (r1 - r0) * width) };
         f(r0, block);
     });
 }
 
 /// A mutable base pointer shared by parallel tasks that each write a part
-/// no other task touches (every user states which part in its SAFETY note).
-#[derive(Clone, Copy)]
-pub(crate) struct SharedMut<T>(pub(crate) *mut T);
-// SAFETY: users write disjoint parts only (see above).
+/// of the buffer no other task touches (every user states which part in the
+/// SAFETY note of its `unsafe` block). Reading it back is safe; writing
+/// through it is `unsafe` as for any raw pointer.
+#[derive(Debug)]
+pub struct SharedMut<T>(*mut T);
+
+// Copied whatever `T` is (a derive would ask `T: Copy`).
+impl<T> Clone for SharedMut<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SharedMut<T> {}
+
+// SAFETY: the wrapper only carries the pointer across threads; users write
+// disjoint parts only (see above).
 unsafe impl<T: Send> Send for SharedMut<T> {}
 unsafe impl<T: Send> Sync for SharedMut<T> {}
+
+impl<T> SharedMut<T> {
+    /// Wraps the base pointer of a buffer that outlives the parallel region.
+    pub fn new(ptr: *mut T) -> Self {
+        SharedMut(ptr)
+    }
+
+    /// The pointer (a method, so a closure captures the whole wrapper, which
+    /// is `Send`, rather than its raw-pointer field, which is not).
+    pub fn get(self) -> *mut T {
+        self.0
+    }
+}
 
 #[cfg(test)]
 mod tests {
