@@ -73,7 +73,7 @@ impl UsearchStore {
         if store.index.dimensions() != dim {
             return Err(IndexError::Corrupt { path, message: format!("{} dims, the manifest says {dim}", store.index.dimensions()) });
         }
-        store.index.change_expansion_search(config.search_breadth(0));
+        store.use_default_breadth();
         store.read_only = true;
         Ok(store)
     }
@@ -91,7 +91,7 @@ impl UsearchStore {
         let buf = bytes
             .remove(&file)
             .ok_or_else(|| IndexError::Corrupt { path: dir.join(&file), message: "missing".into() })?;
-        let store = Self::new(config, dim)?;
+        let mut store = Self::new(config, dim)?;
         store
             .index
             .load_from_buffer(&buf)
@@ -102,8 +102,16 @@ impl UsearchStore {
                 message: format!("{} dims, the manifest says {dim}", store.index.dimensions()),
             });
         }
-        store.index.change_expansion_search(config.search_breadth(0));
+        store.use_default_breadth();
         Ok(store)
+    }
+
+    /// After a load: sets the index's search breadth to the default for the
+    /// size it now has, so queries that name none need no change of it.
+    fn use_default_breadth(&mut self) {
+        let ef = self.config.search_breadth(self.index.size());
+        self.index.change_expansion_search(ef);
+        *self.current_ef.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner) = ef;
     }
 
     /// Bytes of memory the index uses (graph and vectors).
