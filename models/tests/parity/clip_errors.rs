@@ -21,6 +21,14 @@ impl Scratch {
         }
         Scratch(dir)
     }
+
+    /// Rewrites the copy's `config.json` with `edit` applied.
+    fn edit_config(&self, edit: impl FnOnce(&mut serde_json::Value)) {
+        let p = self.0.join("config.json");
+        let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).expect("read")).expect("json");
+        edit(&mut cfg);
+        std::fs::write(&p, cfg.to_string()).expect("write");
+    }
 }
 
 impl Drop for Scratch {
@@ -57,10 +65,7 @@ fn garbage_weights_name_the_file() {
 #[test]
 fn wrong_shapes_in_config_name_the_tensor_and_file() {
     let s = Scratch::new("shape");
-    let p = s.0.join("config.json");
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).expect("read")).expect("json");
-    cfg["vision_config"]["hidden_size"] = serde_json::json!(48);
-    std::fs::write(&p, cfg.to_string()).expect("write");
+    s.edit_config(|cfg| cfg["vision_config"]["hidden_size"] = serde_json::json!(48));
     let e = load_err(&s.0);
     assert!(e.contains("model.safetensors") && e.contains("has shape"), "{e}");
 }
@@ -68,13 +73,10 @@ fn wrong_shapes_in_config_name_the_tensor_and_file() {
 #[test]
 fn invalid_config_values_name_the_field() {
     let s = Scratch::new("heads");
-    let p = s.0.join("config.json");
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).expect("read")).expect("json");
-    cfg["text_config"]["num_attention_heads"] = serde_json::json!(5);
-    std::fs::write(&p, cfg.to_string()).expect("write");
+    s.edit_config(|cfg| cfg["text_config"]["num_attention_heads"] = serde_json::json!(5));
     let e = load_err(&s.0);
     assert!(e.contains("config.json") && e.contains("text_config.num_attention_heads"), "{e}");
-    std::fs::write(&p, "{ not json").expect("write");
+    std::fs::write(s.0.join("config.json"), "{ not json").expect("write");
     let e = load_err(&s.0);
     assert!(e.contains("config.json") && e.contains("invalid JSON"), "{e}");
 }
