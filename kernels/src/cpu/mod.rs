@@ -1,8 +1,9 @@
-//! The CPU backend: rayon over cache-sized blocks, explicit AVX2/FMA where
-//! the CPU has it. Every function here is also what [`crate::Compute`] runs
+//! The CPU backend: rayon over cache-sized blocks, explicit AVX2/FMA or
+//! AVX-512 where the CPU has it ([`simd_path`]). Every function here is also what [`crate::Compute`] runs
 //! on the CPU, and the reference the wgpu backend is tested against.
 
 mod gram;
+mod isa;
 mod matmul;
 mod packed;
 mod pooling;
@@ -11,6 +12,7 @@ mod similarity;
 mod team;
 
 pub use gram::{gram, gram_into, refine, refine_into};
+pub use isa::{simd_path, simd_path_name, SimdPath, SIMD_ENV};
 pub use matmul::matmul_a_bt;
 pub use packed::{packed_product, packed_supported, PackedRows, TileInit};
 pub use pooling::{gem, l2_normalize, regional_gem, scale_gem};
