@@ -117,7 +117,7 @@ def main():
         for r in out["results"]:
             add(name, r["tower"], r["batch"], r["seconds_per_batch"])
         if impl == "fast" and "squire" not in results:
-            results["squire"] = {k: out.get(k) for k in ["matmul_peak_gflops", "image_gflop_per_item", "image_gflop_per_item_full_model", "peak_rss_bytes"]}
+            results["squire"] = {k: out.get(k) for k in ["kernel_path", "matmul_peak_gflops", "image_gflop_per_item", "image_gflop_per_item_full_model", "peak_rss_bytes"]}
 
     # Rounds interleave the runtimes so that slow phases of a shared machine hit all of them alike;
     # each figure reported is the median over rounds.
@@ -146,6 +146,7 @@ def main():
     results["median"] = {f"{rt}/{tw}/{b}": get(rt, tw, b) for rt in ["squire", "onnxruntime", "pytorch", "candle-stock"]
                          for tw in ["image", "text"] for b in batches}
     print(f"# CLIP ViT-B/32 (random weights), {results['machine']['cpu']}, {a.threads} threads, "
+          f"squire kernels {results.get('squire', {}).get('kernel_path', '?')}, "
           f"items/s, median of {a.rounds} interleaved rounds of {a.seconds:.0f} s")
     print(f"{'tower':<6} {'batch':>5} {'squire':>9} {'ORT':>9} {'PyTorch':>9} {'candle':>9} {'vs ORT':>7} {'vs PT':>7}")
     for tw in ["image", "text"]:

@@ -86,7 +86,8 @@ def main():
             rows.append({"engine": "faiss", "precision": p, "case": case, "queries": n, "seconds": t})
         del index
 
-    print(f"\n{cpu_name()}, {a.threads} threads; {a.rows:,} × {a.dim}, k = {a.k}; "
+    print(f"\n{cpu_name()}, {a.threads} threads, squire kernels {squire.get('kernel_path', '?')}; "
+          f"{a.rows:,} × {a.dim}, k = {a.k}; "
           f"roofline {squire['roofline']['peak_gflops']:.1f} GFLOP/s, "
           f"{squire['roofline']['bandwidth_gb_per_s']:.1f} GB/s ({squire['roofline']['bandwidth_source']}); "
           f"squire peak RSS {squire['peak_rss_mib']:.0f} MiB")

@@ -9,7 +9,8 @@ use std::sync::OnceLock;
 pub enum SimdPath {
     /// 256-bit registers: AVX2 + FMA (+ F16C for f16 rows).
     Avx2,
-    /// 512-bit registers: AVX-512 F (+ F16C for f16 rows); the packed
+    /// 512-bit registers: AVX-512 F/BW/VL (every AVX-512 server core since
+    /// Skylake-SP has all three) beside AVX2; the packed
     /// product uses 12 × 32 register tiles and masked edges.
     Avx512,
 }
@@ -30,7 +31,9 @@ impl SimdPath {
             let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c");
             match self {
                 SimdPath::Avx2 => avx2,
-                SimdPath::Avx512 => avx2 && is_x86_feature_detected!("avx512f"),
+                SimdPath::Avx512 => {
+                    avx2 && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vl")
+                }
             }
         }
         #[cfg(not(target_arch = "x86_64"))]

@@ -16,7 +16,7 @@ pub use isa::{simd_path, simd_path_name, SimdPath, SIMD_ENV};
 pub use matmul::matmul_a_bt;
 pub use packed::{packed_product, packed_supported, PackedRows, TileInit};
 pub use pooling::{gem, l2_normalize, regional_gem, scale_gem};
-pub use simd::{dot_f16, dot_f32};
+pub use simd::{dot_f16, dot_f16_on, dot_f32, dot_f32_on};
 pub use similarity::{inner_product_topk, GEMM_MIN_QUERIES};
 pub use team::{team_for_each, team_for_each_rows, team_threads, SharedMut};
 

@@ -1,32 +1,51 @@
-//! Dot products over f32 and f16 rows: AVX2/FMA (+F16C) where the CPU has
-//! them, checked once at run time; portable code with independent lanes (which
-//! the compiler vectorises) elsewhere.
+//! Dot products over f32 and f16 rows: AVX-512 or AVX2/FMA (+F16C) as
+//! [`simd_path`] chooses, checked once at run time; portable code with
+//! independent lanes (which the compiler vectorises) elsewhere.
 
 use half::f16;
+
+use super::isa::{simd_path, SimdPath};
 
 /// `a · b` for equal-length slices.
 #[inline]
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    dot_f32_on(simd_path(), a, b)
+}
+
+/// [`dot_f32`] on a given path (`None`: portable code). Tests and
+/// benchmarks compare the paths with this; the path must be supported.
+#[inline]
+pub fn dot_f32_on(path: Option<SimdPath>, a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    {
-        if has_avx2_fma() {
-            // SAFETY: the CPU supports AVX2 and FMA (checked above).
-            return unsafe { x86::dot_f32(a, b) };
-        }
+    match path.filter(|p| p.supported()) {
+        // SAFETY: the CPU runs the path (checked by `supported`).
+        Some(SimdPath::Avx512) => return unsafe { x86::dot_f32_avx512(a, b) },
+        // SAFETY: as above.
+        Some(SimdPath::Avx2) => return unsafe { x86::dot_f32(a, b) },
+        None => {}
     }
+    let _ = path;
     portable_dot(a.iter().copied(), b)
 }
 
 /// `a · b` where `a` is stored as f16 (converted exactly to f32).
 #[inline]
 pub fn dot_f16(a: &[f16], b: &[f32]) -> f32 {
+    dot_f16_on(simd_path(), a, b)
+}
+
+/// [`dot_f16`] on a given path (`None`: portable code).
+#[inline]
+pub fn dot_f16_on(path: Option<SimdPath>, a: &[f16], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    {
-        if has_avx2_fma() && std::arch::is_x86_feature_detected!("f16c") {
-            // SAFETY: the CPU supports AVX2, FMA and F16C (checked above).
-            return unsafe { x86::dot_f16(a, b) };
-        }
+    match path.filter(|p| p.supported()) {
+        // SAFETY: the CPU runs the path, F16C included (checked by `supported`).
+        Some(SimdPath::Avx512) => return unsafe { x86::dot_f16_avx512(a, b) },
+        // SAFETY: as above.
+        Some(SimdPath::Avx2) => return unsafe { x86::dot_f16(a, b) },
+        None => {}
     }
+    let _ = path;
     portable_dot(a.iter().map(|x| x.to_f32()), b)
 }
 
@@ -59,12 +78,6 @@ pub fn scan_at_least(scores: &[f32], floor: f32, mut offer: impl FnMut(usize, f3
             floor = offer(j, s);
         }
     }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[inline]
-fn has_avx2_fma() -> bool {
-    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
 }
 
 fn portable_dot(a: impl Iterator<Item = f32>, b: &[f32]) -> f32 {
@@ -152,6 +165,67 @@ mod x86 {
         }
         s
     }
+
+    /// Mask of the first `n` (< 16) lanes.
+    #[inline]
+    fn tail_mask(n: usize) -> __mmask16 {
+        ((1u32 << n) - 1) as __mmask16
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dot_f32_avx512(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 64 <= n {
+            for (l, s) in acc.iter_mut().enumerate() {
+                let x = _mm512_loadu_ps(pa.add(i + 16 * l));
+                let y = _mm512_loadu_ps(pb.add(i + 16 * l));
+                *s = _mm512_fmadd_ps(x, y, *s);
+            }
+            i += 64;
+        }
+        while i + 16 <= n {
+            acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)), acc[0]);
+            i += 16;
+        }
+        if i < n {
+            let m = tail_mask(n - i);
+            let x = _mm512_maskz_loadu_ps(m, pa.add(i));
+            let y = _mm512_maskz_loadu_ps(m, pb.add(i));
+            acc[1] = _mm512_fmadd_ps(x, y, acc[1]);
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])))
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub unsafe fn dot_f16_avx512(a: &[f16], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr() as *const u16, b.as_ptr());
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 64 <= n {
+            for (l, s) in acc.iter_mut().enumerate() {
+                let x = _mm512_cvtph_ps(_mm256_loadu_si256(pa.add(i + 16 * l) as *const __m256i));
+                let y = _mm512_loadu_ps(pb.add(i + 16 * l));
+                *s = _mm512_fmadd_ps(x, y, *s);
+            }
+            i += 64;
+        }
+        while i + 16 <= n {
+            let x = _mm512_cvtph_ps(_mm256_loadu_si256(pa.add(i) as *const __m256i));
+            acc[0] = _mm512_fmadd_ps(x, _mm512_loadu_ps(pb.add(i)), acc[0]);
+            i += 16;
+        }
+        if i < n {
+            let m = tail_mask(n - i);
+            let x = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, pa.add(i) as *const i16));
+            let y = _mm512_maskz_loadu_ps(m, pb.add(i));
+            acc[1] = _mm512_fmadd_ps(x, y, acc[1]);
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])))
+    }
 }
 
 #[cfg(test)]
@@ -180,14 +254,19 @@ mod tests {
     }
 
     #[test]
-    fn simd_and_portable_dots_agree() {
-        for n in [0usize, 1, 7, 8, 31, 32, 33, 100, 512] {
-            let a: Vec<f32> = (0..n).map(|i| ((i * 7 % 13) as f32 - 6.0) / 8.0).collect();
-            let b: Vec<f32> = (0..n).map(|i| ((i * 5 % 11) as f32 - 5.0) / 4.0).collect();
-            let want: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
-            assert_eq!(dot_f32(&a, &b), want, "n = {n}");
-            let h: Vec<f16> = a.iter().map(|&x| f16::from_f32(x)).collect();
-            assert_eq!(dot_f16(&h, &b), want, "n = {n}");
+    fn every_path_matches_a_naive_dot_on_ragged_lengths() {
+        let paths: Vec<Option<SimdPath>> = std::iter::once(None).chain(SimdPath::all_supported().into_iter().map(Some)).collect();
+        for path in paths {
+            for n in [0usize, 1, 7, 8, 15, 16, 17, 31, 32, 33, 63, 64, 65, 100, 512, 769] {
+                // Values exact in f32 with exact products and sums, so every
+                // summation order gives the same answer.
+                let a: Vec<f32> = (0..n).map(|i| ((i * 7 % 13) as f32 - 6.0) / 8.0).collect();
+                let b: Vec<f32> = (0..n).map(|i| ((i * 5 % 11) as f32 - 5.0) / 4.0).collect();
+                let want: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+                assert_eq!(dot_f32_on(path, &a, &b), want, "{path:?}, n = {n}");
+                let h: Vec<f16> = a.iter().map(|&x| f16::from_f32(x)).collect();
+                assert_eq!(dot_f16_on(path, &h, &b), want, "{path:?}, n = {n}");
+            }
         }
     }
 }

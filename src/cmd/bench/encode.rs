@@ -120,6 +120,7 @@ pub fn run(a: EncodeArgs) -> anyhow::Result<()> {
         let v = json!({
             "model": resolved.dir.display().to_string(),
             "implementation": a.implementation, "precision": a.precision, "threads": threads,
+            "kernel_path": squire_kernels::cpu::simd_path_name(),
             "matmul_peak_gflops": peak, "image_gflop_per_item": perf::clip_image_flops(&cfg, pooled) / 1e9,
             "image_gflop_per_item_full_model": perf::clip_image_flops(&cfg, false) / 1e9, "last_layer_pooled_only": pooled,
             "peak_rss_bytes": rss, "results": rows,
@@ -127,7 +128,13 @@ pub fn run(a: EncodeArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    println!("model {} | impl {} | {} | {threads} threads", resolved.dir.display(), a.implementation, a.precision);
+    println!(
+        "model {} | impl {} | {} | {threads} threads | kernels {}",
+        resolved.dir.display(),
+        a.implementation,
+        a.precision,
+        squire_kernels::cpu::simd_path_name()
+    );
     if let Some(p) = peak {
         println!(
             "matmul peak (probe): {p:.1} GFLOP/s; image tower {:.2} GFLOP per image performed ({:.2} for the whole model)",

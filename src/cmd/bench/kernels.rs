@@ -173,7 +173,7 @@ pub fn run(a: KernelsBenchArgs) -> anyhow::Result<()> {
     stage.sort_by(f64::total_cmp);
     let stage_p50 = stage[stage.len() / 2];
     let report = json!({
-        "device": device, "threads": threads,
+        "device": device, "threads": threads, "kernel_path": squire_kernels::cpu::simd_path_name(),
         "refine": {"m": m, "dim": d, "k": 9, "ms": refine_best * 1e3, "median_ms": refine_median * 1e3, "stage_p50_ms": stage_p50},
         "roofline": {"peak_gflops": if compute.is_gpu() { Value::Null } else { json!(peak) },
                       "bandwidth_gb_per_s": bandwidth, "bandwidth_source": bw_source},
@@ -184,7 +184,7 @@ pub fn run(a: KernelsBenchArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
-    println!("device: {device}; {threads} threads");
+    println!("device: {device}; {threads} threads; kernels {}", squire_kernels::cpu::simd_path_name());
     if !compute.is_gpu() {
         println!("roofline: {peak:.1} GFLOP/s FMA peak, {bandwidth:.1} GB/s {bw_source}");
     } else {
