@@ -70,8 +70,11 @@ def main():
     results = {"machine": {"cpu": cpu_name(), "threads": a.threads, "python": sys.version.split()[0],
                            "torch": torch.__version__}, "rows": []}
 
+    current_round = [0]
+
     def add(runtime, tower, batch, sec):
-        results["rows"].append({"runtime": runtime, "tower": tower, "batch": batch, "per_second": batch / sec})
+        results["rows"].append({"runtime": runtime, "tower": tower, "batch": batch, "per_second": batch / sec,
+                                "round": current_round[0]})
 
     # ONNX export of each tower.
     import onnxruntime as ort
@@ -122,6 +125,7 @@ def main():
     # Rounds interleave the runtimes so that slow phases of a shared machine hit all of them alike;
     # each figure reported is the median over rounds.
     for rnd in range(a.rounds):
+        current_round[0] = rnd
         for b in batches:
             px = np.random.default_rng(0).standard_normal((b, 3, 224, 224)).astype(np.float32)
             ids = np.random.default_rng(1).integers(300, 40000, (b, text_tokens)).astype(np.int64)
@@ -143,6 +147,17 @@ def main():
         v = [r["per_second"] for r in rows if r["runtime"] == rt and r["tower"] == tw and r["batch"] == b]
         return float(np.median(v)) if v else None
 
+    def round_ratio(tw, b):
+        # Squire ÷ ONNX Runtime within each round, then the median: the machine's drift between
+        # rounds cancels out of each ratio, where a ratio of medians keeps it.
+        per = {}
+        for r in rows:
+            if r["tower"] == tw and r["batch"] == b and r["runtime"] in ("squire", "onnxruntime"):
+                per.setdefault(r["round"], {})[r["runtime"]] = r["per_second"]
+        v = [d["squire"] / d["onnxruntime"] for d in per.values() if len(d) == 2]
+        return (float(np.median(v)), min(v), max(v)) if v else None
+
+    results["median_round_ratio_vs_onnxruntime"] = {f"{tw}/{b}": round_ratio(tw, b) for tw in ["image", "text"] for b in batches}
     results["median"] = {f"{rt}/{tw}/{b}": get(rt, tw, b) for rt in ["squire", "onnxruntime", "pytorch", "candle-stock"]
                          for tw in ["image", "text"] for b in batches}
     print(f"# CLIP ViT-B/32 (random weights), {results['machine']['cpu']}, {a.threads} threads, "
@@ -155,6 +170,12 @@ def main():
             f = lambda v: f"{v:9.2f}" if v else f"{'-':>9}"
             r = lambda x, y: f"{x / y:6.2f}x" if x and y else f"{'-':>7}"
             print(f"{tw:<6} {b:>5} {f(s)} {f(o)} {f(p)} {f(c)} {r(s, o)} {r(s, p)}")
+    print("squire ÷ ORT round by round (median, min–max of the rounds):")
+    for tw in ["image", "text"]:
+        for b in batches:
+            q = round_ratio(tw, b)
+            if q:
+                print(f"  {tw:<6} {b:>5} {q[0]:.2f}x ({q[1]:.2f}–{q[2]:.2f})")
     sq = results.get("squire", {})
     if sq.get("matmul_peak_gflops"):
         limit = sq["matmul_peak_gflops"] / sq["image_gflop_per_item"]
