@@ -20,8 +20,8 @@ use squire_models::mllm::{ChatRequest, Message, Mllm, Part};
 
 use crate::cost::MllmCost;
 use crate::grid::{draw_grid, GridOptions};
-use crate::ranking::parse_ranking;
-use crate::rerank::{reasoning_of, ListReranker, RerankOutcome, RerankQuery};
+use crate::ranking::{parse_ranking_with, ParseMode};
+use crate::rerank::{reasoning_of, AnswerRead, ListReranker, RerankOutcome, RerankQuery};
 
 /// How candidates are shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +99,8 @@ pub struct CotrrOptions {
     pub retries: u32,
     /// Most answer tokens per call (0: 1,024 with reasoning, 24 + 4 per candidate without).
     pub max_tokens: u32,
+    /// Whether marks in prose count (they are reported as `prose`).
+    pub parse: ParseMode,
 }
 
 impl Default for CotrrOptions {
@@ -113,6 +115,7 @@ impl Default for CotrrOptions {
             reasoning: CotrrReasoning::Full,
             retries: 3,
             max_tokens: 0,
+            parse: ParseMode::Prose,
         }
     }
 }
@@ -263,6 +266,7 @@ impl CotrrReranker {
         let (mut answers, mut reasoning, mut grids) = (Vec::new(), Vec::new(), Vec::new());
         let mut failures = Vec::new();
         let mut mentioned = 0;
+        let mut read = AnswerRead::Json;
         for (ws, we) in self.options.windows(n) {
             let window: Vec<Arc<RgbImage>> = order[ws..we].iter().map(|&i| candidates[i].clone()).collect();
             let mut parsed = None;
@@ -275,7 +279,7 @@ impl CotrrReranker {
                 match mllm.chat(&request) {
                     Ok(r) => {
                         cost.record(&request, &r);
-                        let p = parse_ranking(&r.text, window.len());
+                        let p = parse_ranking_with(&r.text, window.len(), self.options.parse);
                         reasoning.extend(reasoning_of(&r.text));
                         answers.push(r.text);
                         if p.usable {
@@ -292,22 +296,26 @@ impl CotrrReranker {
             }
             match parsed {
                 Some(p) => {
+                    read = read.max(p.read());
                     mentioned += p.mentioned;
                     let reordered: Vec<usize> = p.order.iter().map(|&j| order[ws + j]).collect();
                     order.splice(ws..we, reordered);
                 }
                 // The window keeps its order; the others still run.
-                None => failures.push(format!(
+                None => {
+                    read = AnswerRead::Fallback;
+                    failures.push(format!(
                     "window {}..{}: {}",
                     ws + 1,
                     we,
-                    error.unwrap_or_else(|| format!("unusable answer after {} call(s)", self.options.retries + 1))
-                )),
+                        error.unwrap_or_else(|| format!("unusable answer after {} call(s)", self.options.retries + 1))
+                    ))
+                }
             }
         }
         cost.finish(start.elapsed());
         let fallback = (!failures.is_empty()).then(|| failures.join("; "));
-        RerankOutcome { order, mentioned, fallback, answers, reasoning, grids, cost }
+        RerankOutcome { order, mentioned, fallback, read, answers, reasoning, grids, cost }
     }
 }
 

@@ -20,8 +20,8 @@ use squire_models::mllm::{ChatRequest, Message, Mllm, Part};
 
 use crate::cost::MllmCost;
 use crate::grid::{draw_grid, GridOptions};
-use crate::ranking::parse_ranking;
-pub use crate::rerank::{ListReranker, RerankOutcome, RerankQuery};
+use crate::ranking::{parse_ranking_with, ParseMode};
+pub use crate::rerank::{AnswerRead, ListReranker, RerankOutcome, RerankQuery};
 
 /// Options of [`GridReranker`].
 #[derive(Debug, Clone, PartialEq)]
@@ -36,11 +36,13 @@ pub struct EbrOptions {
     pub retries: u32,
     /// Most answer tokens per call (0: 24 + 4 per candidate).
     pub max_tokens: u32,
+    /// Whether marks in prose count (they are reported as `prose`).
+    pub parse: ParseMode,
 }
 
 impl Default for EbrOptions {
     fn default() -> Self {
-        EbrOptions { k: 9, grid: GridOptions::default(), max_grids: 4, retries: 1, max_tokens: 0 }
+        EbrOptions { k: 9, grid: GridOptions::default(), max_grids: 4, retries: 1, max_tokens: 0, parse: ParseMode::Prose }
     }
 }
 
@@ -161,7 +163,7 @@ impl GridReranker {
                 match mllm.chat(&request) {
                     Ok(r) => {
                         cost.record(&request, &r);
-                        let parsed = parse_ranking(&r.text, n);
+                        let parsed = parse_ranking_with(&r.text, n, self.options.parse);
                         answers.push(r.text);
                         if parsed.usable {
                             ranking = Some(parsed);
@@ -178,18 +180,21 @@ impl GridReranker {
                 }
             }
         }
-        let (mut order, mentioned) = match ranking {
+        let (mut order, mentioned, read) = match ranking {
             Some(p) => {
                 fallback = None;
-                (p.order, p.mentioned)
+                let read = p.read();
+                (p.order, p.mentioned, read)
             }
-            None => ((0..n).collect(), 0),
+            // No candidate: nothing to read, nothing fell back.
+            None if n == 0 => (Vec::new(), 0, AnswerRead::Json),
+            None => ((0..n).collect(), 0, AnswerRead::Fallback),
         };
         order.extend(n..candidates.len());
         cost.finish(start.elapsed());
         let reasoning = answers.iter().filter_map(|a| crate::rerank::reasoning_of(a)).collect();
         let grids = grids.into_iter().map(|g| Arc::try_unwrap(g).unwrap_or_else(|shared| (*shared).clone())).collect();
-        RerankOutcome { order, mentioned, fallback, answers, reasoning, grids, cost }
+        RerankOutcome { order, mentioned, fallback, read, answers, reasoning, grids, cost }
     }
 }
 

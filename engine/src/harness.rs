@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::cost::MllmCost;
+use crate::rerank::AnswerRead;
 use crate::eval::EvalError;
 use crate::metrics;
 use crate::pipeline::{FirstStage, Pipeline, SearchRequest, Stage};
@@ -51,13 +52,32 @@ pub struct StageResult {
     /// Further named rankings (CIRR: `subset`, the query's image group in this stage's order).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub lists: BTreeMap<String, Vec<String>>,
+    /// MLLM stages: how the answers were read (`fallback`: the prior order was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read: Option<AnswerRead>,
+    /// MLLM stages: why the stage fell back, or a note on how it scored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
 }
 
-/// The cost fields logged per stage.
+impl QueryOutcome {
+    /// Whether an MLLM stage of this query kept the prior order for want of a usable answer.
+    pub fn fell_back(&self) -> bool {
+        self.stages.iter().any(|s| s.read == Some(AnswerRead::Fallback))
+    }
+}
+
+/// The cost fields logged per stage (those of `squire search --json`'s `cost`).
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
 pub struct CostRecord {
     /// Calls.
     pub calls: u32,
+    /// HTTP requests sent, retries included (0 for cached answers).
+    #[serde(default)]
+    pub requests: u32,
+    /// Wall time of the MLLM stage, ms.
+    #[serde(default)]
+    pub wall_ms: f64,
     /// Images sent.
     pub images: u32,
     /// Prompt tokens.
@@ -70,7 +90,15 @@ pub struct CostRecord {
 
 impl From<&MllmCost> for CostRecord {
     fn from(c: &MllmCost) -> Self {
-        CostRecord { calls: c.calls, images: c.images, prompt_tokens: c.prompt_tokens, completion_tokens: c.completion_tokens, cache_hits: c.cache_hits }
+        CostRecord {
+            calls: c.calls,
+            requests: c.requests,
+            wall_ms: c.wall_ms,
+            images: c.images,
+            prompt_tokens: c.prompt_tokens,
+            completion_tokens: c.completion_tokens,
+            cache_hits: c.cache_hits,
+        }
     }
 }
 
@@ -140,7 +168,8 @@ impl RunLog {
         if let Ok(f) = std::fs::File::open(&path) {
             let mut reader = std::io::BufReader::new(f);
             let mut line = String::new();
-            let mut seen = HashSet::new();
+            // A query logged twice (a fallback, then its retry) counts as its last line.
+            let mut at: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
             loop {
                 line.clear();
                 let n = reader.read_line(&mut line).map_err(|e| io_err(&path, e))?;
@@ -149,8 +178,12 @@ impl RunLog {
                 }
                 match serde_json::from_str::<QueryOutcome>(&line) {
                     Ok(q) => {
-                        if seen.insert(q.qid.clone()) {
-                            done.push(q);
+                        match at.get(&q.qid) {
+                            Some(&i) => done[i] = q,
+                            None => {
+                                at.insert(q.qid.clone(), done.len());
+                                done.push(q);
+                            }
                         }
                         good_len += n as u64;
                     }
@@ -202,6 +235,11 @@ pub struct Summary {
     pub cost: BTreeMap<String, CostRecord>,
     /// Stage → mean wall time per query, ms.
     pub ms_per_query: BTreeMap<String, f64>,
+    /// MLLM stage → how its answers were read (`json`, `list`, `logprobs`,
+    /// `word`, `prose`, `fallback`) → queries.
+    pub answers_read: BTreeMap<String, BTreeMap<String, usize>>,
+    /// No MLLM stage fell back on any query (every MLLM row is the stage's own result).
+    pub complete: bool,
 }
 
 fn mean_metrics<'a>(stage: &str, names: &[String], qs: impl Iterator<Item = &'a QueryOutcome>) -> BTreeMap<String, f64> {
@@ -233,6 +271,8 @@ impl Summary {
             for s in outcomes.iter().flat_map(|q| q.stages.iter()).filter(|s| &s.stage == st) {
                 if let Some(x) = &s.cost {
                     c.calls += x.calls;
+                    c.requests += x.requests;
+                    c.wall_ms += x.wall_ms;
                     c.images += x.images;
                     c.prompt_tokens += x.prompt_tokens;
                     c.completion_tokens += x.completion_tokens;
@@ -245,6 +285,12 @@ impl Summary {
                 cost.insert(st.clone(), c);
             }
             ms.insert(st.clone(), total_ms / n.max(1) as f64);
+        }
+        let mut answers_read: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
+        for s in outcomes.iter().flat_map(|q| q.stages.iter()) {
+            if let Some(r) = s.read {
+                *answers_read.entry(s.stage.clone()).or_default().entry(r.name().to_string()).or_default() += 1;
+            }
         }
         let groups: std::collections::BTreeSet<&str> = outcomes.iter().map(|q| q.group.as_str()).filter(|g| !g.is_empty()).collect();
         let per_group = groups
@@ -264,7 +310,22 @@ impl Summary {
             per_group,
             cost,
             ms_per_query: ms,
+            complete: !answers_read.values().any(|m| m.get(AnswerRead::Fallback.name()).is_some_and(|&n| n > 0)),
+            answers_read,
         }
+    }
+
+    /// Queries whose stage `stage` fell back.
+    pub fn fallbacks(&self, stage: &str) -> usize {
+        self.answers_read.get(stage).and_then(|m| m.get(AnswerRead::Fallback.name())).copied().unwrap_or(0)
+    }
+
+    /// The largest share of queries any MLLM stage fell back on (0 without MLLM stages).
+    pub fn worst_fallback_share(&self) -> f64 {
+        self.answers_read
+            .keys()
+            .map(|st| self.fallbacks(st) as f64 / self.queries.max(1) as f64)
+            .fold(0.0, f64::max)
     }
 
     /// The Markdown table: one row per stage, one column per metric (in %),
@@ -295,9 +356,35 @@ impl Summary {
             out.push_str(&table(rows, false));
         }
         if !self.cost.is_empty() {
-            out.push_str("\n| stage | MLLM calls | images | prompt tokens | completion tokens | cached |\n|---|---:|---:|---:|---:|---:|\n");
+            out.push_str("\n| stage | MLLM calls | requests | images | prompt tokens | completion tokens | cached | MLLM s |\n|---|---:|---:|---:|---:|---:|---:|---:|\n");
             for (st, c) in &self.cost {
-                out.push_str(&format!("| {st} | {} | {} | {} | {} | {} |\n", c.calls, c.images, c.prompt_tokens, c.completion_tokens, c.cache_hits));
+                out.push_str(&format!(
+                    "| {st} | {} | {} | {} | {} | {} | {} | {:.1} |\n",
+                    c.calls,
+                    c.requests,
+                    c.images,
+                    c.prompt_tokens,
+                    c.completion_tokens,
+                    c.cache_hits,
+                    c.wall_ms / 1e3
+                ));
+            }
+        }
+        if !self.answers_read.is_empty() {
+            let names: Vec<&str> = AnswerRead::ALL.iter().map(|r| r.name()).collect();
+            out.push_str(&format!("\nHow the MLLM's answers were read (queries):\n\n| stage | {} |\n|---|{}\n", names.join(" | "), "---:|".repeat(names.len())));
+            for (st, m) in &self.answers_read {
+                let cells: Vec<String> = names.iter().map(|n| m.get(*n).copied().unwrap_or(0).to_string()).collect();
+                out.push_str(&format!("| {st} | {} |\n", cells.join(" | ")));
+            }
+            let fell: Vec<String> = self.answers_read.keys().filter(|st| self.fallbacks(st) > 0).map(|st| format!("{st} on {} of {}", self.fallbacks(st), self.queries)).collect();
+            if fell.is_empty() {
+                out.push_str("\nEvery MLLM stage ranked every query from an answer (no fallback).\n");
+            } else {
+                out.push_str(&format!(
+                    "\n**Incomplete**: the prior order was kept where no usable answer came ({}); those rows are not the stage's result.\n",
+                    fell.join(", ")
+                ));
             }
         }
         out.push_str("\nMetrics in %.\n");
@@ -386,6 +473,8 @@ pub fn report_json(summary: &Summary, outcomes: &[QueryOutcome]) -> Value {
         "per_group": summary.per_group,
         "cost": summary.cost,
         "ms_per_query": summary.ms_per_query,
+        "answers_read": summary.answers_read,
+        "complete": summary.complete,
         "per_query": per_query,
     })
 }
@@ -453,6 +542,8 @@ pub struct RunOptions {
     pub sqaf: bool,
     /// Output folder.
     pub out: PathBuf,
+    /// Keep logged outcomes whose MLLM stage fell back instead of running those queries again.
+    pub accept_fallbacks: bool,
 }
 
 /// What a run produced.
@@ -463,6 +554,8 @@ pub struct RunResult {
     pub outcomes: Vec<QueryOutcome>,
     /// Queries found in the log from an earlier run.
     pub resumed: usize,
+    /// Logged queries run again because an MLLM stage had fallen back.
+    pub retried: usize,
     /// Files written.
     pub files: Vec<PathBuf>,
 }
@@ -480,9 +573,8 @@ pub fn run_benchmark(pipeline: &Pipeline, bench: &Benchmark, opts: &RunOptions, 
         "options": format!("{:?}", pipeline.options()),
     });
     let (mut log, done) = RunLog::open(&opts.out, &describe)?;
-    let resumed = done.len();
-    let done_ids: HashSet<String> = done.iter().map(|q| q.qid.clone()).collect();
-    let mut outcomes = done;
+    let (outcomes, done_ids, resumed, retried) = resume(done, opts.accept_fallbacks);
+    let mut outcomes = outcomes;
     let todo: Vec<&EvalQuery> = bench.queries.iter().filter(|q| !done_ids.contains(&q.qid)).collect();
     let root = &col.manifest().images_root;
     for (i, q) in todo.iter().enumerate() {
@@ -518,7 +610,18 @@ pub fn run_benchmark(pipeline: &Pipeline, bench: &Benchmark, opts: &RunOptions, 
     let summary_of = |o: &[QueryOutcome]| {
         Summary::from_outcomes(&bench.name, &stage_names, &bench.metric_names, o, bench.dropped.iter().map(|(id, _)| id.clone()).collect())
     };
-    finish(outcomes, &wanted, summary_of, &opts.out, &extra, resumed)
+    finish(outcomes, &wanted, summary_of, &opts.out, &extra, resumed, retried)
+}
+
+/// Splits a log's outcomes into those kept and those to run again (an MLLM
+/// stage fell back, unless `accept_fallbacks`): returns the kept outcomes,
+/// their ids, how many were kept and how many will be retried.
+fn resume(done: Vec<QueryOutcome>, accept_fallbacks: bool) -> (Vec<QueryOutcome>, HashSet<String>, usize, usize) {
+    let before = done.len();
+    let kept: Vec<QueryOutcome> = done.into_iter().filter(|q| accept_fallbacks || !q.fell_back()).collect();
+    let ids = kept.iter().map(|q| q.qid.clone()).collect();
+    let n = kept.len();
+    (kept, ids, n, before - n)
 }
 
 /// Keeps the outcomes of the queries in `wanted` (an earlier run with a
@@ -530,18 +633,26 @@ fn finish(
     out: &Path,
     extra: &Value,
     resumed: usize,
+    retried: usize,
 ) -> Result<RunResult, EvalError> {
     outcomes.retain(|q| wanted.contains(q.qid.as_str()));
     let summary = summary_of(&outcomes);
     let files = write_outputs(out, &summary, &outcomes, extra)?;
-    Ok(RunResult { summary, outcomes, resumed, files })
+    Ok(RunResult { summary, outcomes, resumed, retried, files })
 }
 
 /// A query's logged outcome: the first stage and every reranking stage, each scored.
 fn query_outcome(metric_fn: &MetricFn, doc_names: &[String], q: &EvalQuery, first: &[Ranked], first_ms: f64, stages: &[crate::pipeline::StageRun], keep: usize) -> QueryOutcome {
-    let runs = std::iter::once(("first".to_string(), first, first_ms, None))
-        .chain(stages.iter().map(|s| (s.stage.name().to_string(), s.ranking.as_slice(), s.ms, s.cost.as_ref().map(CostRecord::from))));
-    let results = runs.map(|(stage, ranking, ms, cost)| stage_result(metric_fn, doc_names, q, stage, ranking, ms, cost, keep)).collect();
+    let runs = std::iter::once(("first".to_string(), first, first_ms, None, &Value::Null))
+        .chain(stages.iter().map(|s| (s.stage.name().to_string(), s.ranking.as_slice(), s.ms, s.cost.as_ref().map(CostRecord::from), &s.report)));
+    let results = runs
+        .map(|(stage, ranking, ms, cost, report)| {
+            let mut r = stage_result(metric_fn, doc_names, q, stage, ranking, ms, cost, keep);
+            r.read = report.get("read").and_then(|v| serde_json::from_value(v.clone()).ok());
+            r.fallback = report.get("fallback").and_then(Value::as_str).map(str::to_string);
+            r
+        })
+        .collect();
     QueryOutcome { qid: q.qid.clone(), group: q.group.clone(), relevant: q.relevant_names.clone(), stages: results }
 }
 
@@ -579,6 +690,8 @@ fn stage_result(
         ms,
         cost,
         lists,
+        read: None,
+        fallback: None,
     }
 }
 
@@ -602,9 +715,8 @@ pub fn run_inquire_rerank(
         "keep": opts.keep, "rescore": rescore, "data": describe, "options": format!("{:?}", pipeline.options()),
     });
     let (mut log, done) = RunLog::open(&opts.out, &run_describe)?;
-    let resumed = done.len();
-    let done_ids: HashSet<String> = done.iter().map(|q| q.qid.clone()).collect();
-    let mut outcomes = done;
+    let (outcomes, done_ids, resumed, retried) = resume(done, opts.accept_fallbacks);
+    let mut outcomes = outcomes;
     let metric_names: Vec<String> = ["AP", "nDCG", "MRR"].iter().map(|s| s.to_string()).collect();
     let metric_fn: Box<MetricFn> = Box::new(|ranked, q| {
         let n = ranked.len();
@@ -648,7 +760,7 @@ pub fn run_inquire_rerank(
     let ids: Vec<String> = (0..queries.len()).map(|i| i.to_string()).collect();
     let wanted: HashSet<&str> = ids.iter().map(String::as_str).collect();
     let summary_of = |o: &[QueryOutcome]| Summary::from_outcomes(name, &stage_names, &metric_names, o, Vec::new());
-    finish(outcomes, &wanted, summary_of, &opts.out, &json!({"run": run_describe}), resumed)
+    finish(outcomes, &wanted, summary_of, &opts.out, &json!({"run": run_describe}), resumed, retried)
 }
 
 #[cfg(test)]
@@ -668,8 +780,58 @@ mod tests {
                 ms: 2.0,
                 cost: None,
                 lists: BTreeMap::new(),
+                read: None,
+                fallback: None,
             }],
         }
+    }
+
+    /// `outcome` with an EBR stage read as `read`.
+    fn with_ebr(qid: &str, read: AnswerRead) -> QueryOutcome {
+        let mut q = outcome(qid, "", 1.0);
+        let mut s = q.stages[0].clone();
+        s.stage = "ebr".into();
+        s.read = Some(read);
+        s.fallback = (read == AnswerRead::Fallback).then(|| "HTTP 503".to_string());
+        q.stages.push(s);
+        q
+    }
+
+    #[test]
+    fn fallbacks_are_counted_and_rerun_and_the_retry_is_the_line_that_counts() {
+        let dir = std::env::temp_dir().join(format!("squire-harness-fb-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let describe = json!({"benchmark": "t2i"});
+        let (mut log, _) = RunLog::open(&dir, &describe).unwrap();
+        for (i, r) in [AnswerRead::Json, AnswerRead::Fallback, AnswerRead::Prose, AnswerRead::Fallback].into_iter().enumerate() {
+            log.append(&with_ebr(&i.to_string(), r)).unwrap();
+        }
+        drop(log);
+        let (_, done) = RunLog::open(&dir, &describe).unwrap();
+        let s = Summary::from_outcomes("t2i", &["first".into(), "ebr".into()], &["R@1".into()], &done, Vec::new());
+        assert_eq!(s.answers_read["ebr"], BTreeMap::from([("fallback".to_string(), 2), ("json".to_string(), 1), ("prose".to_string(), 1)]));
+        assert_eq!(s.fallbacks("ebr"), 2);
+        assert_eq!(s.worst_fallback_share(), 0.5);
+        let md = s.markdown();
+        assert!(md.contains("| ebr | 1 | 0 | 0 | 0 | 1 | 2 |") && md.contains("**Incomplete**") && md.contains("ebr on 2 of 4"), "{md}");
+        assert_eq!(report_json(&s, &done)["complete"], json!(false));
+        assert!(!s.complete);
+        // A rerun keeps the clean ones and runs the two that fell back again ...
+        let (kept, ids, resumed, retried) = resume(done.clone(), false);
+        assert_eq!((resumed, retried), (2, 2));
+        assert!(ids.contains("0") && ids.contains("2") && !ids.contains("1") && kept.iter().all(|q| !q.fell_back()));
+        // ... unless asked to accept them.
+        assert_eq!(resume(done, true).3, 0);
+        // The retry's line, appended after the fallback's, is the one read back.
+        let (mut log, _) = RunLog::open(&dir, &describe).unwrap();
+        log.append(&with_ebr("1", AnswerRead::Json)).unwrap();
+        drop(log);
+        let (_, done) = RunLog::open(&dir, &describe).unwrap();
+        assert_eq!(done.len(), 4);
+        assert_eq!(done[1].stages[1].read, Some(AnswerRead::Json));
+        let s = Summary::from_outcomes("t2i", &["first".into(), "ebr".into()], &["R@1".into()], &done, Vec::new());
+        assert_eq!(s.fallbacks("ebr"), 1);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

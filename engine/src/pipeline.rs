@@ -559,7 +559,7 @@ impl Pipeline {
             let head: Vec<Ranked> = result.order[..n].iter().map(|&i| ranked[i]).collect();
             ranked.splice(..n, head);
             let mut report = json!({
-                "k": n, "mentioned": result.mentioned, "fallback": result.fallback, "answers": result.answers,
+                "k": n, "mentioned": result.mentioned, "fallback": result.fallback, "read": result.read, "answers": result.answers,
                 "reasoning": result.reasoning, "grids": result.grids.len(),
             });
             match stage {

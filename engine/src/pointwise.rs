@@ -16,7 +16,7 @@ use image::RgbImage;
 use squire_models::mllm::{ChatRequest, ChatResponse, Message, Mllm, MllmError, Part};
 
 use crate::cost::MllmCost;
-use crate::rerank::{ListReranker, RerankOutcome, RerankQuery};
+use crate::rerank::{AnswerRead, ListReranker, RerankOutcome, RerankQuery};
 
 /// Options of [`PointwiseReranker`].
 #[derive(Debug, Clone, PartialEq)]
@@ -60,15 +60,16 @@ pub fn yes_probability(logprobs: &[(String, f32)]) -> Option<f64> {
     (yes + no > 0.0).then(|| yes / (yes + no))
 }
 
-/// The score of an answer without log-probabilities.
-fn word_score(text: &str) -> f64 {
+/// The score of an answer without log-probabilities: 1 for Yes, 0 for No,
+/// `None` for an answer that is neither (it scores nothing).
+fn word_score(text: &str) -> Option<f64> {
     let t = text.trim_start().to_lowercase();
     if t.starts_with("yes") {
-        1.0
+        Some(1.0)
     } else if t.starts_with("no") {
-        0.0
+        Some(0.0)
     } else {
-        0.5
+        None
     }
 }
 
@@ -138,7 +139,14 @@ impl PointwiseReranker {
                         Some(p) => Scored::Logprobs(p),
                         None => {
                             no_logprobs += 1;
-                            Scored::Word(word_score(&resp.text))
+                            match word_score(&resp.text) {
+                                Some(p) => Scored::Word(p),
+                                None => {
+                                    let shown: String = resp.text.chars().take(40).collect();
+                                    failed.push(format!("candidate {}: answered neither Yes nor No ({shown:?})", i + 1));
+                                    Scored::Failed
+                                }
+                            }
                         }
                     };
                     answers.push(resp.text);
@@ -181,10 +189,18 @@ impl PointwiseReranker {
                 Scored::Failed => "failed".into(),
             })
             .collect();
+        let read = if !failed.is_empty() {
+            AnswerRead::Fallback
+        } else if no_logprobs > 0 {
+            AnswerRead::Word
+        } else {
+            AnswerRead::Logprobs
+        };
         RerankOutcome {
             order,
             mentioned: n - failed.len(),
             fallback: (!notes.is_empty()).then(|| notes.join("; ")),
+            read,
             answers,
             reasoning: vec![format!("P(yes) per candidate: {}", scores_text.join(", "))],
             grids: Vec::new(),
@@ -197,7 +213,7 @@ impl PointwiseReranker {
     pub fn score(&self, response: &ChatResponse) -> Scored {
         match yes_probability(&response.first_token_logprobs) {
             Some(p) => Scored::Logprobs(p),
-            None => Scored::Word(word_score(&response.text)),
+            None => word_score(&response.text).map_or(Scored::Failed, Scored::Word),
         }
     }
 }
@@ -222,8 +238,8 @@ mod tests {
         let p = yes_probability(&lp(&[("Yes", (0.6f32).ln()), (" yes", (0.1f32).ln()), ("No", (0.2f32).ln()), ("Maybe", -1.0)]));
         assert!((p.expect("p") - 0.7 / 0.9).abs() < 1e-6);
         assert_eq!(yes_probability(&lp(&[("Sure", -0.1)])), None);
-        assert_eq!(word_score(" Yes, it does"), 1.0);
-        assert_eq!(word_score("no."), 0.0);
-        assert_eq!(word_score("unclear"), 0.5);
+        assert_eq!(word_score(" Yes, it does"), Some(1.0));
+        assert_eq!(word_score("no."), Some(0.0));
+        assert_eq!(word_score("unclear"), None);
     }
 }

@@ -10,10 +10,14 @@
 //!
 //! Numbers may be JSON numbers or strings ("3", "Image 3", "#3"). Marks
 //! out of range and repeats are dropped; candidates never mentioned follow
-//! in their prior order. An answer with no usable mark is
+//! in their prior order. An answer with no usable mark, or read from prose
+//! with fewer than two valid marks (where two or more candidates are
+//! ranked: a lone number in prose is not a ranking), is
 //! [`Parsed::usable`] = false and leaves the prior order.
 
 use serde_json::Value;
+
+use crate::rerank::AnswerRead;
 
 /// The outcome of parsing one answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,17 +32,58 @@ pub struct Parsed {
     pub source: &'static str,
 }
 
+impl Parsed {
+    /// The provenance class of this reading ([`AnswerRead::Fallback`] when unusable).
+    pub fn read(&self) -> AnswerRead {
+        match (self.usable, self.source) {
+            (false, _) => AnswerRead::Fallback,
+            (true, "json-object") => AnswerRead::Json,
+            (true, "json-list") => AnswerRead::List,
+            _ => AnswerRead::Prose,
+        }
+    }
+}
+
 /// Keys whose list is taken first from a JSON object answer.
 const KEYS: [&str; 9] = ["ranking", "top_k_indices", "ranked", "order", "marks", "indices", "ids", "answer", "result"];
 
-/// Parses `answer` as a ranking of `n` candidates with 1-based marks.
+/// Which readings of an answer count.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ParseMode {
+    /// JSON first, then the numbers in the prose (models do answer in prose).
+    #[default]
+    Prose,
+    /// JSON only: an answer without a JSON ranking is unusable.
+    Strict,
+}
+
+impl std::str::FromStr for ParseMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "prose" => Ok(ParseMode::Prose),
+            "strict" => Ok(ParseMode::Strict),
+            other => Err(format!("--parse {other}: expected prose or strict")),
+        }
+    }
+}
+
+/// Parses `answer` as a ranking of `n` candidates with 1-based marks, prose included.
 pub fn parse_ranking(answer: &str, n: usize) -> Parsed {
+    parse_ranking_with(answer, n, ParseMode::Prose)
+}
+
+/// [`parse_ranking`] with the readings `mode` allows.
+pub fn parse_ranking_with(answer: &str, n: usize, mode: ParseMode) -> Parsed {
     let (marks, source) = if let Some(m) = first_block(answer, '{', '}').and_then(|b| object_marks(&b)) {
         (m, "json-object")
     } else if let Some(m) = first_block(answer, '[', ']').and_then(|b| list_marks(&b)) {
         (m, "json-list")
-    } else {
+    } else if mode == ParseMode::Prose {
         (prose_numbers(answer), "prose")
+    } else {
+        (Vec::new(), "none")
     };
     let mut seen = vec![false; n];
     let mut order = Vec::with_capacity(n);
@@ -47,6 +92,10 @@ pub fn parse_ranking(answer: &str, n: usize) -> Parsed {
             seen[(m - 1) as usize] = true;
             order.push((m - 1) as usize);
         }
+    }
+    if source == "prose" && order.len() < 2.min(n) {
+        order.clear();
+        seen.iter_mut().for_each(|s| *s = false);
     }
     let mentioned = order.len();
     order.extend((0..n).filter(|&i| !seen[i]));
@@ -210,6 +259,32 @@ mod tests {
             assert_eq!(p.order, vec![0, 1, 2, 3], "{a:?}");
             assert!(!p.usable, "{a:?}");
         }
+    }
+
+    #[test]
+    fn a_lone_number_in_prose_is_not_a_ranking() {
+        for a in ["The 3rd one, maybe.", "I see 2 dogs and 40 cats", "Sorry, as a model trained in 2023 I cannot rank these."] {
+            let p = parse_ranking(a, 4);
+            assert!(!p.usable, "{a:?}: {p:?}");
+            assert_eq!((p.order, p.read()), (vec![0, 1, 2, 3], AnswerRead::Fallback), "{a:?}");
+        }
+        // One mark suffices in JSON, and in prose when there is one candidate.
+        assert_eq!(parse_ranking(r#"{"ranking": [2]}"#, 3).read(), AnswerRead::Json);
+        assert_eq!(parse_ranking("[2]", 3).read(), AnswerRead::List);
+        assert!(parse_ranking("Image 1.", 1).usable);
+        // Prose with two marks is read, and says so.
+        assert_eq!(parse_ranking("Image 3, then image 1", 4).read(), AnswerRead::Prose);
+    }
+
+    #[test]
+    fn strict_parsing_reads_json_only() {
+        let prose = "Image 3 is best, then 7, then image 1.";
+        assert!(parse_ranking_with(prose, 9, ParseMode::Prose).usable);
+        let p = parse_ranking_with(prose, 9, ParseMode::Strict);
+        assert_eq!((p.usable, p.read()), (false, AnswerRead::Fallback));
+        assert_eq!(parse_ranking_with(r#"Sure: {"ranking": [2, 1]}"#, 2, ParseMode::Strict).read(), AnswerRead::Json);
+        assert_eq!("strict".parse::<ParseMode>(), Ok(ParseMode::Strict));
+        assert!("loose".parse::<ParseMode>().unwrap_err().contains("loose"));
     }
 
     #[test]

@@ -27,6 +27,44 @@ pub enum RerankQuery {
     },
 }
 
+/// How a stage's answers were read, from the cleanest to a failure; a
+/// stage of several calls (CoTRR's windows, pointwise's candidates) takes
+/// the worst of its calls. Evaluations count queries per class, and a rerun
+/// redoes the ones that fell back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AnswerRead {
+    /// A list under a key of a JSON object (the format asked for).
+    Json,
+    /// A bare JSON list of marks.
+    List,
+    /// Pointwise: every score from first-token log-probabilities.
+    Logprobs,
+    /// Pointwise: some scores from the answered word (no log-probabilities came back).
+    Word,
+    /// Marks read from the numbers in prose (two at least).
+    Prose,
+    /// No usable answer for at least part of the list: the prior order was kept there.
+    Fallback,
+}
+
+impl AnswerRead {
+    /// Every class, in order.
+    pub const ALL: [AnswerRead; 6] = [AnswerRead::Json, AnswerRead::List, AnswerRead::Logprobs, AnswerRead::Word, AnswerRead::Prose, AnswerRead::Fallback];
+
+    /// The class's name in reports (`json`, `list`, `logprobs`, `word`, `prose`, `fallback`).
+    pub fn name(self) -> &'static str {
+        match self {
+            AnswerRead::Json => "json",
+            AnswerRead::List => "list",
+            AnswerRead::Logprobs => "logprobs",
+            AnswerRead::Word => "word",
+            AnswerRead::Prose => "prose",
+            AnswerRead::Fallback => "fallback",
+        }
+    }
+}
+
 /// The result of reranking one query's candidates.
 #[derive(Debug, Clone)]
 pub struct RerankOutcome {
@@ -34,8 +72,10 @@ pub struct RerankOutcome {
     pub order: Vec<usize>,
     /// Candidates the answer placed.
     pub mentioned: usize,
-    /// Set when the prior order was kept: why.
+    /// Set when the prior order was kept (or a note on how scores were read): why.
     pub fallback: Option<String>,
+    /// How the answers were read (the worst over the stage's calls).
+    pub read: AnswerRead,
     /// Every raw answer, retries included.
     pub answers: Vec<String>,
     /// The reasoning the answers gave (a `reasoning` field of the JSON

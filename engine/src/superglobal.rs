@@ -28,12 +28,13 @@ pub struct SuperGlobalParams {
     pub k: usize,
     /// Weight of a neighbour per unit of similarity (β).
     pub beta: f32,
-    /// Refined candidates whose element-wise max expands the query.
+    /// Refined candidates whose element-wise max expands the query (the
+    /// authors' code, `RerankwMDA.py`, takes K + 1; the CLI defaults to that).
     pub query_top: usize,
 }
 
 impl Default for SuperGlobalParams {
-    /// The paper's values: M = 400, K = 9, β = 0.15, query expansion over the top 10.
+    /// The paper's values: M = 400, K = 9, β = 0.15, query expansion over the top K + 1 = 10.
     fn default() -> Self {
         SuperGlobalParams { m: 400, k: 9, beta: 0.15, query_top: 10 }
     }

@@ -172,7 +172,7 @@ fn copies(a: CopiesArgs) -> anyhow::Result<()> {
     let pool_tag = a.pool.to_string().replace('+', "_");
     let out = a.out.clone().unwrap_or_else(|| {
         let whiten = if a.whiten { format!("-whiten-d{}-p{}", a.whitening.whiten_dims, a.whitening.whiten_power) } else { String::new() };
-        let sg = if superglobal { format!("-m{}-k{}-b{}-q{}", a.sg.sg_m, a.sg.sg_k, a.sg.sg_beta, a.sg.sg_query_top) } else { String::new() };
+        let sg = if superglobal { format!("-m{}-k{}-b{}-q{}", a.sg.sg_m, a.sg.sg_k, a.sg.sg_beta, a.sg.params().query_top) } else { String::new() };
         a.cache.join(format!("eval-{model_tag}-{pool_tag}-{}{sg}{whiten}-k{}", a.rerank, a.k))
     });
     let opts = RunOptions {
@@ -182,6 +182,7 @@ fn copies(a: CopiesArgs) -> anyhow::Result<()> {
         whiten: a.whiten,
         sqaf: false,
         out: out.clone(),
+        accept_fallbacks: false,
     };
     bar.set_message("queries");
     let run = run_benchmark(&pipeline, &bench, &opts, &mut |done, total| {

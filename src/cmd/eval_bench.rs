@@ -50,6 +50,46 @@ pub struct BenchmarkArgs {
     /// Print JSON (`metrics`: the last stage's; `per_stage`, `per_group`, `per_query`).
     #[arg(long)]
     pub json: bool,
+    /// Keep logged queries whose MLLM stage fell back (no usable answer)
+    /// instead of running them again on resume.
+    #[arg(long)]
+    pub accept_fallbacks: bool,
+    /// Exit non-zero (after writing every output) when an MLLM stage fell
+    /// back on more than this share of the queries (0.0: a run that kept
+    /// the prior order anywhere is reported as incomplete and fails).
+    #[arg(long, default_value_t = 0.0, value_parser = share)]
+    pub max_fallback_share: f64,
+}
+
+/// A share in [0, 1].
+fn share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("`{s}` is not a share between 0 and 1")),
+    }
+}
+
+/// After a run: how each MLLM stage's answers were read, on stderr, and an
+/// error when a stage fell back on more than `max_share` of the queries.
+fn check_fallbacks(result: &RunResult, max_share: f64) -> anyhow::Result<()> {
+    let s = &result.summary;
+    if result.retried > 0 {
+        eprintln!("retried: {} queries whose MLLM stage had fallen back in the earlier run", result.retried);
+    }
+    for (stage, classes) in &s.answers_read {
+        let parts: Vec<String> = classes.iter().map(|(class, n)| format!("{class} {n}")).collect();
+        eprintln!("{stage}: answers read as {} (of {} queries)", parts.join(", "), s.queries);
+    }
+    let worst = s.worst_fallback_share();
+    if worst > max_share {
+        let fell: Vec<String> = s.answers_read.keys().filter(|st| s.fallbacks(st) > 0).map(|st| format!("{st} on {} of {} queries", s.fallbacks(st), s.queries)).collect();
+        anyhow::bail!(
+            "incomplete evaluation: the prior order was kept where no usable answer came ({}), above --max-fallback-share {max_share}; \
+             the outputs are written and say so; rerun to retry those queries, or pass --accept-fallbacks to keep them",
+            fell.join(", ")
+        );
+    }
+    Ok(())
 }
 
 impl BenchmarkArgs {
@@ -73,7 +113,7 @@ pub fn run(a: &BenchmarkArgs, col: Collection, build: impl FnOnce(&Collection) -
     let encoder = super::load_encoder(&col.manifest().model, LoadOptions::default())?;
     let pipeline = Pipeline::new(col, encoder, Compute::new(a.device)?, mllm, options)?;
     let out = a.out.clone().unwrap_or_else(|| PathBuf::from("squire-eval").join(&bench.name));
-    let opts = RunOptions { stages, keep: a.keep, ef: a.ef, whiten: false, sqaf: a.stages.sqaf.sqaf, out: out.clone() };
+    let opts = RunOptions { stages, keep: a.keep, ef: a.ef, whiten: false, sqaf: a.stages.sqaf.sqaf, out: out.clone(), accept_fallbacks: a.accept_fallbacks };
     let bar = super::progress_bar(a.json);
     bar.set_message(bench.name.clone());
     let t0 = std::time::Instant::now();
@@ -107,6 +147,7 @@ fn print_run(json_out: bool, result: &RunResult, out: &std::path::Path, secs: f6
         let mut v = report_json(&result.summary, &result.outcomes);
         v["out"] = json!(out.display().to_string());
         v["resumed"] = json!(result.resumed);
+        v["retried"] = json!(result.retried);
         v["seconds"] = json!(secs);
         extra(&mut v);
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -137,7 +178,8 @@ pub struct T2iArgs {
 /// Runs `squire eval t2i`.
 pub fn t2i(a: T2iArgs) -> anyhow::Result<()> {
     let col = a.common.collection()?;
-    run(&a.common, col, |col| Ok(benchmarks::t2i(col, &a.queries, a.k)?))?;
+    let (result, _) = run(&a.common, col, |col| Ok(benchmarks::t2i(col, &a.queries, a.k)?))?;
+    check_fallbacks(&result, a.common.max_fallback_share)?;
     Ok(())
 }
 
@@ -170,7 +212,7 @@ pub fn composed(a: ComposedArgs, which: &str) -> anyhow::Result<()> {
         }
         eprintln!("submission files: {}", files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
     }
-    Ok(())
+    check_fallbacks(&result, a.common.max_fallback_share)
 }
 
 /// Arguments of `squire eval fashioniq`.
@@ -198,7 +240,7 @@ pub fn fashioniq(a: FashionIqArgs) -> anyhow::Result<()> {
         let avg = benchmarks::group_average(&result.summary, &last);
         println!("average over categories ({last}): {}", avg.iter().map(|(k, v)| format!("{k} {:.2}", v * 100.0)).collect::<Vec<_>>().join(", "));
     }
-    Ok(())
+    check_fallbacks(&result, a.common.max_fallback_share)
 }
 
 /// Arguments of `squire eval inquire-fullrank`.
@@ -217,7 +259,8 @@ pub struct InquireArgs {
 /// Runs `squire eval inquire-fullrank`.
 pub fn inquire_fullrank(a: InquireArgs) -> anyhow::Result<()> {
     let col = a.common.collection()?;
-    run(&a.common, col, |col| Ok(benchmarks::inquire_fullrank(col, &a.queries, &a.annotations, a.common.skip_missing)?))?;
+    let (result, _) = run(&a.common, col, |col| Ok(benchmarks::inquire_fullrank(col, &a.queries, &a.annotations, a.common.skip_missing)?))?;
+    check_fallbacks(&result, a.common.max_fallback_share)?;
     Ok(())
 }
 
@@ -251,7 +294,7 @@ pub fn inquire_rerank(a: InquireRerankArgs) -> anyhow::Result<()> {
     let encoder = super::load_encoder(&col.manifest().model, LoadOptions::default())?;
     let pipeline = Pipeline::new(col, encoder, Compute::new(a.common.device)?, mllm, options)?;
     let out = a.common.out.clone().unwrap_or_else(|| PathBuf::from("squire-eval").join("inquire-rerank"));
-    let opts = RunOptions { stages, keep: a.common.keep, ef: None, whiten: false, sqaf: false, out: out.clone() };
+    let opts = RunOptions { stages, keep: a.common.keep, ef: None, whiten: false, sqaf: false, out: out.clone(), accept_fallbacks: a.common.accept_fallbacks };
     let describe = json!({"shards": shards.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(), "queries": queries.len()});
     let bar = super::progress_bar(a.common.json);
     bar.set_message("inquire-rerank");
@@ -264,5 +307,5 @@ pub fn inquire_rerank(a: InquireRerankArgs) -> anyhow::Result<()> {
     let secs = t0.elapsed().as_secs_f64();
     let candidates = queries.iter().map(|q| q.candidates.len()).sum::<usize>();
     print_run(a.common.json, &result, &out, secs, &format!("{} queries, {candidates} candidates", queries.len()), |v| v["candidates"] = json!(candidates))?;
-    Ok(())
+    check_fallbacks(&result, a.common.max_fallback_share)
 }

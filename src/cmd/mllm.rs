@@ -37,6 +37,11 @@ pub struct MllmArgs {
     /// [default: $XDG_CACHE_HOME/squire/mllm or ~/.cache/squire/mllm].
     #[arg(long)]
     pub mllm_cache: Option<PathBuf>,
+    /// Whose answers a cached answer may be: `endpoint` (this server's URL
+    /// and model name) or `model` (any server answering under the model
+    /// name; the scope of caches written by earlier versions).
+    #[arg(long, value_parser = ["endpoint", "model"], default_value = "endpoint")]
+    pub mllm_cache_scope: String,
     /// Seconds before one request is abandoned (then retried).
     #[arg(long, default_value_t = 120.0)]
     pub mllm_timeout: f64,
@@ -93,10 +98,14 @@ impl MllmArgs {
         let describe = serde_json::json!({
             "backend": backend, "url": client.endpoint(), "model": model,
             "api_key": std::env::var(API_KEY_ENV).is_ok_and(|k| !k.is_empty()),
-            "cache": cache.as_ref().map(|p| p.display().to_string()),
+            "cache": cache.as_ref().map(|p| p.display().to_string()), "cache_scope": self.mllm_cache_scope,
         });
         let model: Box<dyn Mllm> = match cache {
-            Some(dir) => Box::new(Cached::new(client, ResponseCache::new(dir))),
+            Some(dir) if self.mllm_cache_scope == "model" => Box::new(Cached::new(client, ResponseCache::new(dir))),
+            Some(dir) => {
+                let endpoint = client.endpoint().to_string();
+                Box::new(Cached::for_endpoint(client, ResponseCache::new(dir), &endpoint))
+            }
             None => Box::new(client),
         };
         Ok(Some(PipelineMllm { model, describe }))
@@ -269,6 +278,11 @@ pub struct PointwiseArgs {
 /// Every stage's options, shared by `search` and `serve`.
 #[derive(Args, Debug, Clone)]
 pub struct StageArgs {
+    /// How EBR's and CoTRR's answers are read: prose (JSON first, then the
+    /// numbers in the text, reported as `prose`) or strict (JSON only; any
+    /// other answer is asked again, then falls back).
+    #[arg(long, value_parser = ["prose", "strict"], default_value = "prose")]
+    pub parse: String,
     #[command(flatten)]
     pub sg: super::search::SuperGlobalArgs,
     #[command(flatten)]
@@ -287,11 +301,12 @@ impl StageArgs {
     /// The pipeline's options (each checked, the offending option named).
     pub fn options(&self) -> anyhow::Result<PipelineOptions> {
         anyhow::ensure!(self.pointwise.pointwise_k > 0, "--pointwise-k must be at least 1");
+        let mode: squire_engine::ranking::ParseMode = self.parse.parse().map_err(anyhow::Error::msg)?;
         Ok(PipelineOptions {
             superglobal: self.sg.params(),
             sqaf: self.sqaf.options()?,
-            ebr: self.ebr.options()?,
-            cotrr: self.cotrr.options()?,
+            ebr: EbrOptions { parse: mode, ..self.ebr.options()? },
+            cotrr: CotrrOptions { parse: mode, ..self.cotrr.options()? },
             pointwise: PointwiseOptions { k: self.pointwise.pointwise_k, parallel: self.mllm.mllm_concurrency.max(1), ..PointwiseOptions::default() },
         })
     }

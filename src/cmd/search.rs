@@ -94,15 +94,18 @@ pub struct SuperGlobalArgs {
     /// SuperGlobal: neighbour weight per unit of similarity (β).
     #[arg(long, default_value_t = 0.15)]
     pub sg_beta: f32,
-    /// SuperGlobal: refined candidates whose element-wise max expands the query.
-    #[arg(long, default_value_t = 10)]
-    pub sg_query_top: usize,
+    /// SuperGlobal: refined candidates whose element-wise max expands the
+    /// query [default: K + 1, as the authors' code (RerankwMDA.py) does; 10
+    /// with the default K].
+    #[arg(long)]
+    pub sg_query_top: Option<usize>,
 }
 
 impl SuperGlobalArgs {
     /// The engine's parameters.
     pub fn params(&self) -> squire_engine::superglobal::SuperGlobalParams {
-        squire_engine::superglobal::SuperGlobalParams { m: self.sg_m, k: self.sg_k, beta: self.sg_beta, query_top: self.sg_query_top }
+        let query_top = self.sg_query_top.unwrap_or(self.sg_k + 1);
+        squire_engine::superglobal::SuperGlobalParams { m: self.sg_m, k: self.sg_k, beta: self.sg_beta, query_top }
     }
 }
 

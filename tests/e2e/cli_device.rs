@@ -91,6 +91,8 @@ fn superglobal_rerank_through_the_cli() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
     assert_eq!(v["rerank"]["method"], "superglobal");
     assert_eq!(v["rerank"]["m"], 8);
+    // The query expands over the top K + 1, as in the authors' code, unless --sg-query-top says otherwise.
+    assert_eq!((v["rerank"]["k"].as_u64(), v["rerank"]["query_top"].as_u64()), (Some(2), Some(3)), "{v}");
     assert!(v["timings"]["rerank_ms"].as_f64().is_some(), "{v}");
     let got = results(&o);
     assert_eq!(got.len(), 5);

@@ -51,6 +51,7 @@ fn scripted_server_sqaf_and_ebr_through_the_cli() {
     assert_eq!((v["cost"]["ebr"]["calls"].as_u64(), v["cost"]["ebr"]["images"].as_u64()), (Some(1), Some(2)));
     assert_eq!(v["ebr"]["mentioned"], 2);
     assert!(v["ebr"]["fallback"].is_null());
+    assert_eq!(v["ebr"]["read"], "json", "{}", v["ebr"]);
     assert!(v["timings"]["ebr_ms"].as_f64().is_some());
     let after = paths(&v);
     let want: Vec<String> = [3, 2, 0, 1, 4].iter().map(|&i| before[i].clone()).collect();
@@ -87,7 +88,10 @@ fn an_unreachable_server_falls_back_and_bad_options_are_named() {
     let first = json(&squire(&home, &["search", "--index", &idx, "--text", "a cat", "--exact", "--json"]));
     let v = json(&squire(&home, &["search", "--index", &idx, "--text", "a cat", "--exact", "--json", "--rerank", "ebr",
         "--mllm", "openai", "--mllm-url", "http://127.0.0.1:9/v1", "--mllm-model", "m", "--mllm-retries", "0", "--mllm-cache", "none"]));
-    assert!(v["ebr"]["fallback"].as_str().expect("fallback").contains("127.0.0.1:9"), "{v}");
+    let why = v["ebr"]["fallback"].as_str().expect("fallback");
+    // The URL once, the attempts counted.
+    assert!(why.contains("127.0.0.1:9") && why.matches("127.0.0.1:9").count() == 1 && why.contains("after 1 attempt(s)"), "{why}");
+    assert_eq!(v["ebr"]["read"], "fallback");
     assert_eq!(paths(&v), paths(&first));
     assert_eq!(v["cost"]["ebr"]["requests"], 1);
 }

@@ -91,6 +91,7 @@ fn flickr_index_self_retrieval_and_text_queries() {
         whiten: false,
         sqaf: false,
         out: dir.join("eval"),
+        accept_fallbacks: false,
     };
     let run = squire_engine::harness::run_benchmark(&pipeline, &bench, &opts, &mut |_, _| {}).expect("eval");
     println!("{}", run.summary.markdown());

@@ -11,6 +11,7 @@ mod cli_clip_pool;
 mod cli_device;
 mod cli_eval_benchmarks;
 mod cli_eval_copies;
+mod cli_eval_fallbacks;
 mod cli_eval_inquire_rerank;
 mod cli_eval_revisitop;
 mod cli_index;

@@ -93,10 +93,14 @@ fn scripted_server_pointwise_scores_come_from_the_logprobs_and_ties_are_stable()
     // One call at a time, so the script's replies map to candidates in order.
     let r = PointwiseReranker { options: PointwiseOptions { k: 4, parallel: 1, top_logprobs: 5 } };
     let out = r.rerank(&client(&server.url), &RerankQuery::Text("a red car".into()), &candidates(5));
-    // Scores: 0.2, 0.9, 0.2 (a tie with the first: prior order kept), and 0.5 from the word "Maybe".
+    // Scores: 0.2, 0.9, 0.2 (a tie with the first: prior order kept); "Maybe" (no Yes or No
+    // among its log-probabilities, and neither word answered) scores nothing: it ranks as 0.5
+    // would (after any scored 0.5), and the stage reports a fallback for it.
     assert_eq!(out.order, vec![1, 3, 0, 2, 4]);
-    assert_eq!(out.reasoning[0], "P(yes) per candidate: 0.2000, 0.9000, 0.2000, 0.5 (word)");
-    assert!(out.fallback.expect("the word fallback is reported").contains("1 of 4 answers came without log-probabilities"));
+    assert_eq!(out.reasoning[0], "P(yes) per candidate: 0.2000, 0.9000, 0.2000, failed");
+    let why = out.fallback.expect("reported");
+    assert!(why.contains("1 of 4 answers came without log-probabilities") && why.contains("candidate 4: answered neither Yes nor No"), "{why}");
+    assert_eq!((out.mentioned, out.read), (3, squire_engine::rerank::AnswerRead::Fallback));
     assert_eq!((out.cost.calls, out.cost.images, out.cost.prompt_tokens), (4, 4, 200));
     let seen = server.seen();
     assert_eq!(seen[0].body["logprobs"], true);

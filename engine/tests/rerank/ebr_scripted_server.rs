@@ -160,6 +160,19 @@ fn scripted_server_persistent_500s_fall_back_to_the_prior_order() {
 }
 
 #[test]
+fn scripted_server_invalid_json_bodies_are_retried_and_every_request_is_counted() {
+    let garbage = Reply { body: "<html>not json</html>".into(), ..Reply::answer("") };
+    let server = ScriptedServer::start(vec![garbage.clone(), garbage]);
+    let out = reranker(3, 9, 0).rerank(&client(&server.url, 1, 5_000), &RerankQuery::Text("x".into()), &candidates(3));
+    assert_eq!(out.order, vec![0, 1, 2]);
+    assert_eq!(server.seen().len(), 2);
+    assert_eq!((out.cost.calls, out.cost.requests), (1, 2));
+    let why = out.fallback.expect("flagged");
+    assert!(why.contains("after 2 attempt(s)") && why.contains(&server.url), "{why}");
+    assert_eq!(out.read, squire_engine::rerank::AnswerRead::Fallback);
+}
+
+#[test]
 fn scripted_server_4xx_is_not_retried() {
     let server = ScriptedServer::start(vec![Reply::status(400), Reply::answer("[2, 1]")]);
     let out = reranker(2, 9, 0).rerank(&client(&server.url, 3, 5_000), &RerankQuery::Text("x".into()), &candidates(2));
@@ -212,6 +225,33 @@ fn scripted_server_second_identical_run_is_answered_by_the_cache() {
     other[0] = solid([1, 2, 3], 64, 48);
     let _ = reranker(3, 9, 0).rerank(&mllm, &query, &other);
     assert_eq!(server.seen().len(), 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn scripted_servers_with_one_model_name_share_cached_answers_only_when_scoped_by_model() {
+    let dir = std::env::temp_dir().join(format!("squire-mllm-cache-scope-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (a, b) = (ScriptedServer::start(vec![Reply::answer("[2, 3, 1]")]), ScriptedServer::start(vec![Reply::answer("[3, 1, 2]"); 2]));
+    let query = RerankQuery::Text("x".into());
+    let rerank = |m: &dyn Mllm| reranker(3, 9, 0).rerank(m, &query, &candidates(3));
+    // Scoped by endpoint (the CLI's default): server B is asked, and its answer counts.
+    let on_a = Cached::for_endpoint(client(&a.url, 0, 5_000), ResponseCache::new(&dir), &a.url);
+    assert_eq!(rerank(&on_a).order, vec![1, 2, 0]);
+    let on_b = Cached::for_endpoint(client(&b.url, 0, 5_000), ResponseCache::new(&dir), &b.url);
+    let out = rerank(&on_b);
+    assert_eq!((out.order, out.cost.cache_hits, b.seen().len()), (vec![2, 0, 1], 0, 1));
+    // Again on A: its own answer, from the cache.
+    let again = rerank(&on_a);
+    assert_eq!((again.order, again.cost.cache_hits, a.seen().len()), (vec![1, 2, 0], 1, 1));
+    // Scoped by model: one cache for the name, whichever server; entries written under this scope
+    // (as before endpoints were in the key) are read back under it.
+    let by_model_b = Cached::new(client(&b.url, 0, 5_000), ResponseCache::new(&dir));
+    assert_eq!(rerank(&by_model_b).order, vec![2, 0, 1]);
+    assert_eq!(b.seen().len(), 2);
+    let by_model_a = Cached::new(client(&a.url, 0, 5_000), ResponseCache::new(&dir));
+    let shared = rerank(&by_model_a);
+    assert_eq!((shared.order, shared.cost.cache_hits, a.seen().len()), (vec![2, 0, 1], 1, 1), "B's answer, from the model-scoped cache");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

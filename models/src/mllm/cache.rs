@@ -98,12 +98,30 @@ impl ResponseCache {
 pub struct Cached<M> {
     inner: M,
     cache: ResponseCache,
+    scope: Option<String>,
 }
 
 impl<M: Mllm> Cached<M> {
-    /// `inner` behind `cache`.
+    /// `inner` behind `cache`, keyed by the model id alone: every endpoint
+    /// serving a model of that name shares the answers (the keys of caches
+    /// written before endpoints were part of them).
     pub fn new(inner: M, cache: ResponseCache) -> Self {
-        Cached { inner, cache }
+        Cached { inner, cache, scope: None }
+    }
+
+    /// `inner` behind `cache`, keyed by `endpoint` (the server's URL) and
+    /// the model id: a second server answering for the same model name
+    /// (llama.cpp's and Ollama's names are often generic) gets its own answers.
+    pub fn for_endpoint(inner: M, cache: ResponseCache, endpoint: &str) -> Self {
+        Cached { inner, cache, scope: Some(endpoint.to_string()) }
+    }
+
+    /// The id the keys are made from: the model id, after the endpoint when scoped.
+    fn key_id(&self) -> String {
+        match &self.scope {
+            Some(endpoint) => format!("{endpoint}\u{1f}{}", self.inner.model_id()),
+            None => self.inner.model_id(),
+        }
     }
 }
 
@@ -114,7 +132,7 @@ impl<M: Mllm> Mllm for Cached<M> {
 
     fn chat(&self, request: &ChatRequest) -> Result<ChatResponse, MllmError> {
         let start = Instant::now();
-        let key = ResponseCache::key(&self.inner.model_id(), request);
+        let key = ResponseCache::key(&self.key_id(), request);
         if let Some(mut hit) = self.cache.get(&key) {
             hit.cached = true;
             hit.requests = 0;

@@ -143,10 +143,12 @@ pub enum MllmError {
         body: String,
     },
     /// The server's answer is not the expected JSON.
-    #[error("MLLM server {url} sent an unreadable answer: {message}")]
+    #[error("MLLM server {url} sent an unreadable answer after {attempts} attempt(s): {message}")]
     Answer {
         /// The endpoint.
         url: String,
+        /// Requests sent.
+        attempts: u32,
         /// What is wrong with it.
         message: String,
     },
@@ -167,9 +169,18 @@ impl MllmError {
     /// Requests sent before the error (0 when none was).
     pub fn attempts(&self) -> u32 {
         match self {
-            MllmError::Transport { attempts, .. } | MllmError::Status { attempts, .. } => *attempts,
-            MllmError::Answer { .. } => 1,
+            MllmError::Transport { attempts, .. } | MllmError::Status { attempts, .. } | MllmError::Answer { attempts, .. } => *attempts,
             MllmError::Config(_) | MllmError::Cache { .. } => 0,
+        }
+    }
+
+    /// What went wrong, without the URL and the attempt count (for a
+    /// warning that names those once).
+    pub fn reason(&self) -> String {
+        match self {
+            MllmError::Transport { message, .. } | MllmError::Answer { message, .. } => message.clone(),
+            MllmError::Status { status, body, .. } => format!("HTTP {status}: {body}"),
+            other => other.to_string(),
         }
     }
 }

@@ -179,7 +179,7 @@ impl OpenAiChat {
             Ok(resp) => match resp.into_json::<Value>() {
                 Ok(v) => Attempt::Done(v),
                 // A body cut off mid-way is a transport failure worth retrying.
-                Err(e) => Attempt::Retry(None, MllmError::Answer { url, message: format!("reading the JSON body: {e}") }),
+                Err(e) => Attempt::Retry(None, MllmError::Answer { url, attempts: 0, message: format!("reading the JSON body: {e}") }),
             },
             Err(ureq::Error::Status(status, resp)) => {
                 let retry_after = resp
@@ -196,12 +196,12 @@ impl OpenAiChat {
                     Attempt::Fail(err)
                 }
             }
-            Err(e) => Attempt::Retry(None, MllmError::Transport { url, attempts: 0, message: e.to_string() }),
+            Err(ureq::Error::Transport(t)) => Attempt::Retry(None, MllmError::Transport { url, attempts: 0, message: transport_reason(&t) }),
         }
     }
 
     fn parse(&self, v: &Value) -> Result<(String, Usage, Vec<(String, f32)>), MllmError> {
-        let bad = |m: &str| MllmError::Answer { url: self.endpoint.clone(), message: m.to_string() };
+        let bad = |m: &str| MllmError::Answer { url: self.endpoint.clone(), attempts: 0, message: m.to_string() };
         if let Some(err) = v.get("error") {
             return Err(bad(&format!("the server reported an error: {err}")));
         }
@@ -241,7 +241,7 @@ impl Mllm for OpenAiChat {
             let t = Instant::now();
             match self.attempt(&body) {
                 Attempt::Done(v) => {
-                    let (text, usage, first_token_logprobs) = self.parse(&v)?;
+                    let (text, usage, first_token_logprobs) = self.parse(&v).map_err(|e| with_attempts(e, attempts))?;
                     tracing::debug!(
                         "MLLM {} answered in {:.0} ms ({} + {} tokens)",
                         self.options.model,
@@ -266,7 +266,12 @@ impl Mllm for OpenAiChat {
                     let delay = after.unwrap_or_else(|| {
                         self.options.backoff.saturating_mul(1 << (attempts - 1).min(6)).min(Duration::from_secs(30))
                     });
-                    tracing::warn!("MLLM request failed ({e}); retry {attempts} of {} in {delay:?}", self.options.retries);
+                    tracing::warn!(
+                        "MLLM request to {} failed on attempt {attempts} of {}: {}; retrying in {delay:?}",
+                        self.endpoint,
+                        self.options.retries + 1,
+                        e.reason()
+                    );
                     std::thread::sleep(delay);
                 }
             }
@@ -278,6 +283,18 @@ fn with_attempts(e: MllmError, n: u32) -> MllmError {
     match e {
         MllmError::Status { url, status, body, .. } => MllmError::Status { url, status, attempts: n, body },
         MllmError::Transport { url, message, .. } => MllmError::Transport { url, attempts: n, message },
+        MllmError::Answer { url, message, .. } => MllmError::Answer { url, attempts: n, message },
         other => other,
+    }
+}
+
+/// A transport error without the URL ureq puts in front (the error names
+/// it once): its kind, then its message or cause where that adds something.
+fn transport_reason(t: &ureq::Transport) -> String {
+    let kind = t.kind().to_string();
+    let detail = t.message().map(str::to_string).or_else(|| std::error::Error::source(t).map(|s| s.to_string()));
+    match detail {
+        Some(d) if !d.is_empty() && d != kind => format!("{kind}: {d}"),
+        _ => kind,
     }
 }

@@ -352,7 +352,7 @@ impl Mllm for Qwen3Vl {
 
     fn chat(&self, request: &ChatRequest) -> std::result::Result<ChatResponse, MllmError> {
         let t0 = Instant::now();
-        let fail = |e: ModelError| MllmError::Answer { url: format!("local:{}", self.dir.display()), message: e.to_string() };
+        let fail = |e: ModelError| MllmError::Answer { url: format!("local:{}", self.dir.display()), attempts: 1, message: e.to_string() };
         if !request.temperature.is_finite() || request.temperature < 0.0 {
             return Err(MllmError::Config(format!("temperature {} must be finite and ≥ 0", request.temperature)));
         }
