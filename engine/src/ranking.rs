@@ -266,7 +266,7 @@ mod tests {
         for a in ["The 3rd one, maybe.", "I see 2 dogs and 40 cats", "Sorry, as a model trained in 2023 I cannot rank these."] {
             let p = parse_ranking(a, 4);
             assert!(!p.usable, "{a:?}: {p:?}");
-            assert_eq!((p.order, p.read()), (vec![0, 1, 2, 3], AnswerRead::Fallback), "{a:?}");
+            assert_eq!((p.read(), p.order), (AnswerRead::Fallback, vec![0, 1, 2, 3]), "{a:?}");
         }
         // One mark suffices in JSON, and in prose when there is one candidate.
         assert_eq!(parse_ranking(r#"{"ranking": [2]}"#, 3).read(), AnswerRead::Json);
