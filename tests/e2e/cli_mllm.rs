@@ -139,7 +139,8 @@ fn local_tiny_qwen3vl_sqaf_and_ebr_through_the_cli() {
         "--mllm", "local", "--mllm-model", &model, "--mllm-cache", "none"];
     let first = json(&squire(&home, &base));
     let mut args = base.to_vec();
-    args.extend(["--sqaf", "--rerank", "ebr", "--ebr-k", "4", "--mllm-dtype", "bf16"]);
+    // No second ask: a nonsense answer (fewer than two marks) falls back at once.
+    args.extend(["--sqaf", "--rerank", "ebr", "--ebr-k", "4", "--ebr-retries", "0", "--mllm-dtype", "bf16"]);
     let v = json(&squire(&home, &args));
     assert_eq!(v["mllm"]["backend"], "local");
     assert_eq!(v["mllm"]["dtype"], "bf16");
@@ -147,6 +148,9 @@ fn local_tiny_qwen3vl_sqaf_and_ebr_through_the_cli() {
     assert!(v["sqaf"]["caption"].is_string(), "{}", v["sqaf"]);
     assert_eq!(v["cost"]["sqaf"]["calls"], 1);
     assert_eq!(v["cost"]["ebr"]["calls"], 1, "one call for 4 candidates");
+    let read = v["ebr"]["read"].as_str().expect("read");
+    assert!(["json", "list", "prose", "fallback"].contains(&read), "{read}");
+    assert_eq!(v["ebr"]["fallback"].is_string(), read == "fallback", "{}", v["ebr"]);
     assert!(v["cost"]["total"]["prompt_tokens"].as_u64().expect("tokens") > 0);
     // SQAF moves the query, so the order may differ from `first`; every
     // result is still a gallery image, once.
