@@ -41,13 +41,16 @@ fn scripted_server_cotrr_windows_merge_bottom_up() {
     let server = ScriptedServer::start(vec![
         Reply::answer("[6, 5]"),
         Reply::answer(r#"{"reasoning": "parts: dog, snow. Image 4 fits best", "ranking": [4, 1]}"#),
-        Reply::answer("Image 4 is the best match."),
+        // Prose with two marks is read (a lone "Image 4 is best" would not be a ranking).
+        Reply::answer("Image 4 is the best match, then image 1."),
     ]);
     let r = CotrrReranker::new(CotrrOptions { k: 12, window: 6, step: 3, ..CotrrOptions::default() }).expect("options");
     let out = r.rerank(&client(&server.url), &RerankQuery::Text("a dog in snow".into()), &candidates(14));
     assert_eq!(out.order, vec![11, 0, 1, 2, 3, 4, 5, 10, 6, 7, 8, 9, 12, 13]);
     assert_eq!((out.cost.calls, out.cost.images), (3, 18));
     assert!(out.fallback.is_none());
+    // The stage is as good as its worst window: list, JSON, then prose.
+    assert_eq!(out.read, squire_engine::rerank::AnswerRead::Prose);
     assert!(out.reasoning.iter().any(|r| r.contains("Image 4 fits best")), "{:?}", out.reasoning);
     let seen = server.seen();
     assert_eq!(seen.len(), 3);
