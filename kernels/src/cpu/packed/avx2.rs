@@ -1,47 +1,16 @@
 //! The AVX2 + FMA tiles of the packed product: up to 6 rows × 16 columns
 //! (12 accumulators in two 8-lane registers per row).
 
-use super::{Tile, Tiles};
+use super::Tile;
 
 /// Columns per strip (two 8-lane registers).
 const W: usize = 16;
 
-/// The AVX2 tile family (6 × 16).
-pub(super) struct Tiles16;
-
-impl Tiles for Tiles16 {
-    const STRIP: usize = W;
-    const ROWS: usize = 6;
-
-    unsafe fn rows_in_place<E: Fn(&mut [f32])>(rows: usize, t: &Tile, bias: Option<&[f32]>, accumulate: bool, dst: *mut f32, n: usize, epilogue: &E) {
-        dispatch::<1, E>(rows, t, bias, accumulate, dst, n, epilogue)
-    }
-
-    unsafe fn rows_of_strip(rows: usize, t: &Tile, dst: *mut f32, n: usize) {
-        dispatch::<W, _>(rows, t, None, false, dst, n, &|_: &mut [f32]| {})
-    }
-}
-
-/// Runs [`tile`] for `rows` (1..=6) rows.
-///
-/// # Safety
-/// As [`tile`].
-unsafe fn dispatch<const XS: usize, E: Fn(&mut [f32])>(rows: usize, t: &Tile, bias: Option<&[f32]>, accumulate: bool, dst: *mut f32, n: usize, epilogue: &E) {
-    #[cfg(target_arch = "x86_64")]
-    match rows {
-        6 => tile::<6, XS, E>(t, bias, accumulate, dst, n, epilogue),
-        5 => tile::<5, XS, E>(t, bias, accumulate, dst, n, epilogue),
-        4 => tile::<4, XS, E>(t, bias, accumulate, dst, n, epilogue),
-        3 => tile::<3, XS, E>(t, bias, accumulate, dst, n, epilogue),
-        2 => tile::<2, XS, E>(t, bias, accumulate, dst, n, epilogue),
-        _ => tile::<1, XS, E>(t, bias, accumulate, dst, n, epilogue),
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (rows, t, bias, accumulate, dst, n, epilogue);
-        unreachable!("the packed kernel is only built for x86-64");
-    }
-}
+tile_family!(
+    /// The AVX2 tile family (6 × 16).
+    Tiles16,
+    rows: [6, 5, 4, 3, 2]
+);
 
 /// One `R × cols` output tile over the whole depth: row `r` of the output
 /// (at `dst + r·n`) gets `bias + Σ_kk x[r·x_row + kk·XS] · w[kk·16 + c]`, plus

@@ -6,53 +6,16 @@
 //! depth order as in the AVX2 tiles (bias first, the old output added
 //! last), so both paths give bit-identical products.
 
-use super::{Tile, Tiles};
+use super::Tile;
 
 /// Columns per strip (two 16-lane registers).
 const W: usize = 32;
 
-/// The AVX-512 tile family (12 × 32).
-pub(super) struct Tiles32;
-
-impl Tiles for Tiles32 {
-    const STRIP: usize = W;
-    const ROWS: usize = 12;
-
-    unsafe fn rows_in_place<E: Fn(&mut [f32])>(rows: usize, t: &Tile, bias: Option<&[f32]>, accumulate: bool, dst: *mut f32, n: usize, epilogue: &E) {
-        dispatch::<1, E>(rows, t, bias, accumulate, dst, n, epilogue)
-    }
-
-    unsafe fn rows_of_strip(rows: usize, t: &Tile, dst: *mut f32, n: usize) {
-        dispatch::<W, _>(rows, t, None, false, dst, n, &|_: &mut [f32]| {})
-    }
-}
-
-/// Runs [`tile`] for `rows` (1..=12) rows.
-///
-/// # Safety
-/// As [`tile`].
-unsafe fn dispatch<const XS: usize, E: Fn(&mut [f32])>(rows: usize, t: &Tile, bias: Option<&[f32]>, accumulate: bool, dst: *mut f32, n: usize, epilogue: &E) {
-    #[cfg(target_arch = "x86_64")]
-    match rows {
-        12 => tile::<12, XS, E>(t, bias, accumulate, dst, n, epilogue),
-        11 => tile::<11, XS, E>(t, bias, accumulate, dst, n, epilogue),
-        10 => tile::<10, XS, E>(t, bias, accumulate, dst, n, epilogue),
-        9 => tile::<9, XS, E>(t, bias, accumulate, dst, n, epilogue),
-        8 => tile::<8, XS, E>(t, bias, accumulate, dst, n, epilogue),
-        7 => tile::<7, XS, E>(t, bias, accumulate, dst, n, epilogue),
-        6 => tile::<6, XS, E>(t, bias, accumulate, dst, n, epilogue),
-        5 => tile::<5, XS, E>(t, bias, accumulate, dst, n, epilogue),
-        4 => tile::<4, XS, E>(t, bias, accumulate, dst, n, epilogue),
-        3 => tile::<3, XS, E>(t, bias, accumulate, dst, n, epilogue),
-        2 => tile::<2, XS, E>(t, bias, accumulate, dst, n, epilogue),
-        _ => tile::<1, XS, E>(t, bias, accumulate, dst, n, epilogue),
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (rows, t, bias, accumulate, dst, n, epilogue);
-        unreachable!("the packed kernel is only built for x86-64");
-    }
-}
+tile_family!(
+    /// The AVX-512 tile family (12 × 32).
+    Tiles32,
+    rows: [12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2]
+);
 
 /// The lane masks of a row's two registers for `cols` (≤ 32) columns.
 #[inline(always)]

@@ -18,6 +18,48 @@ use rayon::prelude::*;
 use super::isa::{simd_path, SimdPath};
 use super::team::SharedMut;
 
+/// Declares a tile family `$family` (the module's strip width `W`, tiles of
+/// up to `$top` rows) and implements [`Tiles`] for it through a `dispatch`
+/// that picks the module's `tile::<R, XS, E>` for `rows` (each R in `$top`,
+/// `$r…`, then 1).
+macro_rules! tile_family {
+    ($(#[$doc:meta])* $family:ident, rows: [$top:literal $(, $r:literal)*]) => {
+        $(#[$doc])*
+        pub(super) struct $family;
+
+        impl super::Tiles for $family {
+            const STRIP: usize = W;
+            const ROWS: usize = $top;
+
+            unsafe fn rows_in_place<E: Fn(&mut [f32])>(rows: usize, t: &super::Tile, bias: Option<&[f32]>, accumulate: bool, dst: *mut f32, n: usize, epilogue: &E) {
+                dispatch::<1, E>(rows, t, bias, accumulate, dst, n, epilogue)
+            }
+
+            unsafe fn rows_of_strip(rows: usize, t: &super::Tile, dst: *mut f32, n: usize) {
+                dispatch::<W, _>(rows, t, None, false, dst, n, &|_: &mut [f32]| {})
+            }
+        }
+
+        /// Runs `tile` for `rows` (1 to the family's tallest) rows.
+        ///
+        /// # Safety
+        /// As `tile`.
+        unsafe fn dispatch<const XS: usize, E: Fn(&mut [f32])>(rows: usize, t: &super::Tile, bias: Option<&[f32]>, accumulate: bool, dst: *mut f32, n: usize, epilogue: &E) {
+            #[cfg(target_arch = "x86_64")]
+            match rows {
+                $top => tile::<$top, XS, E>(t, bias, accumulate, dst, n, epilogue),
+                $($r => tile::<$r, XS, E>(t, bias, accumulate, dst, n, epilogue),)*
+                _ => tile::<1, XS, E>(t, bias, accumulate, dst, n, epilogue),
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            {
+                let _ = (rows, t, bias, accumulate, dst, n, epilogue);
+                unreachable!("the packed kernel is only built for x86-64");
+            }
+        }
+    };
+}
+
 mod avx2;
 mod avx512;
 
