@@ -300,7 +300,7 @@ impl Summary {
                 (g.to_string(), by_stage)
             })
             .collect();
-        Summary {
+        let mut summary = Summary {
             benchmark: benchmark.to_string(),
             stages: stages.to_vec(),
             metric_names: metric_names.to_vec(),
@@ -310,9 +310,11 @@ impl Summary {
             per_group,
             cost,
             ms_per_query: ms,
-            complete: !answers_read.values().any(|m| m.get(AnswerRead::Fallback.name()).is_some_and(|&n| n > 0)),
             answers_read,
-        }
+            complete: false,
+        };
+        summary.complete = summary.worst_fallback_share() == 0.0;
+        summary
     }
 
     /// Queries whose stage `stage` fell back.
@@ -573,8 +575,8 @@ pub fn run_benchmark(pipeline: &Pipeline, bench: &Benchmark, opts: &RunOptions, 
         "options": format!("{:?}", pipeline.options()),
     });
     let (mut log, done) = RunLog::open(&opts.out, &describe)?;
-    let (outcomes, done_ids, resumed, retried) = resume(done, opts.accept_fallbacks);
-    let mut outcomes = outcomes;
+    let (mut outcomes, done_ids, retried) = resume(done, opts.accept_fallbacks);
+    let resumed = outcomes.len();
     let todo: Vec<&EvalQuery> = bench.queries.iter().filter(|q| !done_ids.contains(&q.qid)).collect();
     let root = &col.manifest().images_root;
     for (i, q) in todo.iter().enumerate() {
@@ -615,13 +617,13 @@ pub fn run_benchmark(pipeline: &Pipeline, bench: &Benchmark, opts: &RunOptions, 
 
 /// Splits a log's outcomes into those kept and those to run again (an MLLM
 /// stage fell back, unless `accept_fallbacks`): returns the kept outcomes,
-/// their ids, how many were kept and how many will be retried.
-fn resume(done: Vec<QueryOutcome>, accept_fallbacks: bool) -> (Vec<QueryOutcome>, HashSet<String>, usize, usize) {
+/// their ids, and how many will be retried.
+fn resume(done: Vec<QueryOutcome>, accept_fallbacks: bool) -> (Vec<QueryOutcome>, HashSet<String>, usize) {
     let before = done.len();
     let kept: Vec<QueryOutcome> = done.into_iter().filter(|q| accept_fallbacks || !q.fell_back()).collect();
     let ids = kept.iter().map(|q| q.qid.clone()).collect();
-    let n = kept.len();
-    (kept, ids, n, before - n)
+    let retried = before - kept.len();
+    (kept, ids, retried)
 }
 
 /// Keeps the outcomes of the queries in `wanted` (an earlier run with a
@@ -643,16 +645,13 @@ fn finish(
 
 /// A query's logged outcome: the first stage and every reranking stage, each scored.
 fn query_outcome(metric_fn: &MetricFn, doc_names: &[String], q: &EvalQuery, first: &[Ranked], first_ms: f64, stages: &[crate::pipeline::StageRun], keep: usize) -> QueryOutcome {
-    let runs = std::iter::once(("first".to_string(), first, first_ms, None, &Value::Null))
-        .chain(stages.iter().map(|s| (s.stage.name().to_string(), s.ranking.as_slice(), s.ms, s.cost.as_ref().map(CostRecord::from), &s.report)));
-    let results = runs
-        .map(|(stage, ranking, ms, cost, report)| {
-            let mut r = stage_result(metric_fn, doc_names, q, stage, ranking, ms, cost, keep);
-            r.read = report.get("read").and_then(|v| serde_json::from_value(v.clone()).ok());
-            r.fallback = report.get("fallback").and_then(Value::as_str).map(str::to_string);
-            r
-        })
-        .collect();
+    let mut results = vec![stage_result(metric_fn, doc_names, q, "first".to_string(), first, first_ms, None, keep)];
+    for s in stages {
+        let mut r = stage_result(metric_fn, doc_names, q, s.stage.name().to_string(), &s.ranking, s.ms, s.cost.as_ref().map(CostRecord::from), keep);
+        r.read = s.read;
+        r.fallback = s.fallback.clone();
+        results.push(r);
+    }
     QueryOutcome { qid: q.qid.clone(), group: q.group.clone(), relevant: q.relevant_names.clone(), stages: results }
 }
 
@@ -715,8 +714,8 @@ pub fn run_inquire_rerank(
         "keep": opts.keep, "rescore": rescore, "data": describe, "options": format!("{:?}", pipeline.options()),
     });
     let (mut log, done) = RunLog::open(&opts.out, &run_describe)?;
-    let (outcomes, done_ids, resumed, retried) = resume(done, opts.accept_fallbacks);
-    let mut outcomes = outcomes;
+    let (mut outcomes, done_ids, retried) = resume(done, opts.accept_fallbacks);
+    let resumed = outcomes.len();
     let metric_names: Vec<String> = ["AP", "nDCG", "MRR"].iter().map(|s| s.to_string()).collect();
     let metric_fn: Box<MetricFn> = Box::new(|ranked, q| {
         let n = ranked.len();
@@ -817,11 +816,11 @@ mod tests {
         assert_eq!(report_json(&s, &done)["complete"], json!(false));
         assert!(!s.complete);
         // A rerun keeps the clean ones and runs the two that fell back again ...
-        let (kept, ids, resumed, retried) = resume(done.clone(), false);
-        assert_eq!((resumed, retried), (2, 2));
+        let (kept, ids, retried) = resume(done.clone(), false);
+        assert_eq!((kept.len(), retried), (2, 2));
         assert!(ids.contains("0") && ids.contains("2") && !ids.contains("1") && kept.iter().all(|q| !q.fell_back()));
         // ... unless asked to accept them.
-        assert_eq!(resume(done, true).3, 0);
+        assert_eq!(resume(done, true).2, 0);
         // The retry's line, appended after the fallback's, is the one read back.
         let (mut log, _) = RunLog::open(&dir, &describe).unwrap();
         log.append(&with_ebr("1", AnswerRead::Json)).unwrap();

@@ -21,7 +21,7 @@ use crate::cost::MllmCost;
 use crate::cotrr::{CotrrOptions, CotrrReranker};
 use crate::ebr::{EbrOptions, GridReranker};
 use crate::pointwise::{PointwiseOptions, PointwiseReranker};
-use crate::rerank::{ListReranker, RerankQuery};
+use crate::rerank::{AnswerRead, ListReranker, RerankQuery};
 use crate::sqaf::{self, SqafOptions};
 use crate::superglobal::{self, Ranked, SuperGlobalParams};
 use crate::whitening;
@@ -186,6 +186,10 @@ pub struct StageRun {
     pub ms: f64,
     /// MLLM cost (MLLM stages only).
     pub cost: Option<MllmCost>,
+    /// MLLM stages: how the answer was read.
+    pub read: Option<AnswerRead>,
+    /// MLLM stages: why the prior order was kept (or a note on how scores were read).
+    pub fallback: Option<String>,
     /// Stage-specific details for reports (candidates, answers, fallback, ...).
     pub report: Value,
     /// EBR's grid images exactly as sent.
@@ -532,7 +536,7 @@ impl Pipeline {
                 }
             };
             let report = json!({"m": sg.m, "k": sg.k, "beta": sg.beta, "query_top": sg.query_top});
-            stages.push(StageRun { stage: Stage::SuperGlobal, ranking: ranked.clone(), ms: t.elapsed().as_secs_f64() * 1e3, cost: None, report, grids: Vec::new() });
+            stages.push(StageRun { stage: Stage::SuperGlobal, ranking: ranked.clone(), ms: t.elapsed().as_secs_f64() * 1e3, cost: None, read: None, fallback: None, report, grids: Vec::new() });
         }
         if self.mllm.is_some() {
             let caption = sqaf_run.as_ref().and_then(|s| s.caption.clone());
@@ -572,7 +576,16 @@ impl Pipeline {
                 }
                 _ => {}
             }
-            out.push(StageRun { stage, ranking: ranked.clone(), ms: result.cost.wall_ms, cost: Some(result.cost), report, grids: result.grids });
+            out.push(StageRun {
+                stage,
+                ranking: ranked.clone(),
+                ms: result.cost.wall_ms,
+                cost: Some(result.cost),
+                read: Some(result.read),
+                fallback: result.fallback,
+                report,
+                grids: result.grids,
+            });
         }
     }
 
@@ -611,7 +624,7 @@ impl Pipeline {
             let sg = &self.options.superglobal;
             ranked = superglobal::rerank(&self.compute, &query, &db, dim, &ranked, sg)?;
             let report = json!({"m": sg.m, "k": sg.k, "beta": sg.beta, "query_top": sg.query_top});
-            out.push(StageRun { stage: Stage::SuperGlobal, ranking: ranked.clone(), ms: t.elapsed().as_secs_f64() * 1e3, cost: None, report, grids: Vec::new() });
+            out.push(StageRun { stage: Stage::SuperGlobal, ranking: ranked.clone(), ms: t.elapsed().as_secs_f64() * 1e3, cost: None, read: None, fallback: None, report, grids: Vec::new() });
         }
         self.run_mllm_stages(&RerankQuery::Text(text.to_string()), stages, &mut ranked, &|i| candidates[i].image.clone(), &mut out);
         Ok(ListOutcome { first, stages: out, encode_ms })

@@ -64,7 +64,7 @@ impl std::str::FromStr for ParseMode {
         match s {
             "prose" => Ok(ParseMode::Prose),
             "strict" => Ok(ParseMode::Strict),
-            other => Err(format!("--parse {other}: expected prose or strict")),
+            other => Err(format!("`{other}`: expected prose or strict")),
         }
     }
 }

@@ -40,8 +40,8 @@ pub struct MllmArgs {
     /// Whose answers a cached answer may be: `endpoint` (this server's URL
     /// and model name) or `model` (any server answering under the model
     /// name; the scope of caches written by earlier versions).
-    #[arg(long, value_parser = ["endpoint", "model"], default_value = "endpoint")]
-    pub mllm_cache_scope: String,
+    #[arg(long, value_enum, default_value_t = CacheScope::Endpoint)]
+    pub mllm_cache_scope: CacheScope,
     /// Seconds before one request is abandoned (then retried).
     #[arg(long, default_value_t = 120.0)]
     pub mllm_timeout: f64,
@@ -59,6 +59,16 @@ pub struct MllmArgs {
     /// Images sent are downscaled to this longer side (JPEG, quality 90).
     #[arg(long, default_value_t = 1024)]
     pub mllm_max_image_side: u32,
+}
+
+/// Which answers a cached answer may stand for (`--mllm-cache-scope`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheScope {
+    /// This server's URL and model name.
+    Endpoint,
+    /// The model name, whichever server answers.
+    Model,
 }
 
 /// The default response cache folder.
@@ -101,7 +111,7 @@ impl MllmArgs {
             "cache": cache.as_ref().map(|p| p.display().to_string()), "cache_scope": self.mllm_cache_scope,
         });
         let model: Box<dyn Mllm> = match cache {
-            Some(dir) if self.mllm_cache_scope == "model" => Box::new(Cached::new(client, ResponseCache::new(dir))),
+            Some(dir) if self.mllm_cache_scope == CacheScope::Model => Box::new(Cached::new(client, ResponseCache::new(dir))),
             Some(dir) => {
                 let endpoint = client.endpoint().to_string();
                 Box::new(Cached::for_endpoint(client, ResponseCache::new(dir), &endpoint))
@@ -281,8 +291,8 @@ pub struct StageArgs {
     /// How EBR's and CoTRR's answers are read: prose (JSON first, then the
     /// numbers in the text, reported as `prose`) or strict (JSON only; any
     /// other answer is asked again, then falls back).
-    #[arg(long, value_parser = ["prose", "strict"], default_value = "prose")]
-    pub parse: String,
+    #[arg(long, default_value = "prose")]
+    pub parse: squire_engine::ranking::ParseMode,
     #[command(flatten)]
     pub sg: super::search::SuperGlobalArgs,
     #[command(flatten)]
@@ -301,12 +311,11 @@ impl StageArgs {
     /// The pipeline's options (each checked, the offending option named).
     pub fn options(&self) -> anyhow::Result<PipelineOptions> {
         anyhow::ensure!(self.pointwise.pointwise_k > 0, "--pointwise-k must be at least 1");
-        let mode: squire_engine::ranking::ParseMode = self.parse.parse().map_err(anyhow::Error::msg)?;
         Ok(PipelineOptions {
             superglobal: self.sg.params(),
             sqaf: self.sqaf.options()?,
-            ebr: EbrOptions { parse: mode, ..self.ebr.options()? },
-            cotrr: CotrrOptions { parse: mode, ..self.cotrr.options()? },
+            ebr: EbrOptions { parse: self.parse, ..self.ebr.options()? },
+            cotrr: CotrrOptions { parse: self.parse, ..self.cotrr.options()? },
             pointwise: PointwiseOptions { k: self.pointwise.pointwise_k, parallel: self.mllm.mllm_concurrency.max(1), ..PointwiseOptions::default() },
         })
     }
