@@ -694,13 +694,25 @@ fn stage_result(
     }
 }
 
+/// The encoder of an INQUIRE-Rerank run that re-scores (or SuperGlobal-refines)
+/// the candidates, with the model spec the run log records.
+#[derive(Clone, Copy)]
+pub struct ListScorer<'a> {
+    /// The model spec (a collection's `model`).
+    pub model: &'a str,
+    /// The encoder and the vector text queries compare with.
+    pub encoder: crate::stages::ListEncoder<'a>,
+}
+
 /// INQUIRE-Rerank: each query's published candidates (in file order) are
 /// ordered by their `clip_score` (or re-scored with `rescore`) and reranked
 /// by `opts.stages`; AP over the list normalised by the positives present,
 /// nDCG and MRR over the list; grouped by supercategory. Query ids are the
 /// queries' positions in the files (0-based); documents are `inat24_image_id`s.
+/// Without `encoder` only the MLLM stages can run, on the published order.
 pub fn run_inquire_rerank(
-    pipeline: &Pipeline,
+    rerankers: &crate::stages::Rerankers,
+    encoder: Option<ListScorer<'_>>,
     queries: &[crate::datasets::inquire_rerank::RerankQuery],
     describe: Value,
     rescore: bool,
@@ -710,8 +722,8 @@ pub fn run_inquire_rerank(
     let name = "inquire-rerank";
     let stage_names: Vec<String> = std::iter::once("first".to_string()).chain(opts.stages.iter().map(|s| s.name().to_string())).collect();
     let run_describe = json!({
-        "schema": "squire.eval-run/1", "benchmark": name, "model": pipeline.collection().manifest().model, "stages": stage_names,
-        "keep": opts.keep, "rescore": rescore, "data": describe, "options": format!("{:?}", pipeline.options()),
+        "schema": "squire.eval-run/1", "benchmark": name, "model": encoder.map(|e| e.model), "stages": stage_names,
+        "keep": opts.keep, "rescore": rescore, "data": describe, "options": format!("{:?}", rerankers.options()),
     });
     let (mut log, done) = RunLog::open(&opts.out, &run_describe)?;
     let (mut outcomes, done_ids, retried) = resume(done, opts.accept_fallbacks);
@@ -739,7 +751,7 @@ pub fn run_inquire_rerank(
             };
             list.push(crate::pipeline::ListCandidate { image: std::sync::Arc::new(image), score: c.clip_score as f32 });
         }
-        let res = pipeline.rerank_list(&rq.query, &list, &opts.stages, rescore).map_err(|e| EvalError::Backend(format!("query {i} ({:?}): {e}", rq.query)))?;
+        let res = rerankers.rerank_list(&rq.query, &list, &opts.stages, encoder.map(|e| e.encoder), rescore).map_err(|e| EvalError::Backend(format!("query {i} ({:?}): {e}", rq.query)))?;
         let relevant: HashSet<usize> = rq.candidates.iter().enumerate().filter(|(_, c)| c.relevant).map(|(j, _)| j).collect();
         let q = EvalQuery {
             qid: i.to_string(),

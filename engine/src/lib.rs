@@ -3,7 +3,8 @@
 //! and the evaluation harness that measures them.
 //!
 //! Depends on `squire-indexer`, `squire-models` and `squire-kernels`. The
-//! whole query path is [`pipeline::Pipeline`]; under it sit SuperGlobal
+//! whole query path is [`pipeline::Pipeline`], its reranking stages
+//! [`stages::Rerankers`] (usable on lists from outside a collection); under it sit SuperGlobal
 //! reranking ([`superglobal`]), PCA-whitening ([`whitening`]), SQUARE's query
 //! fusion ([`sqaf`]), the MLLM rerankers ([`rerank`]: [`ebr`] with its grids
 //! in [`grid`], [`cotrr`], [`pointwise`]; answers parsed by [`ranking`], cost
@@ -31,5 +32,6 @@ pub mod ranking;
 pub mod rerank;
 pub mod simulate;
 pub mod sqaf;
+pub mod stages;
 pub mod superglobal;
 pub mod whitening;

@@ -18,13 +18,14 @@ use squire_models::mllm::Mllm;
 use squire_models::{image_io, DualEncoder};
 
 use crate::cost::MllmCost;
-use crate::cotrr::{CotrrOptions, CotrrReranker};
-use crate::ebr::{EbrOptions, GridReranker};
-use crate::pointwise::{PointwiseOptions, PointwiseReranker};
-use crate::rerank::{AnswerRead, ListReranker, RerankQuery};
+use crate::cotrr::CotrrOptions;
+use crate::ebr::EbrOptions;
+use crate::pointwise::PointwiseOptions;
+use crate::rerank::{AnswerRead, RerankQuery};
 use crate::sqaf::{self, SqafOptions};
 use crate::superglobal::{self, Ranked, SuperGlobalParams};
 use crate::whitening;
+pub use crate::stages::{ListCandidate, ListEncoder, ListOutcome, Rerankers};
 
 /// Errors of one query. [`PipelineError::Request`] is the caller's fault (a
 /// server answers 400); the others are the collection's or the machine's.
@@ -251,26 +252,6 @@ impl SearchOutcome {
     }
 }
 
-/// A candidate given from outside the collection, with its prior score.
-#[derive(Debug, Clone)]
-pub struct ListCandidate {
-    /// The image.
-    pub image: Arc<RgbImage>,
-    /// The score it came with (e.g. the published first stage's).
-    pub score: f32,
-}
-
-/// What [`Pipeline::rerank_list`] produced.
-#[derive(Debug, Clone)]
-pub struct ListOutcome {
-    /// The first stage's order (candidate indices).
-    pub first: Vec<Ranked>,
-    /// Each reranking stage.
-    pub stages: Vec<StageRun>,
-    /// Embedding and scoring time, ms.
-    pub encode_ms: f64,
-}
-
 /// A query's vector and the named vector it searches.
 #[derive(Debug, Clone)]
 pub struct QueryVector {
@@ -346,12 +327,7 @@ pub struct PipelineMllm {
 pub struct Pipeline {
     collection: Collection,
     encoder: Box<dyn DualEncoder>,
-    compute: Compute,
-    mllm: Option<PipelineMllm>,
-    options: PipelineOptions,
-    ebr: GridReranker,
-    cotrr: CotrrReranker,
-    pointwise: PointwiseReranker,
+    rerankers: Rerankers,
     /// Per named vector: its whitening, the whitened gallery and that gallery
     /// on the compute backend, made on the first whitened query.
     whitened: std::sync::Mutex<HashMap<String, Arc<WhitenedGallery>>>,
@@ -373,13 +349,8 @@ impl Pipeline {
         mllm: Option<PipelineMllm>,
         options: PipelineOptions,
     ) -> Result<Self, PipelineError> {
-        let ebr = GridReranker::new(options.ebr.clone()).map_err(PipelineError::Request)?;
-        let cotrr = CotrrReranker::new(options.cotrr.clone()).map_err(PipelineError::Request)?;
-        if options.pointwise.k == 0 {
-            return Err(PipelineError::Request("pointwise: k must be at least 1".into()));
-        }
-        let pointwise = PointwiseReranker { options: options.pointwise.clone() };
-        Ok(Pipeline { collection, encoder, compute, mllm, options, ebr, cotrr, pointwise, whitened: Default::default() })
+        let rerankers = Rerankers::new(compute, mllm, options)?;
+        Ok(Pipeline { collection, encoder, rerankers, whitened: Default::default() })
     }
 
     /// The collection searched.
@@ -394,17 +365,29 @@ impl Pipeline {
 
     /// The stages' parameters.
     pub fn options(&self) -> &PipelineOptions {
-        &self.options
+        &self.rerankers.options
+    }
+
+    /// The reranking stages, usable on candidate lists from outside the collection.
+    pub fn rerankers(&self) -> &Rerankers {
+        &self.rerankers
     }
 
     /// The MLLM's description, when there is one.
     pub fn mllm(&self) -> Option<&Value> {
-        self.mllm.as_ref().map(|m| &m.describe)
+        self.rerankers.mllm()
     }
 
     /// The stages this pipeline can run (MLLM stages only with an MLLM).
     pub fn available_stages(&self) -> Vec<Stage> {
-        Stage::ALL.into_iter().filter(|s| !s.needs_mllm() || self.mllm.is_some()).collect()
+        self.rerankers.available_stages()
+    }
+
+    /// Reranks a fixed candidate list for a text query with the collection's
+    /// encoder (see [`Rerankers::rerank_list`]).
+    pub fn rerank_list(&self, text: &str, candidates: &[ListCandidate], stages: &[Stage], rescore: bool) -> Result<ListOutcome, PipelineError> {
+        let encoder = ListEncoder { encoder: self.encoder.as_ref(), vector: &self.collection.manifest().text_query_vector };
+        self.rerankers.rerank_list(text, candidates, stages, Some(encoder), rescore)
     }
 
 
@@ -416,28 +399,10 @@ impl Pipeline {
         }
         let w = whitening::load_fresh(&self.collection, vector)?;
         let rows = w.apply(self.collection.vectors(vector)?.data())?;
-        let database = self.compute.upload(&rows, w.dim_out, Precision::F32)?;
+        let database = self.rerankers.compute.upload(&rows, w.dim_out, Precision::F32)?;
         let g = Arc::new(WhitenedGallery { whitening: w, rows, database });
         cache.insert(vector.to_string(), g.clone());
         Ok(g)
-    }
-
-    fn depth_of(&self, stage: Stage) -> usize {
-        match stage {
-            Stage::SuperGlobal => self.options.superglobal.m,
-            Stage::Ebr => self.options.ebr.k,
-            Stage::Cotrr => self.options.cotrr.k,
-            Stage::Pointwise => self.options.pointwise.k,
-        }
-    }
-
-    fn reranker(&self, stage: Stage) -> Option<&dyn ListReranker> {
-        match stage {
-            Stage::SuperGlobal => None,
-            Stage::Ebr => Some(&self.ebr),
-            Stage::Cotrr => Some(&self.cotrr),
-            Stage::Pointwise => Some(&self.pointwise),
-        }
     }
 
     /// Checks a request before any work, naming what is wrong.
@@ -460,7 +425,7 @@ impl Pipeline {
         {
             return bad("rerank: superglobal comes first (it reranks the first stage's vectors), once".into());
         }
-        if self.mllm.is_none() {
+        if self.rerankers.mllm.is_none() {
             if let Some(s) = req.stages.iter().find(|s| s.needs_mllm()) {
                 return bad(format!("the {} reranker needs an MLLM, and none is configured (--mllm openai --mllm-url URL --mllm-model NAME)", s.name()));
             }
@@ -481,18 +446,18 @@ impl Pipeline {
         let manifest = col.manifest();
         let encoder = self.encoder.as_ref();
         let superglobal = req.stages.first() == Some(&Stage::SuperGlobal);
-        let depth = req.stages.iter().map(|s| self.depth_of(*s)).fold(req.k, usize::max);
+        let depth = req.stages.iter().map(|s| self.rerankers.depth_of(*s)).fold(req.k, usize::max);
         let t0 = Instant::now();
         let mut sqaf_run = None;
-        let query = match (&self.mllm, req.sqaf, req.text.as_deref(), &req.image) {
+        let query = match (&self.rerankers.mllm, req.sqaf, req.text.as_deref(), &req.image) {
             (Some(m), true, Some(text), Some(reference)) => {
                 let (img_vec, txt_vec) = composed_parts(col, encoder, text, reference)?;
-                let out = sqaf::caption_target(m.model.as_ref(), reference.clone(), text, &self.options.sqaf);
+                let out = sqaf::caption_target(m.model.as_ref(), reference.clone(), text, &self.rerankers.options.sqaf);
                 let cap_vec = match &out.caption {
                     Some(c) => Some(encoder.embed_texts(&[c.as_str()])?),
                     None => None,
                 };
-                let values = sqaf::fuse(&img_vec, &txt_vec, cap_vec.as_deref(), &self.options.sqaf.weights);
+                let values = sqaf::fuse(&img_vec, &txt_vec, cap_vec.as_deref(), &self.rerankers.options.sqaf.weights);
                 sqaf_run = Some(SqafRun { caption: out.caption, answer: out.answer, fallback: out.error, cost: out.cost });
                 QueryVector { vector: manifest.text_query_vector.clone(), values }
             }
@@ -515,9 +480,9 @@ impl Pipeline {
         };
         let hits: Vec<RowHit> = match (&whitened, req.first_stage) {
             (Some((q, g)), _) => {
-                self.compute.top_k(&g.database, q, depth, Metric::InnerProduct)?[0].iter().map(|s| RowHit { row: s.row, score: s.score }).collect()
+                self.rerankers.compute.top_k(&g.database, q, depth, Metric::InnerProduct)?[0].iter().map(|s| RowHit { row: s.row, score: s.score }).collect()
             }
-            (None, FirstStage::Exact) => col.search_exact_on(&self.compute, &vector, &query.values, depth)?,
+            (None, FirstStage::Exact) => col.search_exact_on(&self.rerankers.compute, &vector, &query.values, depth)?,
             // HNSW needs a search breadth of at least the depth asked for.
             _ => col.search(&vector, &query.values, depth, &SearchParams { ef })?,
         };
@@ -527,18 +492,18 @@ impl Pipeline {
         let mut ranked = first.clone();
         if superglobal {
             let t = Instant::now();
-            let sg = &self.options.superglobal;
+            let sg = &self.rerankers.options.superglobal;
             ranked = match &whitened {
-                Some((q, g)) => superglobal::rerank(&self.compute, q, &g.rows, g.whitening.dim_out, &ranked, sg)?,
+                Some((q, g)) => superglobal::rerank(&self.rerankers.compute, q, &g.rows, g.whitening.dim_out, &ranked, sg)?,
                 None => {
                     let store = col.vectors(&vector)?;
-                    superglobal::rerank(&self.compute, &query.values, store.data(), store.dim(), &ranked, sg)?
+                    superglobal::rerank(&self.rerankers.compute, &query.values, store.data(), store.dim(), &ranked, sg)?
                 }
             };
             let report = json!({"m": sg.m, "k": sg.k, "beta": sg.beta, "query_top": sg.query_top});
             stages.push(StageRun { stage: Stage::SuperGlobal, ranking: ranked.clone(), ms: t.elapsed().as_secs_f64() * 1e3, cost: None, read: None, fallback: None, report, grids: Vec::new() });
         }
-        if self.mllm.is_some() {
+        if self.rerankers.mllm.is_some() {
             let caption = sqaf_run.as_ref().and_then(|s| s.caption.clone());
             let rq = match (req.text.as_deref(), &req.image) {
                 (Some(t), Some(img)) => RerankQuery::Composed { reference: img.clone(), modification: t.to_string(), caption },
@@ -546,88 +511,9 @@ impl Pipeline {
                 (None, Some(img)) => RerankQuery::Image(img.clone()),
                 (None, None) => unreachable!("checked above"),
             };
-            self.run_mllm_stages(&rq, &req.stages, &mut ranked, &|row| Arc::new(self.candidate_image(row)), &mut stages);
+            self.rerankers.run_mllm_stages(&rq, &req.stages, &mut ranked, &|row| Arc::new(self.candidate_image(row)), &mut stages);
         }
         Ok(SearchOutcome { vector, method, ef, first, stages, sqaf: sqaf_run, encode_ms, search_ms })
-    }
-
-    /// Runs the MLLM stages of `stages` in order, each on the top of the
-    /// previous order; `image_of(row)` gives a candidate's image.
-    fn run_mllm_stages(&self, rq: &RerankQuery, stages: &[Stage], ranked: &mut Vec<Ranked>, image_of: &dyn Fn(usize) -> Arc<RgbImage>, out: &mut Vec<StageRun>) {
-        let Some(m) = &self.mllm else { return };
-        for &stage in stages.iter().filter(|s| s.needs_mllm()) {
-            let Some(reranker) = self.reranker(stage) else { continue };
-            let n = self.depth_of(stage).min(ranked.len());
-            let candidates: Vec<Arc<RgbImage>> = ranked[..n].iter().map(|h| image_of(h.row)).collect();
-            let result = reranker.rerank(m.model.as_ref(), rq, &candidates);
-            let head: Vec<Ranked> = result.order[..n].iter().map(|&i| ranked[i]).collect();
-            ranked.splice(..n, head);
-            let mut report = json!({
-                "k": n, "mentioned": result.mentioned, "fallback": result.fallback, "read": result.read, "answers": result.answers,
-                "reasoning": result.reasoning, "grids": result.grids.len(),
-            });
-            match stage {
-                Stage::Ebr => report["cells"] = json!(self.options.ebr.grid.cells),
-                Stage::Cotrr => {
-                    let o = &self.options.cotrr;
-                    report["windows"] = json!(o.calls(n));
-                    report["input"] = json!(o.input.name());
-                    report["reasoning_mode"] = json!(o.reasoning.name());
-                }
-                _ => {}
-            }
-            out.push(StageRun {
-                stage,
-                ranking: ranked.clone(),
-                ms: result.cost.wall_ms,
-                cost: Some(result.cost),
-                read: Some(result.read),
-                fallback: result.fallback,
-                report,
-                grids: result.grids,
-            });
-        }
-    }
-
-    /// Reranks a fixed candidate list for a text query (INQUIRE-Rerank's
-    /// published top 100): the first stage orders the candidates by their
-    /// given scores (ties keep the list's order), or with `rescore` by the
-    /// encoder's similarity to the query; SuperGlobal refines the candidates'
-    /// own embeddings (in the text-query space); MLLM stages rerank their
-    /// depth. Rankings hold candidate indices in `Ranked::row`.
-    pub fn rerank_list(&self, text: &str, candidates: &[ListCandidate], stages: &[Stage], rescore: bool) -> Result<ListOutcome, PipelineError> {
-        if stages.iter().any(|s| s.needs_mllm()) && self.mllm.is_none() {
-            return Err(PipelineError::Request("MLLM rerankers need an MLLM, and none is configured (--mllm)".into()));
-        }
-        let t0 = Instant::now();
-        let need_vectors = rescore || stages.contains(&Stage::SuperGlobal);
-        let vector = self.collection.manifest().text_query_vector.clone();
-        let (query, db) = if need_vectors {
-            let q = self.encoder.embed_texts(&[text])?;
-            let images: Vec<&RgbImage> = candidates.iter().map(|c| c.image.as_ref()).collect();
-            (q, embed_rgb_batch(self.encoder.as_ref(), &images, &vector)?)
-        } else {
-            (Vec::new(), Vec::new())
-        };
-        let dim = query.len().max(1);
-        let scores: Vec<f32> = if rescore {
-            db.chunks(dim).map(|v| v.iter().zip(&query).map(|(a, b)| a * b).sum()).collect()
-        } else {
-            candidates.iter().map(|c| c.score).collect()
-        };
-        let first: Vec<Ranked> = crate::metrics::order_by_score(&scores).into_iter().map(|i| Ranked { row: i, score: scores[i] }).collect();
-        let encode_ms = t0.elapsed().as_secs_f64() * 1e3;
-        let mut ranked = first.clone();
-        let mut out = Vec::new();
-        if stages.first() == Some(&Stage::SuperGlobal) {
-            let t = Instant::now();
-            let sg = &self.options.superglobal;
-            ranked = superglobal::rerank(&self.compute, &query, &db, dim, &ranked, sg)?;
-            let report = json!({"m": sg.m, "k": sg.k, "beta": sg.beta, "query_top": sg.query_top});
-            out.push(StageRun { stage: Stage::SuperGlobal, ranking: ranked.clone(), ms: t.elapsed().as_secs_f64() * 1e3, cost: None, read: None, fallback: None, report, grids: Vec::new() });
-        }
-        self.run_mllm_stages(&RerankQuery::Text(text.to_string()), stages, &mut ranked, &|i| candidates[i].image.clone(), &mut out);
-        Ok(ListOutcome { first, stages: out, encode_ms })
     }
 
     /// A candidate's image for the MLLM: a blank pixel (and a warning in the
@@ -711,7 +597,7 @@ impl Pipeline {
                 "ef": out.ef,
                 "images": col.records().len(),
                 "whitened": req.first_stage == FirstStage::Whitened,
-                "device": if exact_like { Some(if self.compute.is_gpu() { "gpu" } else { "cpu" }) } else { None },
+                "device": if exact_like { Some(if self.rerankers.compute.is_gpu() { "gpu" } else { "cpu" }) } else { None },
             },
             "rerank": superglobal.map_or(Value::Null, |s| {
                 let mut r = s.report.clone();
@@ -723,10 +609,10 @@ impl Pipeline {
             "per_stage": per_stage,
             "timings": timings,
         });
-        if let Some(m) = &self.mllm {
+        if let Some(m) = &self.rerankers.mllm {
             v["mllm"] = m.describe.clone();
             v["sqaf"] = out.sqaf.as_ref().map_or(Value::Null, |s| {
-                json!({"caption": s.caption, "answer": s.answer, "fallback": s.fallback, "weights": self.options.sqaf.weights})
+                json!({"caption": s.caption, "answer": s.answer, "fallback": s.fallback, "weights": self.rerankers.options.sqaf.weights})
             });
             let mut cost = serde_json::Map::new();
             cost.insert("sqaf".into(), json!(out.sqaf.as_ref().map(|s| s.cost)));

@@ -8,8 +8,8 @@ use anyhow::Context;
 use clap::Args;
 use serde_json::json;
 use squire_engine::benchmarks;
-use squire_engine::harness::{report_json, run_benchmark, Benchmark, RunOptions, RunResult};
-use squire_engine::pipeline::{Pipeline, Stage};
+use squire_engine::harness::{report_json, run_benchmark, Benchmark, ListScorer, RunOptions, RunResult};
+use squire_engine::pipeline::{ListEncoder, Pipeline, Rerankers, Stage};
 use squire_indexer::{Collection, OpenOptions};
 use squire_kernels::{Compute, DeviceChoice};
 use squire_models::clip::LoadOptions;
@@ -17,9 +17,10 @@ use squire_models::clip::LoadOptions;
 /// Options every pipeline benchmark shares.
 #[derive(Args)]
 pub struct BenchmarkArgs {
-    /// Collection directory (built over the benchmark's images).
+    /// Collection directory (built over the benchmark's images); required
+    /// except by `inquire-rerank` without --rescore or superglobal.
     #[arg(long)]
-    pub index: PathBuf,
+    pub index: Option<PathBuf>,
     /// Reranking stages after the first stage, in order (none, superglobal,
     /// ebr, cotrr, pointwise); every stage is reported.
     #[arg(long, default_value = "none", value_delimiter = ',')]
@@ -95,7 +96,10 @@ fn check_fallbacks(result: &RunResult, max_share: f64) -> anyhow::Result<()> {
 impl BenchmarkArgs {
     /// The collection, opened for reading.
     pub fn collection(&self) -> anyhow::Result<Collection> {
-        Collection::open_with(&self.index, OpenOptions { view: true }).with_context(|| format!("opening the collection in {}", self.index.display()))
+        let Some(index) = &self.index else {
+            anyhow::bail!("--index DIR is required: the collection built over the benchmark's images (`squire index IMAGES --index DIR`)");
+        };
+        Collection::open_with(index, OpenOptions { view: true }).with_context(|| format!("opening the collection in {}", index.display()))
     }
 }
 
@@ -288,18 +292,30 @@ pub fn inquire_rerank(a: InquireRerankArgs) -> anyhow::Result<()> {
         queries.truncate(n);
     }
     anyhow::ensure!(!queries.is_empty(), "{}: no queries", a.data.display());
-    let col = a.common.collection()?;
+    // The candidates' images are in the parquet: a collection (for its
+    // encoder) is needed only to re-score them or to refine with SuperGlobal.
+    let needs_encoder = a.rescore || stages.contains(&Stage::SuperGlobal);
+    if !needs_encoder && a.common.index.is_some() {
+        eprintln!("note: --index is not used (the published first stage is kept; pass --rescore to re-score with the collection's encoder)");
+    }
+    let scorer = if needs_encoder {
+        let col = a.common.collection().context(if a.rescore { "--rescore" } else { "--rerank superglobal" })?;
+        let encoder = super::load_encoder(&col.manifest().model, LoadOptions::default())?;
+        Some((col.manifest().model.clone(), col.manifest().text_query_vector.clone(), encoder))
+    } else {
+        None
+    };
     let options = a.common.stages.options()?;
     let mllm = a.common.stages.mllm.open()?;
-    let encoder = super::load_encoder(&col.manifest().model, LoadOptions::default())?;
-    let pipeline = Pipeline::new(col, encoder, Compute::new(a.common.device)?, mllm, options)?;
+    let rerankers = Rerankers::new(Compute::new(a.common.device)?, mllm, options)?;
     let out = a.common.out.clone().unwrap_or_else(|| PathBuf::from("squire-eval").join("inquire-rerank"));
     let opts = RunOptions { stages, keep: a.common.keep, ef: None, whiten: false, sqaf: false, out: out.clone(), accept_fallbacks: a.common.accept_fallbacks };
     let describe = json!({"shards": shards.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(), "queries": queries.len()});
     let bar = super::progress_bar(a.common.json);
     bar.set_message("inquire-rerank");
     let t0 = std::time::Instant::now();
-    let result = squire_engine::harness::run_inquire_rerank(&pipeline, &queries, describe, a.rescore, &opts, &mut |done, total| {
+    let encoder = scorer.as_ref().map(|(model, vector, enc)| ListScorer { model, encoder: ListEncoder { encoder: enc.as_ref(), vector } });
+    let result = squire_engine::harness::run_inquire_rerank(&rerankers, encoder, &queries, describe, a.rescore, &opts, &mut |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     })?;

@@ -91,7 +91,8 @@ fn scripted_mllm_server_inquire_rerank_first_stage_rescore_and_ebr() {
     );
     let data = root.join("shards").display().to_string();
     let out = root.join("o1").display().to_string();
-    let v = run(&home, &["eval", "inquire-rerank", "--index", &idx, "--data", &data, "--out", &out, "--json"]);
+    // The published first stage needs no collection: the parquet holds the candidates.
+    let v = run(&home, &["eval", "inquire-rerank", "--data", &data, "--out", &out, "--json"]);
     assert_eq!(v["queries"], 2);
     assert_eq!(v["candidates"], 8);
     assert!((v["metrics"]["AP"].as_f64().unwrap() - 0.5).abs() < 1e-9, "{v}");
@@ -107,9 +108,16 @@ fn scripted_mllm_server_inquire_rerank_first_stage_rescore_and_ebr() {
     let v = run(&home, &["eval", "inquire-rerank", "--index", &idx, "--data", &data, "--rescore", "--out", &root.join("o2").display().to_string(), "--json"]);
     assert_eq!(v["queries"], 2);
     assert!(v["per_query"][0]["metrics"]["first"]["AP"].as_f64().is_some());
+    // Re-scoring and SuperGlobal embed the candidates: without a collection's encoder, an error naming --index.
+    for extra in [&["--rescore"][..], &["--rerank", "superglobal"][..]] {
+        let mut args = vec!["eval", "inquire-rerank", "--data", &data, "--out", &out];
+        args.extend_from_slice(extra);
+        let o = squire(&home, &args);
+        assert!(!o.status.success() && text(&o).contains("--index DIR is required"), "{extra:?}: {}", text(&o));
+    }
     // EBR reverses each list (scripted answer): A → relevant at 1 and 3, AP (1 + 2/3)/2; B → at 3, AP 1/3.
     let server = ScriptedServer::start((0..2).map(|_| Reply::answer("{\"ranking\": [4, 3, 2, 1]}")).collect());
-    let v = run(&home, &["eval", "inquire-rerank", "--index", &idx, "--data", &data, "--rerank", "ebr", "--ebr-k", "4",
+    let v = run(&home, &["eval", "inquire-rerank", "--data", &data, "--rerank", "ebr", "--ebr-k", "4",
         "--mllm", "openai", "--mllm-url", &server.url, "--mllm-model", "scripted", "--mllm-cache", "none",
         "--out", &root.join("o3").display().to_string(), "--json"]);
     assert_eq!(v["stages"], json!(["first", "ebr"]));
