@@ -20,4 +20,5 @@ mod cli_mllm;
 mod cli_models;
 mod cli_whiten;
 mod lite_flickr;
+mod real_openai_server;
 mod serve_api;
