@@ -205,6 +205,15 @@ pub struct Collection {
     rows: HashMap<u64, usize>,
     vectors: BTreeMap<String, NamedVectors>,
     read_only: bool,
+    /// The writer lock, taken by the first change through this handle and
+    /// held until it is dropped.
+    writer: Option<crate::lock::WriterLock>,
+}
+
+/// The generation `manifest.json` in `dir` names now (`None`: no readable manifest).
+fn generation_on_disk(dir: &Path) -> Option<u64> {
+    let text = fs::read_to_string(dir.join("manifest.json")).ok()?;
+    serde_json::from_str::<serde_json::Value>(&text).ok()?.get("generation")?.as_u64()
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -246,8 +255,40 @@ impl Collection {
     }
 
     /// Opens the collection in `dir` as `opts` says, verifying every file of
-    /// its current generation.
+    /// its current generation. A writer may commit meanwhile and remove the
+    /// generation being read: the open then starts again on the new one, so
+    /// a reader gets the old or the new state, never an error.
     pub fn open_with(dir: &Path, opts: OpenOptions) -> Result<Self> {
+        let mut attempts = 0;
+        loop {
+            let before = generation_on_disk(dir);
+            match Self::open_generation(dir, opts) {
+                // Whatever failed, the generation read is gone: read the new one.
+                Err(_) if attempts < 8 && generation_on_disk(dir) != before => {
+                    attempts += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Takes the writer lock (once per handle) and checks that no other
+    /// writer committed since this handle read the collection.
+    fn lock_for_writing(&mut self) -> Result<()> {
+        self.writable()?;
+        if self.writer.is_none() {
+            let lock = crate::lock::WriterLock::acquire(&self.dir)?;
+            let now = generation_on_disk(&self.dir).unwrap_or(0);
+            if now != self.manifest.generation {
+                return Err(IndexError::Stale { dir: self.dir.clone(), opened: self.manifest.generation, now });
+            }
+            self.writer = Some(lock);
+        }
+        Ok(())
+    }
+
+    /// One attempt of [`Self::open_with`].
+    fn open_generation(dir: &Path, opts: OpenOptions) -> Result<Self> {
         let mpath = dir.join("manifest.json");
         let text = fs::read_to_string(&mpath).map_err(io(&mpath))?;
         let version = serde_json::from_str::<serde_json::Value>(&text)
@@ -305,7 +346,7 @@ impl Collection {
             vectors.insert(name.clone(), NamedVectors { raw, ann });
         }
         let rows = ids.iter().enumerate().map(|(i, &id)| (id, i)).collect();
-        Ok(Collection { dir: dir.to_path_buf(), manifest, records, rows, vectors, read_only: opts.view })
+        Ok(Collection { dir: dir.to_path_buf(), manifest, records, rows, vectors, read_only: opts.view, writer: None })
     }
 
     fn writable(&self) -> Result<()> {
@@ -358,7 +399,7 @@ impl Collection {
             files: BTreeMap::new(),
         };
         let vectors = names.iter().map(|n| (n.to_string(), NamedVectors { raw: ExactStore::new(0), ann: None })).collect();
-        Ok(Collection { dir: dir.to_path_buf(), manifest, records: Vec::new(), rows: HashMap::new(), vectors, read_only: false })
+        Ok(Collection { dir: dir.to_path_buf(), manifest, records: Vec::new(), rows: HashMap::new(), vectors, read_only: false, writer: None })
     }
 
     /// The manifest.
@@ -442,7 +483,7 @@ impl Collection {
         if store == self.manifest.store {
             return Ok(());
         }
-        self.writable()?;
+        self.lock_for_writing()?;
         for nv in self.vectors.values_mut() {
             nv.ann = build_ann(&store, &nv.raw)?;
         }
@@ -574,7 +615,7 @@ impl Collection {
         opts: IndexOptions,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<IndexReport> {
-        self.writable()?;
+        self.lock_for_writing()?;
         let start = Instant::now();
         let names = encoder.vector_names();
         let known: Vec<String> = self.vectors.keys().cloned().collect();

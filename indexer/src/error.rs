@@ -27,6 +27,25 @@ pub enum IndexError {
     /// A request that cannot be served (unknown vector name, wrong query size, ...).
     #[error("{0}")]
     InvalidRequest(String),
+    /// Another process holds the collection's writer lock (`writer.lock`).
+    #[error("collection {} is being written by {}; wait for it to finish (readers need not wait)", .dir.display(), .pid.map_or_else(|| "another process".to_string(), |p| format!("pid {p}")))]
+    Busy {
+        /// The collection directory.
+        dir: PathBuf,
+        /// The writer's process id, as it wrote it into the lock file.
+        pid: Option<u32>,
+    },
+    /// The collection was changed on disk after this handle opened it, so
+    /// writing from the handle would lose that change.
+    #[error("collection {} changed since it was opened (generation {opened} → {now}); open it again to write", .dir.display())]
+    Stale {
+        /// The collection directory.
+        dir: PathBuf,
+        /// The generation this handle read.
+        opened: u64,
+        /// The generation on disk now.
+        now: u64,
+    },
     /// A vector store backend (usearch, hnsw_rs, ...) failed.
     #[error("vector store {backend}: {message}")]
     Store {

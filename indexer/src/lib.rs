@@ -2,15 +2,19 @@
 //! crash-safe, incremental collection whose vectors are searched through the
 //! [`VectorStore`] trait: usearch HNSW by default, hnsw_rs HNSW as the
 //! alternative, exact brute force for small collections and recall checks.
+//! One process writes a collection at a time (its writer lock); any number
+//! read it meanwhile.
 //!
 //! Depends on `squire-models` (encoders) only.
 
 pub mod collection;
 pub mod error;
 mod fsio;
+mod lock;
 pub mod scan;
 pub mod store;
 
 pub use collection::{Collection, ImageRecord, IndexOptions, IndexReport, Manifest, OpenOptions, RowHit};
 pub use error::{IndexError, Result};
+pub use lock::WRITER_LOCK;
 pub use store::{ExactStore, Hit, SearchParams, StoreConfig, StoreKind, StoredPrecision, VectorStore};

@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use squire_indexer::{Collection, IndexOptions};
+use squire_indexer::{Collection, IndexOptions, OpenOptions, VectorStore};
 use squire_models::lite::{fetch, LiteOptions, LitePack};
 use squire_models::{image_io, ImageEncoder};
 
@@ -53,6 +53,26 @@ fn flickr_index_self_retrieval_and_text_queries() {
     assert!(r.skipped.is_empty(), "{:?}", r.skipped);
     let col = Collection::open(&dir).expect("reopen");
     assert_eq!(col.records().len(), 1000);
+
+    // Every photo is findable: its own stored vector finds it first through
+    // the default store (usearch), opened as `search` opens it, for each
+    // named vector (a tie at the top with an identical photo counts).
+    let view = Collection::open_with(&dir, OpenOptions { view: true }).expect("view");
+    for name in view.manifest().vectors.keys() {
+        let raw = view.vectors(name).expect("vectors");
+        let dim = raw.dim();
+        let mut lost = Vec::new();
+        for (key, v) in raw.keys().iter().zip(raw.data().chunks(dim)) {
+            let row = view.row_of(*key).expect("a row per key");
+            let hits = view.search(name, v, 3, &Default::default()).expect("search");
+            let top = hits.first().map_or(f32::NAN, |h| h.score);
+            if !hits.iter().any(|h| h.row == row && h.score >= top - 1e-5) {
+                lost.push(view.records()[row].path.clone());
+            }
+        }
+        println!("{name}: {} of 1000 photos not found first by their own vector", lost.len());
+        assert!(lost.is_empty(), "{name}: not found first by their own vector: {lost:?}");
+    }
 
     // Image-to-image: each photo re-encoded as JPEG quality 50 must find itself first.
     let mut first = 0;

@@ -19,6 +19,7 @@ mod cli_kill;
 mod cli_mllm;
 mod cli_models;
 mod cli_whiten;
+mod collection_writers;
 mod lite_flickr;
 mod real_openai_server;
 mod serve_api;
