@@ -30,6 +30,8 @@ enum Command {
     Search(cmd::search::SearchArgs),
     /// Serve the web demo and JSON API over a collection.
     Serve(cmd::serve::ServeArgs),
+    /// Check every file of a collection against its manifest's checksums.
+    Verify(cmd::verify::VerifyArgs),
     /// Fit PCA-whitening on a collection's vectors (used by --whiten).
     Whiten(cmd::whiten::WhitenArgs),
     /// Run evaluations.
@@ -69,6 +71,7 @@ fn main() -> std::process::ExitCode {
         Command::Search(a) => cmd::search::run(a),
         Command::Eval(c) => cmd::eval::run(c),
         Command::Whiten(a) => cmd::whiten::run(a),
+        Command::Verify(a) => cmd::verify::run(a),
         Command::Serve(a) => cmd::serve::run(a),
         Command::Embed(a) => cmd::embed::run(a),
         Command::Bench(c) => cmd::bench::run(c),

@@ -210,6 +210,12 @@ pub struct Collection {
     writer: Option<crate::lock::WriterLock>,
 }
 
+/// Whether a reader (view) reads a generation's file whole (and checks its
+/// checksum) rather than mapping it: the records and the small key lists.
+fn read_when_viewing(name: &str) -> bool {
+    name == "records.json" || name.ends_with(".keys") || name.ends_with(".unlinked")
+}
+
 /// The generation `manifest.json` in `dir` names now (`None`: no readable manifest).
 fn generation_on_disk(dir: &Path) -> Option<u64> {
     let text = fs::read_to_string(dir.join("manifest.json")).ok()?;
@@ -242,8 +248,10 @@ fn build_ann(config: &StoreConfig, raw: &ExactStore) -> Result<Option<Box<dyn Ve
 /// How [`Collection::open_with`] opens a collection.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct OpenOptions {
-    /// Read-only, for serving and searching: HNSW files are memory-mapped
-    /// (usearch `view`) rather than copied; indexing is refused.
+    /// Read-only, for serving and searching: the vector files and usearch
+    /// HNSW files are memory-mapped rather than read (pages load on first
+    /// touch), their sizes checked but not their checksums (that is
+    /// [`crate::verify()`]'s job); indexing is refused.
     pub view: bool,
 }
 
@@ -305,15 +313,25 @@ impl Collection {
             serde_json::from_str(&text).map_err(|e| IndexError::Corrupt { path: mpath.clone(), message: e.to_string() })?;
         let gen = format!("gen-{}", manifest.generation);
         let gen_dir = dir.join(&gen);
-        // Read and verify every file; key the bytes by their name inside the generation.
+        // A writer reads and verifies every file. A reader (view) checks
+        // every file's size, reads the records, keys and unlinked lists, and
+        // maps the vectors and HNSW files: checksums are `verify`'s job.
+        // The bytes read are keyed by their name inside the generation.
         let mut contents: HashMap<String, Vec<u8>> = HashMap::new();
         for (rel, sum) in &manifest.files {
             let p = dir.join(rel);
+            let name = rel.strip_prefix(&format!("{gen}/")).unwrap_or(rel).to_string();
+            if opts.view && !read_when_viewing(&name) {
+                let len = fs::metadata(&p).map_err(io(&p))?.len();
+                if len != sum.size {
+                    return Err(IndexError::Corrupt { path: p, message: format!("{len} bytes, manifest.json says {} (run `squire verify`)", sum.size) });
+                }
+                continue;
+            }
             let bytes = fs::read(&p).map_err(io(&p))?;
             if bytes.len() as u64 != sum.size || sha256_hex(&bytes) != sum.sha256 {
                 return Err(IndexError::Corrupt { path: p, message: "size or checksum differs from manifest.json".into() });
             }
-            let name = rel.strip_prefix(&format!("{gen}/")).unwrap_or(rel).to_string();
             contents.insert(name, bytes);
         }
         let rec_bytes = contents.remove("records.json").ok_or_else(|| IndexError::Corrupt {
@@ -325,7 +343,7 @@ impl Collection {
         let ids: Vec<u64> = records.iter().map(|r| r.id).collect();
         let mut vectors = BTreeMap::new();
         for (name, &dim) in &manifest.vectors {
-            let raw = ExactStore::open(dim, &gen_dir, name, &mut contents)?;
+            let raw = if opts.view { ExactStore::map(dim, &gen_dir, name, &mut contents)? } else { ExactStore::open(dim, &gen_dir, name, &mut contents)? };
             if raw.keys() != ids.as_slice() {
                 return Err(IndexError::Corrupt {
                     path: gen_dir.join(format!("{name}.keys")),

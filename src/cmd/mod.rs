@@ -11,6 +11,7 @@ pub mod mllm;
 pub mod models;
 pub mod search;
 pub mod serve;
+pub mod verify;
 pub mod whiten;
 
 use anyhow::Context;

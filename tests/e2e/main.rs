@@ -18,6 +18,7 @@ mod cli_index;
 mod cli_kill;
 mod cli_mllm;
 mod cli_models;
+mod cli_verify;
 mod cli_whiten;
 mod collection_writers;
 mod lite_flickr;

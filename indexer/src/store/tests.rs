@@ -167,10 +167,21 @@ fn every_usearch_key_is_found_first_by_its_own_vector_built_at_once_in_batches_a
         start += size;
     }
     assert_eq!(start, n);
+    // Removals leave freed nodes in neighbour lists; appends after them must not take those for keys.
+    let gone: Vec<u64> = keys.iter().step_by(40).copied().collect();
+    batched.remove(&gone).unwrap();
+    let again: Vec<f32> = keys.iter().zip(data.chunks(dim)).filter(|(k, _)| gone.contains(k)).take(10).flat_map(|(_, v)| v.iter().copied()).collect();
+    batched.add(&gone[..10], &again).unwrap();
+    let back: std::collections::HashSet<u64> = gone[10..].iter().copied().collect();
+    let (keys_b, data_b): (Vec<u64>, Vec<f32>) = {
+        let kept: Vec<(u64, &[f32])> = keys.iter().copied().zip(data.chunks(dim)).filter(|(k, _)| !back.contains(k)).collect();
+        (kept.iter().map(|(k, _)| *k).collect(), kept.iter().flat_map(|(_, v)| v.iter().copied()).collect())
+    };
+    assert_eq!(batched.len(), keys_b.len());
     let mut unlinked = Vec::new();
-    for (name, store) in [("at once", &at_once), ("batched", &batched)] {
-        assert_eq!(store.len(), n);
-        let missed = not_found_first(store, &keys, &data, dim);
+    for (name, store, keys, data) in [("at once", &at_once, &keys, &data), ("batched", &batched, &keys_b, &data_b)] {
+        assert_eq!(store.len(), keys.len());
+        let missed = not_found_first(store, keys, data, dim);
         assert!(missed.is_empty(), "{name}: {} keys not found first: {missed:?}", missed.len());
         unlinked.push(store.unlinked_keys().len());
     }
@@ -191,11 +202,37 @@ fn every_usearch_key_is_found_first_by_its_own_vector_built_at_once_in_batches_a
         a.sort_unstable();
         b.sort_unstable();
         assert_eq!(a, b);
-        assert!(not_found_first(store, &keys, &data, dim).is_empty());
+        assert!(not_found_first(store, &keys_b, &data_b, dim).is_empty());
     }
     // A truncated unlinked-keys file is named as corrupt.
     std::fs::write(dir.join("v.unlinked"), b"SQUL\x01\0\0\0").unwrap();
     let e = super::usearch_store::UsearchStore::view(&cfg, dim, &dir, "v").unwrap_err().to_string();
     assert!(e.contains("v.unlinked"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn usearch_appends_after_removals_keep_only_live_keys_unlinked() {
+    let dim = 16;
+    let data = cloud(60, dim, 3);
+    let keys: Vec<u64> = (0..60u64).collect();
+    let cfg = config(StoreKind::Usearch);
+    let mut s = super::usearch_store::UsearchStore::new(&cfg, dim).unwrap();
+    s.add(&keys[..30], &data[..30 * dim]).unwrap();
+    for round in 0..10 {
+        // Remove three, add three more: freed nodes stay in neighbour lists.
+        let gone: Vec<u64> = (0..3).map(|i| (round * 3 + i) as u64).collect();
+        s.remove(&gone).unwrap();
+        let new = 30 + round * 3..30 + round * 3 + 3;
+        s.add(&keys[new.clone()], &data[new.start * dim..new.end * dim]).unwrap();
+        for k in s.unlinked_keys() {
+            assert!((round as u64 * 3 + 3..new.end as u64).contains(k), "round {round}: unlinked key {k:x} is not a live key");
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("squire-unlinked-small-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let files = s.save(&dir, "v").unwrap();
+    let mut bytes = read_back(&files, &dir);
+    super::usearch_store::UsearchStore::open(&cfg, dim, &dir, "v", &mut bytes).expect("reopen after removals");
     let _ = std::fs::remove_dir_all(&dir);
 }

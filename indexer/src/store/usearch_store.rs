@@ -10,9 +10,10 @@
 //! ef_construction 128): 1 to 3 such nodes inserting one by one, 3 inserting
 //! in parallel, 8 in batches of 500 (the graph differs with the insertion
 //! order; the loss does not come from a race). So after each batch the store
-//! checks the keys whose in-links may have gone (the new ones, and every key
+//! checks the keys whose in-links may have gone (the new ones, every key
 //! that left the base-level list of a node near a new one: those lists are
-//! read before and after the batch) and keeps those a search with their own
+//! read before and after the batch; and after a removal, what the removed
+//! nodes linked to) and keeps those a search with their own
 //! vector does not return in a short list, searched exactly on every query.
 //! That list is a few per ten thousand keys.
 
@@ -153,10 +154,11 @@ impl UsearchStore {
         Ok(nodes.into_iter().map(|x| (x, self.index.neighbors(x, 0).collect())).collect())
     }
 
-    /// After adding `keys` (with `vectors`): checks the new keys and every
-    /// key a neighbour list of `before` lost, and records the ones a search
-    /// with their own vector no longer returns.
-    fn check_links(&mut self, keys: &[u64], vectors: &[f32], before: HashMap<u64, Vec<u64>>) -> Result<()> {
+    /// After adding `keys` (with `vectors`) or removing keys: checks the new
+    /// keys, every key a neighbour list of `before` lost and the `suspects`
+    /// (what removed nodes linked to), and records the ones a search with
+    /// their own vector no longer returns.
+    fn check_links(&mut self, keys: &[u64], vectors: &[f32], before: HashMap<u64, Vec<u64>>, suspects: Vec<u64>) -> Result<()> {
         let dim = self.dim;
         let ef = *self.current_ef.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
         self.index.change_expansion_search(self.config.search_breadth(self.index.size()).max(ef));
@@ -165,9 +167,13 @@ impl UsearchStore {
         let mut check: HashMap<u64, Vec<f32>> = keys.iter().zip(vectors.chunks(dim)).map(|(&k, v)| (k, v.to_vec())).collect();
         for (x, list) in before {
             let now: std::collections::HashSet<u64> = index.neighbors(x, 0).collect();
-            for y in list.into_iter().filter(|y| !now.contains(y)) {
+            // Removed nodes stay in the lists under usearch's free key: only live keys count.
+            for y in list.into_iter().filter(|y| !now.contains(y) && index.contains(*y)) {
                 check.entry(y).or_default();
             }
+        }
+        for y in suspects.into_iter().filter(|y| index.contains(*y)) {
+            check.entry(y).or_default();
         }
         for (k, v) in self.unlinked.keys.iter().zip(self.unlinked.vectors.chunks(dim)) {
             check.insert(*k, v.to_vec());
@@ -178,7 +184,9 @@ impl UsearchStore {
             .map(|(k, mut v)| -> Result<Option<(u64, Vec<f32>)>> {
                 if v.is_empty() {
                     v = vec![0f32; dim];
-                    index.get(k, &mut v).map_err(err)?;
+                    if index.get(k, &mut v).map_err(err)? == 0 {
+                        return Ok(None);
+                    }
                 }
                 Ok(if self.reaches(k, &v)? { None } else { Some((k, v)) })
             })
@@ -295,8 +303,11 @@ impl VectorStore for UsearchStore {
     fn add(&mut self, keys: &[u64], vectors: &[f32]) -> Result<()> {
         self.writable()?;
         check_batch(keys, vectors, self.dim)?;
+        // Replaced keys are removed first; what they linked to is checked with the rest.
+        let mut suspects = Vec::new();
         for &k in keys {
             if self.index.contains(k) {
+                suspects.extend(self.index.neighbors(k, 0));
                 self.index.remove(k).map_err(err)?;
             }
         }
@@ -305,15 +316,19 @@ impl VectorStore for UsearchStore {
         let before = self.lists_before(vectors)?;
         let index = &self.index;
         keys.par_iter().zip(vectors.par_chunks(self.dim)).try_for_each(|(&k, v)| index.add(k, v).map_err(err))?;
-        self.check_links(keys, vectors, before)
+        self.check_links(keys, vectors, before, suspects)
     }
 
     fn remove(&mut self, keys: &[u64]) -> Result<bool> {
         self.writable()?;
+        // A removed node no longer leads a search anywhere: the nodes it
+        // linked to may have had no other way in.
+        let suspects: Vec<u64> = keys.iter().filter(|k| self.index.contains(**k)).flat_map(|&k| self.index.neighbors(k, 0).collect::<Vec<u64>>()).collect();
         for &k in keys {
             self.index.remove(k).map_err(err)?;
         }
         self.forget_unlinked(keys);
+        self.check_links(&[], &[], HashMap::new(), suspects)?;
         Ok(true)
     }
 
