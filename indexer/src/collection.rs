@@ -210,6 +210,31 @@ pub struct Collection {
     writer: Option<crate::lock::WriterLock>,
 }
 
+/// The first entry of `dir` that a collection's interrupted first save
+/// cannot have left (`writer.lock`, `manifest.json.tmp`, `gen-N.tmp/`, or a
+/// `gen-N/` holding `records.json`), if any: a new collection is not made
+/// over someone else's files, whose `gen-*` folders it would then remove.
+fn foreign_entry(dir: &Path) -> Result<Option<String>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(IndexError::Io { path: dir.to_path_buf(), source: e }),
+    };
+    let generation = |n: &str| n.strip_prefix("gen-").is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()));
+    for e in entries {
+        let e = e.map_err(io(dir))?;
+        let name = e.file_name().to_string_lossy().to_string();
+        let ours = name == crate::lock::WRITER_LOCK
+            || name == "manifest.json.tmp"
+            || name.strip_suffix(".tmp").is_some_and(generation)
+            || (generation(&name) && e.path().join("records.json").is_file());
+        if !ours {
+            return Ok(Some(name));
+        }
+    }
+    Ok(None)
+}
+
 /// Whether a reader (view) reads a generation's file whole (and checks its
 /// checksum) rather than mapping it: the records and the small key lists.
 fn read_when_viewing(name: &str) -> bool {
@@ -400,6 +425,14 @@ impl Collection {
                 )));
             }
             return Ok(c);
+        }
+        if let Some(other) = foreign_entry(dir)? {
+            return Err(IndexError::InvalidRequest(format!(
+                "{} holds no collection (no manifest.json) but is not empty ({} is there); \
+                 a new collection needs an empty or new directory, and nothing in this one was changed",
+                dir.display(),
+                other
+            )));
         }
         fs::create_dir_all(dir).map_err(io(dir))?;
         let names = encoder.vector_names();

@@ -140,3 +140,25 @@ fn index_search_and_eval_through_the_cli() {
     assert!(text(&o).contains("was built with model"), "{}", text(&o));
     let _ = std::fs::remove_dir_all(&root);
 }
+
+#[test]
+fn index_refuses_to_make_a_collection_in_a_folder_of_other_files_and_changes_nothing() {
+    let root = scratch("index-foreign");
+    let home = root.join("home");
+    let model = fixtures().join("tiny-clip").display().to_string();
+    let images = fixtures().join("images").display().to_string();
+    // A folder that is not a collection, with a `gen-*` folder of its own.
+    let dir = root.join("photos-2019");
+    std::fs::create_dir_all(dir.join("gen-2019")).expect("mkdir");
+    std::fs::write(dir.join("gen-2019/holiday.jpg"), b"mine").expect("write");
+    let o = squire(&home, &["index", &images, "--index", &dir.display().to_string(), "--model", &model]);
+    let out = text(&o);
+    assert!(!o.status.success() && out.contains("holds no collection") && out.contains("photos-2019"), "{out}");
+    assert_eq!(std::fs::read(dir.join("gen-2019/holiday.jpg")).expect("still there"), b"mine");
+    assert!(!dir.join("manifest.json").exists());
+    // An empty existing folder is fine.
+    let empty = root.join("empty");
+    std::fs::create_dir_all(&empty).expect("mkdir");
+    let o = squire(&home, &["index", &images, "--index", &empty.display().to_string(), "--model", &model]);
+    assert!(o.status.success(), "{}", text(&o));
+}
