@@ -196,6 +196,12 @@ fn every_usearch_key_is_found_first_by_its_own_vector_built_at_once_in_batches_a
     let mut bytes = read_back(&files, &dir);
     let loaded = super::usearch_store::UsearchStore::open(&cfg, dim, &dir, "v", &mut bytes).unwrap();
     let viewed = super::usearch_store::UsearchStore::view(&cfg, dim, &dir, "v").unwrap();
+    // An unlinked key is listed once even when a wide search reaches it too.
+    if let Some(&u) = batched.unlinked_keys().first() {
+        let row = keys_b.iter().position(|k| *k == u).unwrap();
+        let hits = batched.search(&data_b[row * dim..(row + 1) * dim], 50, &SearchParams { ef: Some(4000) }).unwrap();
+        assert_eq!(hits.iter().filter(|h| h.key == u).count(), 1, "{hits:?}");
+    }
     for store in [&loaded, &viewed] {
         let mut a = store.unlinked_keys().to_vec();
         let mut b = batched.unlinked_keys().to_vec();

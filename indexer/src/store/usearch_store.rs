@@ -62,7 +62,8 @@ const UNLINKED_VERSION: u32 = 1;
 /// How many results a key's own-vector search may return before it counts
 /// as unreachable (near-duplicates may rank before it).
 const SELF_CHECK_K: usize = 10;
-/// How many neighbours of each new key are checked again after a small batch.
+/// How many of each new vector's nearest nodes have their neighbour lists
+/// compared before and after a batch.
 const NEIGHBOURHOOD_K: usize = 32;
 
 impl std::fmt::Debug for UsearchStore {
@@ -353,7 +354,9 @@ impl VectorStore for UsearchStore {
         let mut hits: Vec<Hit> = matches.keys.iter().zip(&matches.distances).map(|(&key, &d)| Hit { key, score: 1.0 - d }).collect();
         if !self.unlinked.keys.is_empty() {
             let dim = self.dim;
-            hits.extend(self.unlinked.keys.iter().zip(self.unlinked.vectors.chunks(dim)).map(|(&key, v)| Hit { key, score: v.iter().zip(query).map(|(a, b)| a * b).sum() }));
+            // A key may be reachable again by this query's breadth: listed once.
+            let unlinked = self.unlinked.keys.iter().zip(self.unlinked.vectors.chunks(dim)).filter(|(key, _)| !matches.keys.contains(key));
+            hits.extend(unlinked.map(|(&key, v)| Hit { key, score: v.iter().zip(query).map(|(a, b)| a * b).sum() }));
             hits = super::top_k(hits, k);
         }
         Ok(hits)
