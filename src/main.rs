@@ -61,9 +61,15 @@ fn main() -> std::process::ExitCode {
     // without drivers prints several ERROR lines); Squire reports the outcome
     // itself, so they stay quiet unless RUST_LOG asks for them.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("{},wgpu_hal=off,wgpu_core=off,naga=off", cli.log))
+        tracing_subscriber::EnvFilter::new(format!(
+            "{},wgpu_hal=off,wgpu_core=off,naga=off",
+            cli.log
+        ))
     });
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     let result = match cli.command {
         Command::Models(c) => cmd::models::run(c),
         Command::Demo(a) => cmd::demo::run(a),

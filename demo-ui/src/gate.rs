@@ -28,7 +28,11 @@ impl Drop for Ticket {
 impl Gate {
     /// `workers` searches at once, `queue` more waiting.
     pub fn new(workers: usize, queue: usize) -> Self {
-        Gate { workers: Arc::new(Semaphore::new(workers)), admitted: Arc::new(AtomicUsize::new(0)), capacity: workers + queue }
+        Gate {
+            workers: Arc::new(Semaphore::new(workers)),
+            admitted: Arc::new(AtomicUsize::new(0)),
+            capacity: workers + queue,
+        }
     }
 
     /// A place, or `None` when every worker is busy and the line is full.
@@ -38,8 +42,15 @@ impl Gate {
             if n >= self.capacity {
                 return None;
             }
-            match self.admitted.compare_exchange_weak(n, n + 1, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return Some(Ticket { admitted: self.admitted.clone() }),
+            match self
+                .admitted
+                .compare_exchange_weak(n, n + 1, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    return Some(Ticket {
+                        admitted: self.admitted.clone(),
+                    })
+                }
                 Err(now) => n = now,
             }
         }
@@ -48,7 +59,11 @@ impl Gate {
     /// Waits for a worker.
     pub async fn worker(&self) -> OwnedSemaphorePermit {
         // The semaphore is never closed, so acquiring cannot fail.
-        self.workers.clone().acquire_owned().await.expect("the gate's semaphore is never closed")
+        self.workers
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the gate's semaphore is never closed")
     }
 
     /// Searches admitted (running and waiting).
@@ -72,7 +87,10 @@ mod tests {
         let a = g.enter().unwrap();
         let b = g.enter().unwrap();
         let c = g.enter().unwrap();
-        assert!(g.enter().is_none(), "a fourth place beyond 2 workers + 1 waiting");
+        assert!(
+            g.enter().is_none(),
+            "a fourth place beyond 2 workers + 1 waiting"
+        );
         assert_eq!(g.admitted(), 3);
         drop(b);
         let d = g.enter();

@@ -106,7 +106,12 @@ impl AppState {
     /// State for `pipeline` under `config`.
     pub fn new(pipeline: Arc<Pipeline>, config: ServerConfig) -> Result<Self, ServeError> {
         let root = &pipeline.collection().manifest().images_root;
-        let images_root = root.canonicalize().map_err(|source| ServeError::ImagesRoot { path: root.clone(), source })?;
+        let images_root = root
+            .canonicalize()
+            .map_err(|source| ServeError::ImagesRoot {
+                path: root.clone(),
+                source,
+            })?;
         Ok(AppState {
             gate: Gate::new(config.workers.max(1), config.queue),
             metrics: Metrics::default(),
@@ -137,7 +142,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(api::metrics))
         .fallback(api::not_found)
         .layer(DefaultBodyLimit::max(limit))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), api::observe))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            api::observe,
+        ))
         .with_state(state)
 }
 
@@ -147,9 +155,15 @@ pub async fn serve(
     state: Arc<AppState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    axum::serve(listener, router(state).into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|source| ServeError::Io { addr, source })
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+    .map_err(|source| ServeError::Io { addr, source })
 }

@@ -52,7 +52,11 @@ impl Rows {
     /// A path as the dataset writes it (`./dev/x.png`), else its stem.
     fn path(&self, p: &str) -> Option<usize> {
         let clean = p.trim_start_matches("./");
-        self.by_path.get(clean).copied().or_else(|| Path::new(clean).file_stem().and_then(|s| self.by_stem.get(s.to_string_lossy().as_ref()).copied()))
+        self.by_path.get(clean).copied().or_else(|| {
+            Path::new(clean)
+                .file_stem()
+                .and_then(|s| self.by_stem.get(s.to_string_lossy().as_ref()).copied())
+        })
     }
 
     fn stem(&self, s: &str) -> Option<usize> {
@@ -62,7 +66,14 @@ impl Rows {
 
 /// The stem of every record: CIRR and FashionIQ name images by it.
 fn stems(col: &Collection) -> Vec<String> {
-    col.records().iter().map(|r| Path::new(&r.path).file_stem().map_or_else(|| r.path.clone(), |s| s.to_string_lossy().into_owned())).collect()
+    col.records()
+        .iter()
+        .map(|r| {
+            Path::new(&r.path)
+                .file_stem()
+                .map_or_else(|| r.path.clone(), |s| s.to_string_lossy().into_owned())
+        })
+        .collect()
 }
 
 /// Collects the missing images of one query: an error, or a dropped query.
@@ -114,7 +125,10 @@ pub fn t2i(col: &Collection, queries: &Path, depth: Option<usize>) -> Result<Ben
                 relevant_names: vec![q.relevant],
                 ..EvalQuery::default()
             }),
-            None => dropped.push((q.id, format!("its image {} is not in the collection", q.relevant))),
+            None => dropped.push((
+                q.id,
+                format!("its image {} is not in the collection", q.relevant),
+            )),
         }
     }
     let n = col.records().len();
@@ -127,11 +141,26 @@ pub fn t2i(col: &Collection, queries: &Path, depth: Option<usize>) -> Result<Ben
         metric_names: metric_names(&["R@1", "R@5", "R@10", "MRR", "nDCG@10"]),
         metrics: Box::new(|ranked, q| {
             BTreeMap::from([
-                ("R@1".to_string(), metrics::recall_at(ranked, &q.relevant, 1)),
-                ("R@5".to_string(), metrics::recall_at(ranked, &q.relevant, 5)),
-                ("R@10".to_string(), metrics::recall_at(ranked, &q.relevant, 10)),
-                ("MRR".to_string(), metrics::reciprocal_rank(ranked, &q.relevant, usize::MAX)),
-                ("nDCG@10".to_string(), metrics::ndcg_at(ranked, &q.relevant, 10, q.total_relevant)),
+                (
+                    "R@1".to_string(),
+                    metrics::recall_at(ranked, &q.relevant, 1),
+                ),
+                (
+                    "R@5".to_string(),
+                    metrics::recall_at(ranked, &q.relevant, 5),
+                ),
+                (
+                    "R@10".to_string(),
+                    metrics::recall_at(ranked, &q.relevant, 10),
+                ),
+                (
+                    "MRR".to_string(),
+                    metrics::reciprocal_rank(ranked, &q.relevant, usize::MAX),
+                ),
+                (
+                    "nDCG@10".to_string(),
+                    metrics::ndcg_at(ranked, &q.relevant, 10, q.total_relevant),
+                ),
             ])
         }),
         doc_names: col.records().iter().map(|r| r.path.clone()).collect(),
@@ -141,14 +170,30 @@ pub fn t2i(col: &Collection, queries: &Path, depth: Option<usize>) -> Result<Ben
 
 /// CIRR's `split` (`val` or `test1`) from the dataset root (`captions/`,
 /// `image_splits/`), over a collection of the split's images.
-pub fn cirr(col: &Collection, root: &Path, split: &str, skip_missing: bool) -> Result<Benchmark, EvalError> {
+pub fn cirr(
+    col: &Collection,
+    root: &Path,
+    split: &str,
+    skip_missing: bool,
+) -> Result<Benchmark, EvalError> {
     let caps = root.join("captions").join(format!("cap.rc2.{split}.json"));
-    let split_file = root.join("image_splits").join(format!("split.rc2.{split}.json"));
+    let split_file = root
+        .join("image_splits")
+        .join(format!("split.rc2.{split}.json"));
     let triplets = cirr::load_triplets(&caps)?;
     let names = cirr::load_split(&split_file)?;
     let rows = Rows::new(col);
-    let row_of = |name: &str| names.get(name).and_then(|p| rows.path(p)).or_else(|| rows.stem(name));
-    let mut missing = Missing { file: &caps, skip: skip_missing, dropped: Vec::new() };
+    let row_of = |name: &str| {
+        names
+            .get(name)
+            .and_then(|p| rows.path(p))
+            .or_else(|| rows.stem(name))
+    };
+    let mut missing = Missing {
+        file: &caps,
+        skip: skip_missing,
+        dropped: Vec::new(),
+    };
     let mut queries = Vec::new();
     let labelled = triplets.iter().any(|t| t.target_hard.is_some());
     for (i, t) in triplets.iter().enumerate() {
@@ -156,7 +201,11 @@ pub fn cirr(col: &Collection, root: &Path, split: &str, skip_missing: bool) -> R
         let mut need: Vec<&str> = vec![t.reference.as_str()];
         need.extend(t.target_hard.as_deref());
         need.extend(t.img_set.members.iter().map(String::as_str));
-        let absent: Vec<String> = need.iter().filter(|n| row_of(n).is_none()).map(|n| n.to_string()).collect();
+        let absent: Vec<String> = need
+            .iter()
+            .filter(|n| row_of(n).is_none())
+            .map(|n| n.to_string())
+            .collect();
         if !missing.check(i, &qid, &absent)? {
             continue;
         }
@@ -170,7 +219,13 @@ pub fn cirr(col: &Collection, root: &Path, split: &str, skip_missing: bool) -> R
             total_relevant: usize::from(target.is_some()),
             relevant_names: t.target_hard.iter().cloned().collect(),
             exclude: vec![reference],
-            subset: t.img_set.members.iter().filter_map(|m| row_of(m)).filter(|&r| r != reference).collect(),
+            subset: t
+                .img_set
+                .members
+                .iter()
+                .filter_map(|m| row_of(m))
+                .filter(|&r| r != reference)
+                .collect(),
             ..EvalQuery::default()
         });
     }
@@ -179,12 +234,27 @@ pub fn cirr(col: &Collection, root: &Path, split: &str, skip_missing: bool) -> R
         queries,
         dropped: missing.dropped,
         depth: col.records().len(),
-        metric_names: if labelled { metric_names(&["R@1", "R@5", "R@10", "R@50", "Rsubset@1", "Rsubset@2", "Rsubset@3"]) } else { Vec::new() },
+        metric_names: if labelled {
+            metric_names(&[
+                "R@1",
+                "R@5",
+                "R@10",
+                "R@50",
+                "Rsubset@1",
+                "Rsubset@2",
+                "Rsubset@3",
+            ])
+        } else {
+            Vec::new()
+        },
         metrics: Box::new(|ranked, q| {
             if q.relevant.is_empty() {
                 return BTreeMap::new();
             }
-            [1, 5, 10, 50].iter().map(|&k| (format!("R@{k}"), metrics::recall_at(ranked, &q.relevant, k))).collect()
+            [1, 5, 10, 50]
+                .iter()
+                .map(|&k| (format!("R@{k}"), metrics::recall_at(ranked, &q.relevant, k)))
+                .collect()
         }),
         doc_names: stems(col),
         describe: json!({"captions": caps.display().to_string(), "split": split_file.display().to_string()}),
@@ -193,22 +263,39 @@ pub fn cirr(col: &Collection, root: &Path, split: &str, skip_missing: bool) -> R
 
 /// CIRCO's `split` (`val` or `test`): `<root>/<split>.json` over a collection of
 /// COCO images whose file stems are their ids (`000000271520.jpg`).
-pub fn circo(col: &Collection, root: &Path, split: &str, skip_missing: bool) -> Result<Benchmark, EvalError> {
+pub fn circo(
+    col: &Collection,
+    root: &Path,
+    split: &str,
+    skip_missing: bool,
+) -> Result<Benchmark, EvalError> {
     let file = root.join(format!("{split}.json"));
     let records = circo::load_queries(&file)?;
     let by_id: HashMap<u64, usize> = col
         .records()
         .iter()
         .enumerate()
-        .filter_map(|(i, r)| Path::new(&r.path).file_stem().and_then(|s| s.to_string_lossy().parse::<u64>().ok()).map(|id| (id, i)))
+        .filter_map(|(i, r)| {
+            Path::new(&r.path)
+                .file_stem()
+                .and_then(|s| s.to_string_lossy().parse::<u64>().ok())
+                .map(|id| (id, i))
+        })
         .collect();
-    let mut missing = Missing { file: &file, skip: skip_missing, dropped: Vec::new() };
+    let mut missing = Missing {
+        file: &file,
+        skip: skip_missing,
+        dropped: Vec::new(),
+    };
     let mut queries = Vec::new();
     let labelled = records.iter().any(|q| !q.gt_img_ids.is_empty());
     for (i, q) in records.iter().enumerate() {
         let qid = q.id.to_string();
-        let absent: Vec<String> =
-            std::iter::once(q.reference_img_id).chain(q.gt_img_ids.iter().copied()).filter(|id| !by_id.contains_key(id)).map(|id| id.to_string()).collect();
+        let absent: Vec<String> = std::iter::once(q.reference_img_id)
+            .chain(q.gt_img_ids.iter().copied())
+            .filter(|id| !by_id.contains_key(id))
+            .map(|id| id.to_string())
+            .collect();
         if !missing.check(i, &qid, &absent)? {
             continue;
         }
@@ -228,7 +315,9 @@ pub fn circo(col: &Collection, root: &Path, split: &str, skip_missing: bool) -> 
         .records()
         .iter()
         .map(|r| {
-            let stem = Path::new(&r.path).file_stem().map_or_else(|| r.path.clone(), |s| s.to_string_lossy().into_owned());
+            let stem = Path::new(&r.path)
+                .file_stem()
+                .map_or_else(|| r.path.clone(), |s| s.to_string_lossy().into_owned());
             stem.parse::<u64>().map_or(stem, |id| id.to_string())
         })
         .collect();
@@ -237,12 +326,24 @@ pub fn circo(col: &Collection, root: &Path, split: &str, skip_missing: bool) -> 
         queries,
         dropped: missing.dropped,
         depth: 50,
-        metric_names: if labelled { metric_names(&["mAP@5", "mAP@10", "mAP@25", "mAP@50"]) } else { Vec::new() },
+        metric_names: if labelled {
+            metric_names(&["mAP@5", "mAP@10", "mAP@25", "mAP@50"])
+        } else {
+            Vec::new()
+        },
         metrics: Box::new(|ranked, q| {
             if q.total_relevant == 0 {
                 return BTreeMap::new();
             }
-            [5, 10, 25, 50].iter().map(|&k| (format!("mAP@{k}"), metrics::average_precision_at(ranked, &q.relevant, k, q.total_relevant))).collect()
+            [5, 10, 25, 50]
+                .iter()
+                .map(|&k| {
+                    (
+                        format!("mAP@{k}"),
+                        metrics::average_precision_at(ranked, &q.relevant, k, q.total_relevant),
+                    )
+                })
+                .collect()
         }),
         doc_names,
         describe: json!({"queries": file.display().to_string()}),
@@ -261,25 +362,51 @@ struct FiqTriplet {
 /// FashionIQ's `split` for `categories` (`dress`, `shirt`, `toptee`):
 /// `<root>/captions/cap.<category>.<split>.json` over a collection whose file
 /// stems are the image names.
-pub fn fashioniq(col: &Collection, root: &Path, categories: &[String], split: &str, skip_missing: bool) -> Result<Benchmark, EvalError> {
+pub fn fashioniq(
+    col: &Collection,
+    root: &Path,
+    categories: &[String],
+    split: &str,
+    skip_missing: bool,
+) -> Result<Benchmark, EvalError> {
     let rows = Rows::new(col);
     let mut queries = Vec::new();
     let mut dropped = Vec::new();
     let mut files = Vec::new();
     for cat in categories {
-        let file = root.join("captions").join(format!("cap.{cat}.{split}.json"));
-        let triplets: Vec<FiqTriplet> = crate::datasets::read_json_records(&file, |_| String::new())?;
-        let mut missing = Missing { file: &file, skip: skip_missing, dropped: Vec::new() };
+        let file = root
+            .join("captions")
+            .join(format!("cap.{cat}.{split}.json"));
+        let triplets: Vec<FiqTriplet> =
+            crate::datasets::read_json_records(&file, |_| String::new())?;
+        let mut missing = Missing {
+            file: &file,
+            skip: skip_missing,
+            dropped: Vec::new(),
+        };
         for (i, t) in triplets.iter().enumerate() {
             let qid = format!("{cat}-{i}");
-            let absent: Vec<String> =
-                std::iter::once(&t.candidate).chain(t.target.iter()).filter(|n| rows.stem(n).is_none()).cloned().collect();
+            let absent: Vec<String> = std::iter::once(&t.candidate)
+                .chain(t.target.iter())
+                .filter(|n| rows.stem(n).is_none())
+                .cloned()
+                .collect();
             if !missing.check(i, &qid, &absent)? {
                 continue;
             }
-            let caps: Vec<&str> = t.captions.iter().map(|c| c.trim().trim_end_matches('.')).filter(|c| !c.is_empty()).collect();
+            let caps: Vec<&str> = t
+                .captions
+                .iter()
+                .map(|c| c.trim().trim_end_matches('.'))
+                .filter(|c| !c.is_empty())
+                .collect();
             if caps.is_empty() {
-                return Err(EvalError::Record { path: file.clone(), record: i, what: String::new(), message: "no caption".into() });
+                return Err(EvalError::Record {
+                    path: file.clone(),
+                    record: i,
+                    what: String::new(),
+                    message: "no caption".into(),
+                });
             }
             let target = t.target.as_deref().and_then(|n| rows.stem(n));
             queries.push(EvalQuery {
@@ -306,7 +433,16 @@ pub fn fashioniq(col: &Collection, root: &Path, categories: &[String], split: &s
             if q.relevant.is_empty() {
                 return BTreeMap::new();
             }
-            BTreeMap::from([("R@10".to_string(), metrics::recall_at(ranked, &q.relevant, 10)), ("R@50".to_string(), metrics::recall_at(ranked, &q.relevant, 50))])
+            BTreeMap::from([
+                (
+                    "R@10".to_string(),
+                    metrics::recall_at(ranked, &q.relevant, 10),
+                ),
+                (
+                    "R@50".to_string(),
+                    metrics::recall_at(ranked, &q.relevant, 50),
+                ),
+            ])
         }),
         doc_names: stems(col),
         describe: json!({"captions": files}),
@@ -315,11 +451,19 @@ pub fn fashioniq(col: &Collection, root: &Path, categories: &[String], split: &s
 
 /// The transformed-copy benchmark (see [`crate::copies`]) over a collection
 /// of its gallery: mAP@k (AP@k normalised by min(relevant, k)), R@1, R@10.
-pub fn copies(col: &Collection, set: &crate::copies::CopiesSet, k: usize) -> Result<Benchmark, EvalError> {
+pub fn copies(
+    col: &Collection,
+    set: &crate::copies::CopiesSet,
+    k: usize,
+) -> Result<Benchmark, EvalError> {
     let rows = Rows::new(col);
     let mut queries = Vec::new();
     for q in &set.queries {
-        let relevant: HashSet<usize> = q.relevant.iter().filter_map(|p| rows.by_path.get(p).copied()).collect();
+        let relevant: HashSet<usize> = q
+            .relevant
+            .iter()
+            .filter_map(|p| rows.by_path.get(p).copied())
+            .collect();
         if relevant.len() != q.relevant.len() {
             return Err(EvalError::Backend(format!(
                 "the gallery index in {} lacks some of {:?}: delete it and rerun",
@@ -345,9 +489,18 @@ pub fn copies(col: &Collection, set: &crate::copies::CopiesSet, k: usize) -> Res
         metric_names: vec![map_name.clone(), "R@1".into(), "R@10".into()],
         metrics: Box::new(move |ranked, q| {
             BTreeMap::from([
-                (map_name.clone(), metrics::average_precision_at(ranked, &q.relevant, k, q.total_relevant)),
-                ("R@1".to_string(), metrics::recall_at(ranked, &q.relevant, 1)),
-                ("R@10".to_string(), metrics::recall_at(ranked, &q.relevant, 10)),
+                (
+                    map_name.clone(),
+                    metrics::average_precision_at(ranked, &q.relevant, k, q.total_relevant),
+                ),
+                (
+                    "R@1".to_string(),
+                    metrics::recall_at(ranked, &q.relevant, 1),
+                ),
+                (
+                    "R@10".to_string(),
+                    metrics::recall_at(ranked, &q.relevant, 10),
+                ),
             ])
         }),
         doc_names: col.records().iter().map(|r| r.path.clone()).collect(),
@@ -365,13 +518,20 @@ pub fn group_average(summary: &crate::harness::Summary, stage: &str) -> BTreeMap
             e.1 += 1;
         }
     }
-    sums.into_iter().map(|(k, (s, n))| (k, s / n.max(1) as f64)).collect()
+    sums.into_iter()
+        .map(|(k, (s, n))| (k, s / n.max(1) as f64))
+        .collect()
 }
 
 /// INQUIRE-Fullrank: the query CSV and the annotations CSV (`query_id`,
 /// `image_path` and optionally `image_id`; one row per relevant image) over a
 /// collection of the iNat24 images (matched by relative path, else by file name).
-pub fn inquire_fullrank(col: &Collection, queries_csv: &Path, annotations_csv: &Path, skip_missing: bool) -> Result<Benchmark, EvalError> {
+pub fn inquire_fullrank(
+    col: &Collection,
+    queries_csv: &Path,
+    annotations_csv: &Path,
+    skip_missing: bool,
+) -> Result<Benchmark, EvalError> {
     let qs = inquire::load_queries(queries_csv)?;
     let ann = inquire::load_annotations(annotations_csv)?;
     let rows = Rows::new(col);
@@ -379,17 +539,28 @@ pub fn inquire_fullrank(col: &Collection, queries_csv: &Path, annotations_csv: &
     for a in &ann {
         positives.entry(a.query_id).or_default().push(a);
     }
-    let mut missing = Missing { file: annotations_csv, skip: skip_missing, dropped: Vec::new() };
+    let mut missing = Missing {
+        file: annotations_csv,
+        skip: skip_missing,
+        dropped: Vec::new(),
+    };
     let mut dropped = Vec::new();
     let mut queries = Vec::new();
     for q in &qs {
         let qid = q.query_id.to_string();
         let pos = positives.get(&q.query_id).map(Vec::as_slice).unwrap_or(&[]);
         if pos.is_empty() {
-            dropped.push((qid, format!("no annotated positives in {}", annotations_csv.display())));
+            dropped.push((
+                qid,
+                format!("no annotated positives in {}", annotations_csv.display()),
+            ));
             continue;
         }
-        let absent: Vec<String> = pos.iter().filter(|a| rows.path(&a.image_path).is_none()).map(|a| a.image_path.clone()).collect();
+        let absent: Vec<String> = pos
+            .iter()
+            .filter(|a| rows.path(&a.image_path).is_none())
+            .map(|a| a.image_path.clone())
+            .collect();
         // The collection may hold a subset of iNat24: absent positives still count in the normalisation.
         if !skip_missing && absent.len() == pos.len() {
             missing.check(pos[0].line, &qid, &absent)?;
@@ -398,9 +569,16 @@ pub fn inquire_fullrank(col: &Collection, queries_csv: &Path, annotations_csv: &
             qid,
             group: q.supercategory.clone(),
             text: Some(q.query_text.clone()),
-            relevant: pos.iter().filter_map(|a| rows.path(&a.image_path)).collect(),
+            relevant: pos
+                .iter()
+                .filter_map(|a| rows.path(&a.image_path))
+                .collect(),
             total_relevant: pos.len(),
-            relevant_names: pos.iter().filter_map(|a| rows.path(&a.image_path)).map(|r| col.records()[r].path.clone()).collect(),
+            relevant_names: pos
+                .iter()
+                .filter_map(|a| rows.path(&a.image_path))
+                .map(|r| col.records()[r].path.clone())
+                .collect(),
             ..EvalQuery::default()
         });
     }
@@ -413,9 +591,18 @@ pub fn inquire_fullrank(col: &Collection, queries_csv: &Path, annotations_csv: &
         metric_names: metric_names(&["AP@50", "nDCG@50", "MRR"]),
         metrics: Box::new(|ranked, q| {
             BTreeMap::from([
-                ("AP@50".to_string(), metrics::average_precision_at(ranked, &q.relevant, 50, q.total_relevant)),
-                ("nDCG@50".to_string(), metrics::ndcg_at(ranked, &q.relevant, 50, q.total_relevant)),
-                ("MRR".to_string(), metrics::reciprocal_rank(ranked, &q.relevant, 50)),
+                (
+                    "AP@50".to_string(),
+                    metrics::average_precision_at(ranked, &q.relevant, 50, q.total_relevant),
+                ),
+                (
+                    "nDCG@50".to_string(),
+                    metrics::ndcg_at(ranked, &q.relevant, 50, q.total_relevant),
+                ),
+                (
+                    "MRR".to_string(),
+                    metrics::reciprocal_rank(ranked, &q.relevant, 50),
+                ),
             ])
         }),
         doc_names: col.records().iter().map(|r| r.path.clone()).collect(),
@@ -427,31 +614,65 @@ pub fn inquire_fullrank(col: &Collection, queries_csv: &Path, annotations_csv: &
 /// rankings: CIRR `submission-recall-<stage>.json` (top 50 per pair id) and
 /// `submission-recall_subset-<stage>.json` (top 3 of the group), CIRCO
 /// `submission-<stage>.json` (top 50 COCO ids per query id).
-pub fn write_submissions(benchmark: &str, outcomes: &[QueryOutcome], stage: &str, out: &Path) -> Result<Vec<PathBuf>, EvalError> {
+pub fn write_submissions(
+    benchmark: &str,
+    outcomes: &[QueryOutcome],
+    stage: &str,
+    out: &Path,
+) -> Result<Vec<PathBuf>, EvalError> {
     let mut files = Vec::new();
     let mut write = |name: String, v: serde_json::Value| -> Result<(), EvalError> {
         let p = out.join(name);
-        std::fs::write(&p, serde_json::to_string(&v).unwrap_or_default()).map_err(|source| EvalError::Io { path: p.clone(), source })?;
+        std::fs::write(&p, serde_json::to_string(&v).unwrap_or_default()).map_err(|source| {
+            EvalError::Io {
+                path: p.clone(),
+                source,
+            }
+        })?;
         files.push(p);
         Ok(())
     };
     let of = |q: &QueryOutcome| q.stages.iter().find(|s| s.stage == stage).cloned();
     if benchmark.starts_with("cirr") {
-        let mut recall = serde_json::Map::from_iter([("version".to_string(), json!("rc2")), ("metric".to_string(), json!("recall"))]);
-        let mut subset = serde_json::Map::from_iter([("version".to_string(), json!("rc2")), ("metric".to_string(), json!("recall_subset"))]);
+        let mut recall = serde_json::Map::from_iter([
+            ("version".to_string(), json!("rc2")),
+            ("metric".to_string(), json!("recall")),
+        ]);
+        let mut subset = serde_json::Map::from_iter([
+            ("version".to_string(), json!("rc2")),
+            ("metric".to_string(), json!("recall_subset")),
+        ]);
         for q in outcomes {
             if let Some(s) = of(q) {
-                recall.insert(q.qid.clone(), json!(s.docs.iter().take(50).collect::<Vec<_>>()));
-                subset.insert(q.qid.clone(), json!(s.lists.get("subset").map(|l| l.iter().take(3).collect::<Vec<_>>()).unwrap_or_default()));
+                recall.insert(
+                    q.qid.clone(),
+                    json!(s.docs.iter().take(50).collect::<Vec<_>>()),
+                );
+                subset.insert(
+                    q.qid.clone(),
+                    json!(s
+                        .lists
+                        .get("subset")
+                        .map(|l| l.iter().take(3).collect::<Vec<_>>())
+                        .unwrap_or_default()),
+                );
             }
         }
         write(format!("submission-recall-{stage}.json"), recall.into())?;
-        write(format!("submission-recall_subset-{stage}.json"), subset.into())?;
+        write(
+            format!("submission-recall_subset-{stage}.json"),
+            subset.into(),
+        )?;
     } else if benchmark.starts_with("circo") {
         let mut m = serde_json::Map::new();
         for q in outcomes {
             if let Some(s) = of(q) {
-                let ids: Vec<serde_json::Value> = s.docs.iter().take(50).map(|d| d.parse::<u64>().map_or_else(|_| json!(d), |id| json!(id))).collect();
+                let ids: Vec<serde_json::Value> = s
+                    .docs
+                    .iter()
+                    .take(50)
+                    .map(|d| d.parse::<u64>().map_or_else(|_| json!(d), |id| json!(id)))
+                    .collect();
                 m.insert(q.qid.clone(), json!(ids));
             }
         }

@@ -36,7 +36,12 @@ pub struct CopiesSpec {
 impl Default for CopiesSpec {
     /// 100 sources × 4 copies, 800 distractors, seed 1.
     fn default() -> Self {
-        CopiesSpec { sources: 100, variants: 4, others: 800, seed: 1 }
+        CopiesSpec {
+            sources: 100,
+            variants: 4,
+            others: 800,
+            seed: 1,
+        }
     }
 }
 
@@ -83,7 +88,10 @@ pub enum CopiesError {
 }
 
 fn io(path: &Path, e: impl std::fmt::Display) -> CopiesError {
-    CopiesError::Io { path: path.to_path_buf(), message: e.to_string() }
+    CopiesError::Io {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
 }
 
 /// splitmix64: small, fast and the same everywhere.
@@ -152,8 +160,17 @@ fn edit(img: RgbImage, kind: usize, rng: &mut Rng) -> (RgbImage, String) {
             let aspect = rng.uniform(0.75, 1.333);
             let cw = ((area * aspect).sqrt() * w as f64).clamp(1.0, w as f64) as u32;
             let ch = ((area / aspect).sqrt() * h as f64).clamp(1.0, h as f64) as u32;
-            let (x, y) = (rng.below((w - cw + 1) as usize) as u32, rng.below((h - ch + 1) as usize) as u32);
-            (imageops::crop_imm(&img, x, y, cw, ch).to_image(), format!("crop {:.0}% at ({x},{y})", 100.0 * (cw * ch) as f64 / (w * h) as f64))
+            let (x, y) = (
+                rng.below((w - cw + 1) as usize) as u32,
+                rng.below((h - ch + 1) as usize) as u32,
+            );
+            (
+                imageops::crop_imm(&img, x, y, cw, ch).to_image(),
+                format!(
+                    "crop {:.0}% at ({x},{y})",
+                    100.0 * (cw * ch) as f64 / (w * h) as f64
+                ),
+            )
         }
         1 => {
             let deg = rng.uniform(-20.0, 20.0);
@@ -163,8 +180,12 @@ fn edit(img: RgbImage, kind: usize, rng: &mut Rng) -> (RgbImage, String) {
             let b = rng.uniform(-40.0, 40.0) as i32;
             let c = rng.uniform(-30.0, 30.0) as f32;
             let hue = rng.uniform(-40.0, 40.0) as i32;
-            let out = imageops::huerotate(&imageops::contrast(&imageops::brighten(&img, b), c), hue);
-            (out, format!("jitter brightness {b:+}, contrast {c:+.0}, hue {hue:+}°"))
+            let out =
+                imageops::huerotate(&imageops::contrast(&imageops::brighten(&img, b), c), hue);
+            (
+                out,
+                format!("jitter brightness {b:+}, contrast {c:+.0}, hue {hue:+}°"),
+            )
         }
         3 => {
             let sigma = rng.uniform(1.0, 3.0) as f32;
@@ -173,7 +194,11 @@ fn edit(img: RgbImage, kind: usize, rng: &mut Rng) -> (RgbImage, String) {
         4 => (imageops::flip_horizontal(&img), "flip".to_string()),
         _ => {
             let pad = (rng.uniform(0.05, 0.15) * w.min(h) as f64) as u32;
-            let colour = Rgb([rng.below(256) as u8, rng.below(256) as u8, rng.below(256) as u8]);
+            let colour = Rgb([
+                rng.below(256) as u8,
+                rng.below(256) as u8,
+                rng.below(256) as u8,
+            ]);
             let mut out = RgbImage::from_pixel(w + 2 * pad, h + 2 * pad, colour);
             imageops::overlay(&mut out, &img, pad as i64, pad as i64);
             (out, format!("border {pad} px"))
@@ -182,7 +207,10 @@ fn edit(img: RgbImage, kind: usize, rng: &mut Rng) -> (RgbImage, String) {
 }
 
 /// One edited copy of `img` as JPEG bytes, with the edits applied.
-pub fn make_copy(img: &RgbImage, rng: &mut Rng) -> Result<(Vec<u8>, Vec<String>), image::ImageError> {
+pub fn make_copy(
+    img: &RgbImage,
+    rng: &mut Rng,
+) -> Result<(Vec<u8>, Vec<String>), image::ImageError> {
     let mut kinds: Vec<usize> = (0..6).collect();
     rng.shuffle(&mut kinds);
     let n = 2 + rng.below(3);
@@ -207,14 +235,22 @@ pub fn make_copy(img: &RgbImage, rng: &mut Rng) -> Result<(Vec<u8>, Vec<String>)
 
 fn is_image(p: &Path) -> bool {
     matches!(
-        p.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref(),
+        p.extension()
+            .and_then(|e| e.to_str())
+            .map(|e| e.to_ascii_lowercase())
+            .as_deref(),
         Some("jpg" | "jpeg" | "png" | "webp" | "bmp" | "tiff" | "tif" | "gif")
     )
 }
 
 /// Builds (or reuses) the benchmark for the images in `images` under `cache`.
 /// `progress(done, total)` is called as images are written.
-pub fn build(images: &Path, cache: &Path, spec: &CopiesSpec, progress: &mut dyn FnMut(usize, usize)) -> Result<CopiesSet, CopiesError> {
+pub fn build(
+    images: &Path,
+    cache: &Path,
+    spec: &CopiesSpec,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<CopiesSet, CopiesError> {
     let mut names: Vec<PathBuf> = std::fs::read_dir(images)
         .map_err(|e| io(images, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -230,9 +266,14 @@ pub fn build(images: &Path, cache: &Path, spec: &CopiesSpec, progress: &mut dyn 
         )));
     }
     if spec.variants < 1 {
-        return Err(CopiesError::TooFew("--variants must be at least 1 (copy 0 is the query)".into()));
+        return Err(CopiesError::TooFew(
+            "--variants must be at least 1 (copy 0 is the query)".into(),
+        ));
     }
-    let dir = cache.join(format!("copies-s{}-v{}-o{}-seed{}", spec.sources, spec.variants, spec.others, spec.seed));
+    let dir = cache.join(format!(
+        "copies-s{}-v{}-o{}-seed{}",
+        spec.sources, spec.variants, spec.others, spec.seed
+    ));
     let truth = dir.join("truth.json");
     if let Ok(bytes) = std::fs::read(&truth) {
         if let Ok(set) = serde_json::from_slice::<CopiesSet>(&bytes) {
@@ -251,19 +292,30 @@ pub fn build(images: &Path, cache: &Path, spec: &CopiesSpec, progress: &mut dyn 
     let total = sources.len() * (spec.variants + 1) + others.len();
     let mut done = 0;
     let mut queries = Vec::new();
-    let name_of = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name_of = |p: &Path| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
     for (si, &i) in sources.iter().enumerate() {
         let src = &names[i];
         let img = squire_models::image_io::load_rgb(src).map_err(|e| io(src, e))?;
         let stem = format!("s{si:04}");
-        let original = format!("{stem}-original.{}", src.extension().and_then(|e| e.to_str()).unwrap_or("jpg"));
+        let original = format!(
+            "{stem}-original.{}",
+            src.extension().and_then(|e| e.to_str()).unwrap_or("jpg")
+        );
         std::fs::copy(src, gallery.join(&original)).map_err(|e| io(src, e))?;
         let mut relevant = vec![original];
         let mut query = None;
         for v in 0..spec.variants {
             let (bytes, edits) = make_copy(&img, &mut rng).map_err(|e| io(src, e))?;
             let file = format!("{stem}-copy{v}.jpg");
-            let target = if v == 0 { queries_dir.join(&file) } else { gallery.join(&file) };
+            let target = if v == 0 {
+                queries_dir.join(&file)
+            } else {
+                gallery.join(&file)
+            };
             std::fs::write(&target, bytes).map_err(|e| io(&target, e))?;
             if v == 0 {
                 query = Some((file, edits));
@@ -274,7 +326,12 @@ pub fn build(images: &Path, cache: &Path, spec: &CopiesSpec, progress: &mut dyn 
             progress(done, total);
         }
         if let Some((file, edits)) = query {
-            queries.push(CopyQuery { query: file, source: name_of(src), relevant, edits });
+            queries.push(CopyQuery {
+                query: file,
+                source: name_of(src),
+                relevant,
+                edits,
+            });
         }
         done += 1;
         progress(done, total);
@@ -286,7 +343,12 @@ pub fn build(images: &Path, cache: &Path, spec: &CopiesSpec, progress: &mut dyn 
         done += 1;
         progress(done, total);
     }
-    let set = CopiesSet { gallery, queries_dir, gallery_images: sources.len() * spec.variants + others.len(), queries };
+    let set = CopiesSet {
+        gallery,
+        queries_dir,
+        gallery_images: sources.len() * spec.variants + others.len(),
+        queries,
+    };
     let json = serde_json::to_vec_pretty(&set).map_err(|e| io(&truth, e))?;
     let tmp = truth.with_extension("json.tmp");
     std::fs::write(&tmp, json).map_err(|e| io(&tmp, e))?;
@@ -332,12 +394,17 @@ mod tests {
 
     #[test]
     fn copies_are_deterministic_and_edited() {
-        let img = RgbImage::from_fn(64, 48, |x, y| Rgb([(x * 4) as u8, (y * 5) as u8, ((x + y) * 2) as u8]));
+        let img = RgbImage::from_fn(64, 48, |x, y| {
+            Rgb([(x * 4) as u8, (y * 5) as u8, ((x + y) * 2) as u8])
+        });
         let (a, ea) = make_copy(&img, &mut Rng::new(7)).unwrap();
         let (b, eb) = make_copy(&img, &mut Rng::new(7)).unwrap();
         assert_eq!(a, b);
         assert_eq!(ea, eb);
-        assert!(ea.len() >= 3 && ea.last().unwrap().starts_with("jpeg q"), "{ea:?}");
+        assert!(
+            ea.len() >= 3 && ea.last().unwrap().starts_with("jpeg q"),
+            "{ea:?}"
+        );
         let (c, _) = make_copy(&img, &mut Rng::new(8)).unwrap();
         assert_ne!(a, c);
         // Rotation by 0° is the identity; by 15° it is not.

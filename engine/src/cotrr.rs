@@ -75,7 +75,11 @@ impl std::str::FromStr for CotrrReasoning {
             "none" => CotrrReasoning::None,
             "deconstruction" => CotrrReasoning::DeconstructionOnly,
             "evaluation" => CotrrReasoning::EvaluationOnly,
-            other => return Err(format!("{other:?}: expected full, none, deconstruction or evaluation")),
+            other => {
+                return Err(format!(
+                    "{other:?}: expected full, none, deconstruction or evaluation"
+                ))
+            }
         })
     }
 }
@@ -111,7 +115,10 @@ impl Default for CotrrOptions {
             window: 10,
             step: 5,
             input: CotrrInput::Images,
-            grid: GridOptions { cells: 16, ..GridOptions::default() },
+            grid: GridOptions {
+                cells: 16,
+                ..GridOptions::default()
+            },
             reasoning: CotrrReasoning::Full,
             retries: 3,
             max_tokens: 0,
@@ -124,10 +131,16 @@ impl CotrrOptions {
     /// Checks the options, naming the one at fault.
     pub fn validate(&self) -> Result<(), String> {
         if self.k == 0 || self.window < 2 {
-            return Err(format!("--cotrr-k {} / --cotrr-window {}: need K ≥ 1 and a window ≥ 2", self.k, self.window));
+            return Err(format!(
+                "--cotrr-k {} / --cotrr-window {}: need K ≥ 1 and a window ≥ 2",
+                self.k, self.window
+            ));
         }
         if self.step == 0 || self.step >= self.window {
-            return Err(format!("--cotrr-step {}: must be at least 1 and below the window ({})", self.step, self.window));
+            return Err(format!(
+                "--cotrr-step {}: must be at least 1 and below the window ({})",
+                self.step, self.window
+            ));
         }
         Ok(())
     }
@@ -184,17 +197,30 @@ impl CotrrReranker {
     /// The request ranking `window` (images in the current order) for
     /// `query`; `attempt` > 0 adds the reminder after an unusable answer.
     /// Returns the request and the grid drawn, if any.
-    pub fn request(&self, query: &RerankQuery, window: &[Arc<RgbImage>], attempt: u32) -> (ChatRequest, Option<RgbImage>) {
+    pub fn request(
+        &self,
+        query: &RerankQuery,
+        window: &[Arc<RgbImage>],
+        attempt: u32,
+    ) -> (ChatRequest, Option<RgbImage>) {
         let n = window.len();
         let composed = matches!(query, RerankQuery::Composed { .. });
         let mut parts = Vec::new();
         match query {
-            RerankQuery::Text(t) => parts.push(Part::Text(format!("Search query: \"{}\"", t.trim()))),
+            RerankQuery::Text(t) => {
+                parts.push(Part::Text(format!("Search query: \"{}\"", t.trim())))
+            }
             RerankQuery::Image(img) => {
-                parts.push(Part::Text("Query image (find the same object, place or scene):".into()));
+                parts.push(Part::Text(
+                    "Query image (find the same object, place or scene):".into(),
+                ));
                 parts.push(Part::Image(img.clone()));
             }
-            RerankQuery::Composed { reference, modification, caption } => {
+            RerankQuery::Composed {
+                reference,
+                modification,
+                caption,
+            } => {
                 parts.push(Part::Text("Reference image:".into()));
                 parts.push(Part::Image(reference.clone()));
                 let mut t = format!("Requested change: \"{}\". We look for the reference image with this change applied.", modification.trim());
@@ -207,7 +233,9 @@ impl CotrrReranker {
         let mut grid = None;
         match self.options.input {
             CotrrInput::Images => {
-                parts.push(Part::Text(format!("Candidates: {n} images (marks 1 to {n}).")));
+                parts.push(Part::Text(format!(
+                    "Candidates: {n} images (marks 1 to {n})."
+                )));
                 for (i, img) in window.iter().enumerate() {
                     parts.push(Part::Text(format!("Image {}:", i + 1)));
                     parts.push(Part::Image(img.clone()));
@@ -215,7 +243,14 @@ impl CotrrReranker {
             }
             CotrrInput::Grid => {
                 let refs: Vec<&RgbImage> = window.iter().map(|c| c.as_ref()).collect();
-                let g = draw_grid(&refs, 1, &GridOptions { cells: n, ..self.options.grid.clone() });
+                let g = draw_grid(
+                    &refs,
+                    1,
+                    &GridOptions {
+                        cells: n,
+                        ..self.options.grid.clone()
+                    },
+                );
                 parts.push(Part::Text(format!(
                     "Candidates: {n} images in one grid, each with a black number on a yellow badge in its top-left corner; Image i is the one marked i (marks 1 to {n})."
                 )));
@@ -237,9 +272,13 @@ impl CotrrReranker {
             CotrrReasoning::EvaluationOnly => (format!("{eval} {rank}"), "{\"reasoning\": \"<your notes per image>\", \"ranking\": [image numbers, best first]}"),
             CotrrReasoning::None => (rank, "{\"ranking\": [image numbers, best first]}"),
         };
-        parts.push(Part::Text(format!("{steps}\nAnswer with a JSON object only: {json}")));
+        parts.push(Part::Text(format!(
+            "{steps}\nAnswer with a JSON object only: {json}"
+        )));
         if attempt > 0 {
-            parts.push(Part::Text("Your previous answer could not be read. Reply with the JSON object only.".into()));
+            parts.push(Part::Text(
+                "Your previous answer could not be read. Reply with the JSON object only.".into(),
+            ));
         }
         let max_tokens = match (self.options.max_tokens, self.options.reasoning) {
             (0, CotrrReasoning::None) => 24 + 4 * n as u32,
@@ -258,7 +297,12 @@ impl CotrrReranker {
     }
 
     /// Reranks the top K of `candidates` window by window.
-    pub fn rerank(&self, mllm: &dyn Mllm, query: &RerankQuery, candidates: &[Arc<RgbImage>]) -> RerankOutcome {
+    pub fn rerank(
+        &self,
+        mllm: &dyn Mllm,
+        query: &RerankQuery,
+        candidates: &[Arc<RgbImage>],
+    ) -> RerankOutcome {
         let start = Instant::now();
         let n = self.options.k.min(candidates.len());
         let mut order: Vec<usize> = (0..candidates.len()).collect();
@@ -268,7 +312,10 @@ impl CotrrReranker {
         let mut mentioned = 0;
         let mut read = AnswerRead::Json;
         for (ws, we) in self.options.windows(n) {
-            let window: Vec<Arc<RgbImage>> = order[ws..we].iter().map(|&i| candidates[i].clone()).collect();
+            let window: Vec<Arc<RgbImage>> = order[ws..we]
+                .iter()
+                .map(|&i| candidates[i].clone())
+                .collect();
             let mut parsed = None;
             let mut error = None;
             for attempt in 0..=self.options.retries {
@@ -305,17 +352,29 @@ impl CotrrReranker {
                 None => {
                     read = AnswerRead::Fallback;
                     failures.push(format!(
-                    "window {}..{}: {}",
-                    ws + 1,
-                    we,
-                        error.unwrap_or_else(|| format!("unusable answer after {} call(s)", self.options.retries + 1))
+                        "window {}..{}: {}",
+                        ws + 1,
+                        we,
+                        error.unwrap_or_else(|| format!(
+                            "unusable answer after {} call(s)",
+                            self.options.retries + 1
+                        ))
                     ))
                 }
             }
         }
         cost.finish(start.elapsed());
         let fallback = (!failures.is_empty()).then(|| failures.join("; "));
-        RerankOutcome { order, mentioned, fallback, read, answers, reasoning, grids, cost }
+        RerankOutcome {
+            order,
+            mentioned,
+            fallback,
+            read,
+            answers,
+            reasoning,
+            grids,
+            cost,
+        }
     }
 }
 
@@ -324,7 +383,12 @@ impl ListReranker for CotrrReranker {
         "cotrr"
     }
 
-    fn rerank(&self, mllm: &dyn Mllm, query: &RerankQuery, candidates: &[Arc<RgbImage>]) -> RerankOutcome {
+    fn rerank(
+        &self,
+        mllm: &dyn Mllm,
+        query: &RerankQuery,
+        candidates: &[Arc<RgbImage>],
+    ) -> RerankOutcome {
         CotrrReranker::rerank(self, mllm, query, candidates)
     }
 }
@@ -335,11 +399,21 @@ mod tests {
 
     #[test]
     fn windows_run_bottom_up_and_cover_the_top() {
-        let o = CotrrOptions { k: 20, window: 10, step: 5, ..CotrrOptions::default() };
+        let o = CotrrOptions {
+            k: 20,
+            window: 10,
+            step: 5,
+            ..CotrrOptions::default()
+        };
         assert_eq!(o.windows(20), vec![(10, 20), (5, 15), (0, 10)]);
         assert_eq!(o.calls(20), 3);
         assert_eq!(o.windows(7), vec![(0, 7)]);
-        let o = CotrrOptions { k: 23, window: 10, step: 4, ..CotrrOptions::default() };
+        let o = CotrrOptions {
+            k: 23,
+            window: 10,
+            step: 4,
+            ..CotrrOptions::default()
+        };
         let w = o.windows(23);
         assert_eq!(w.len(), o.calls(23));
         assert_eq!(w.first(), Some(&(13, 23)));

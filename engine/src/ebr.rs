@@ -42,7 +42,14 @@ pub struct EbrOptions {
 
 impl Default for EbrOptions {
     fn default() -> Self {
-        EbrOptions { k: 9, grid: GridOptions::default(), max_grids: 4, retries: 1, max_tokens: 0, parse: ParseMode::Prose }
+        EbrOptions {
+            k: 9,
+            grid: GridOptions::default(),
+            max_grids: 4,
+            retries: 1,
+            max_tokens: 0,
+            parse: ParseMode::Prose,
+        }
     }
 }
 
@@ -62,7 +69,10 @@ impl EbrOptions {
             ));
         }
         if self.grid.cell < 32 {
-            return Err(format!("--ebr-cell-size {} is too small to read (at least 32 px)", self.grid.cell));
+            return Err(format!(
+                "--ebr-cell-size {} is too small to read (at least 32 px)",
+                self.grid.cell
+            ));
         }
         Ok(())
     }
@@ -97,7 +107,13 @@ impl GridReranker {
 
     /// The request for `query` and `grids` holding `n` candidates; `attempt`
     /// > 0 adds the reminder that follows an unusable answer.
-    pub fn request(&self, query: &RerankQuery, grids: &[Arc<RgbImage>], n: usize, attempt: u32) -> ChatRequest {
+    pub fn request(
+        &self,
+        query: &RerankQuery,
+        grids: &[Arc<RgbImage>],
+        n: usize,
+        attempt: u32,
+    ) -> ChatRequest {
         let mut parts = Vec::new();
         let target = match query {
             RerankQuery::Text(t) => {
@@ -109,7 +125,11 @@ impl GridReranker {
                 parts.push(Part::Image(img.clone()));
                 "the query image (the same object, place or scene)"
             }
-            RerankQuery::Composed { reference, modification, caption } => {
+            RerankQuery::Composed {
+                reference,
+                modification,
+                caption,
+            } => {
                 parts.push(Part::Text("Reference image:".into()));
                 parts.push(Part::Image(reference.clone()));
                 let mut t = format!("Requested change: \"{}\". The target is the reference image with this change applied.", modification.trim());
@@ -120,7 +140,11 @@ impl GridReranker {
                 "the target"
             }
         };
-        let grid_note = if grids.len() > 1 { format!(", over {} grid images", grids.len()) } else { String::new() };
+        let grid_note = if grids.len() > 1 {
+            format!(", over {} grid images", grids.len())
+        } else {
+            String::new()
+        };
         parts.push(Part::Text(format!(
             "Candidates: {n} images, each with a black number on a yellow badge in its top-left corner (marks 1 to {n}{grid_note}):"
         )));
@@ -136,9 +160,16 @@ impl GridReranker {
                 example.join(", ")
             )));
         }
-        let max_tokens = if self.options.max_tokens > 0 { self.options.max_tokens } else { 24 + 4 * n as u32 };
+        let max_tokens = if self.options.max_tokens > 0 {
+            self.options.max_tokens
+        } else {
+            24 + 4 * n as u32
+        };
         let mut request = ChatRequest::new(
-            vec![Message::system("You are a careful visual judge for an image search engine."), Message::user(parts)],
+            vec![
+                Message::system("You are a careful visual judge for an image search engine."),
+                Message::user(parts),
+            ],
             max_tokens,
         );
         request.json = true;
@@ -149,7 +180,12 @@ impl GridReranker {
     /// order) for `query` with one call (plus retries on an unusable
     /// answer). The returned order covers all of `candidates`; positions
     /// beyond K keep their place.
-    pub fn rerank(&self, mllm: &dyn Mllm, query: &RerankQuery, candidates: &[Arc<RgbImage>]) -> RerankOutcome {
+    pub fn rerank(
+        &self,
+        mllm: &dyn Mllm,
+        query: &RerankQuery,
+        candidates: &[Arc<RgbImage>],
+    ) -> RerankOutcome {
         let start = Instant::now();
         let n = self.options.k.min(candidates.len());
         let grids = self.grids(&candidates[..n]);
@@ -192,9 +228,24 @@ impl GridReranker {
         };
         order.extend(n..candidates.len());
         cost.finish(start.elapsed());
-        let reasoning = answers.iter().filter_map(|a| crate::rerank::reasoning_of(a)).collect();
-        let grids = grids.into_iter().map(|g| Arc::try_unwrap(g).unwrap_or_else(|shared| (*shared).clone())).collect();
-        RerankOutcome { order, mentioned, fallback, read, answers, reasoning, grids, cost }
+        let reasoning = answers
+            .iter()
+            .filter_map(|a| crate::rerank::reasoning_of(a))
+            .collect();
+        let grids = grids
+            .into_iter()
+            .map(|g| Arc::try_unwrap(g).unwrap_or_else(|shared| (*shared).clone()))
+            .collect();
+        RerankOutcome {
+            order,
+            mentioned,
+            fallback,
+            read,
+            answers,
+            reasoning,
+            grids,
+            cost,
+        }
     }
 }
 
@@ -203,7 +254,12 @@ impl ListReranker for GridReranker {
         "ebr"
     }
 
-    fn rerank(&self, mllm: &dyn Mllm, query: &RerankQuery, candidates: &[Arc<RgbImage>]) -> RerankOutcome {
+    fn rerank(
+        &self,
+        mllm: &dyn Mllm,
+        query: &RerankQuery,
+        candidates: &[Arc<RgbImage>],
+    ) -> RerankOutcome {
         GridReranker::rerank(self, mllm, query, candidates)
     }
 }

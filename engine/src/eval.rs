@@ -5,7 +5,6 @@
 
 use std::path::{Path, PathBuf};
 
-
 /// Errors of the evaluation harness; each names the file and record at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
@@ -57,12 +56,23 @@ pub struct TextQuery {
 
 /// Reads a query TSV with the header `query_id<TAB>caption<TAB>relevant_image`.
 pub fn read_query_tsv(path: &Path) -> Result<Vec<TextQuery>, EvalError> {
-    let text = std::fs::read_to_string(path).map_err(|source| EvalError::Io { path: path.to_path_buf(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| EvalError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let mut lines = text.lines().enumerate();
-    let bad = |line: usize, message: String| EvalError::Format { path: path.to_path_buf(), line, message };
+    let bad = |line: usize, message: String| EvalError::Format {
+        path: path.to_path_buf(),
+        line,
+        message,
+    };
     let header = lines.next().map(|(_, l)| l).unwrap_or("");
     let cols: Vec<&str> = header.split('\t').map(str::trim).collect();
-    let col = |name: &str| cols.iter().position(|c| *c == name).ok_or_else(|| bad(1, format!("header lacks column `{name}` (has {cols:?})")));
+    let col = |name: &str| {
+        cols.iter()
+            .position(|c| *c == name)
+            .ok_or_else(|| bad(1, format!("header lacks column `{name}` (has {cols:?})")))
+    };
     let (qi, ci, ri) = (col("query_id")?, col("caption")?, col("relevant_image")?);
     let mut out = Vec::new();
     for (i, line) in lines {
@@ -70,8 +80,16 @@ pub fn read_query_tsv(path: &Path) -> Result<Vec<TextQuery>, EvalError> {
             continue;
         }
         let f: Vec<&str> = line.split('\t').collect();
-        let get = |j: usize, name: &str| f.get(j).map(|s| s.trim().to_string()).ok_or_else(|| bad(i + 1, format!("missing `{name}`")));
-        out.push(TextQuery { id: get(qi, "query_id")?, caption: get(ci, "caption")?, relevant: get(ri, "relevant_image")? });
+        let get = |j: usize, name: &str| {
+            f.get(j)
+                .map(|s| s.trim().to_string())
+                .ok_or_else(|| bad(i + 1, format!("missing `{name}`")))
+        };
+        out.push(TextQuery {
+            id: get(qi, "query_id")?,
+            caption: get(ci, "caption")?,
+            relevant: get(ri, "relevant_image")?,
+        });
     }
     Ok(out)
 }
@@ -87,7 +105,10 @@ mod tests {
         let p = dir.join("q.tsv");
         std::fs::write(&p, "query_id\tcaption\n1\ta dog\n").expect("write");
         let e = read_query_tsv(&p).expect_err("missing column");
-        assert!(e.to_string().contains("q.tsv:1") && e.to_string().contains("relevant_image"), "{e}");
+        assert!(
+            e.to_string().contains("q.tsv:1") && e.to_string().contains("relevant_image"),
+            "{e}"
+        );
         std::fs::write(&p, "query_id\tcaption\trelevant_image\n1\ta dog\n").expect("write");
         let e = read_query_tsv(&p).expect_err("short line");
         assert!(e.to_string().contains("q.tsv:2"), "{e}");

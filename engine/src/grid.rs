@@ -32,7 +32,14 @@ impl Default for GridOptions {
     /// Nine 336-px cells (3 × 3, a 1,020-px square: about what current MLLMs
     /// take in without tiling), marks one fifth of the cell high.
     fn default() -> Self {
-        GridOptions { columns: 0, cells: 9, cell: 336, gap: 6, mark_height: 0.2, background: [40, 40, 40] }
+        GridOptions {
+            columns: 0,
+            cells: 9,
+            cell: 336,
+            gap: 6,
+            mark_height: 0.2,
+            background: [40, 40, 40],
+        }
     }
 }
 
@@ -42,16 +49,36 @@ const INK: Rgb<u8> = Rgb([0, 0, 0]);
 
 /// The 5×7 digits, one row per byte (bit 4 = leftmost pixel).
 const DIGITS: [[u8; 7]; 10] = [
-    [0b01110, 0b10001, 0b10011, 0b10101, 0b11001, 0b10001, 0b01110],
-    [0b00100, 0b01100, 0b00100, 0b00100, 0b00100, 0b00100, 0b01110],
-    [0b01110, 0b10001, 0b00001, 0b00010, 0b00100, 0b01000, 0b11111],
-    [0b11111, 0b00010, 0b00100, 0b00010, 0b00001, 0b10001, 0b01110],
-    [0b00010, 0b00110, 0b01010, 0b10010, 0b11111, 0b00010, 0b00010],
-    [0b11111, 0b10000, 0b11110, 0b00001, 0b00001, 0b10001, 0b01110],
-    [0b00110, 0b01000, 0b10000, 0b11110, 0b10001, 0b10001, 0b01110],
-    [0b11111, 0b00001, 0b00010, 0b00100, 0b01000, 0b01000, 0b01000],
-    [0b01110, 0b10001, 0b10001, 0b01110, 0b10001, 0b10001, 0b01110],
-    [0b01110, 0b10001, 0b10001, 0b01111, 0b00001, 0b00010, 0b01100],
+    [
+        0b01110, 0b10001, 0b10011, 0b10101, 0b11001, 0b10001, 0b01110,
+    ],
+    [
+        0b00100, 0b01100, 0b00100, 0b00100, 0b00100, 0b00100, 0b01110,
+    ],
+    [
+        0b01110, 0b10001, 0b00001, 0b00010, 0b00100, 0b01000, 0b11111,
+    ],
+    [
+        0b11111, 0b00010, 0b00100, 0b00010, 0b00001, 0b10001, 0b01110,
+    ],
+    [
+        0b00010, 0b00110, 0b01010, 0b10010, 0b11111, 0b00010, 0b00010,
+    ],
+    [
+        0b11111, 0b10000, 0b11110, 0b00001, 0b00001, 0b10001, 0b01110,
+    ],
+    [
+        0b00110, 0b01000, 0b10000, 0b11110, 0b10001, 0b10001, 0b01110,
+    ],
+    [
+        0b11111, 0b00001, 0b00010, 0b00100, 0b01000, 0b01000, 0b01000,
+    ],
+    [
+        0b01110, 0b10001, 0b10001, 0b01110, 0b10001, 0b10001, 0b01110,
+    ],
+    [
+        0b01110, 0b10001, 0b10001, 0b01111, 0b00001, 0b00010, 0b01100,
+    ],
 ];
 
 /// Where one mark sits: the badge rectangle and the font's pixel size.
@@ -73,13 +100,19 @@ impl GridOptions {
     /// (columns, rows) of a grid holding `n` candidates.
     pub fn shape(&self, n: usize) -> (u32, u32) {
         let n = n.max(1) as u32;
-        let cols = if self.columns > 0 { self.columns } else { (1..).find(|c| c * c >= n).unwrap_or(1) };
+        let cols = if self.columns > 0 {
+            self.columns
+        } else {
+            (1..).find(|c| c * c >= n).unwrap_or(1)
+        };
         (cols, n.div_ceil(cols))
     }
 
     /// The font pixel size of the marks.
     pub fn mark_scale(&self) -> u32 {
-        ((self.cell as f32 * self.mark_height) / 9.0).floor().max(2.0) as u32
+        ((self.cell as f32 * self.mark_height) / 9.0)
+            .floor()
+            .max(2.0) as u32
     }
 
     /// The badge of mark `mark` in cell (`col`, `row`).
@@ -87,12 +120,21 @@ impl GridOptions {
         let s = self.mark_scale();
         let digits = mark.to_string().len() as u32;
         let (x0, y0) = self.cell_origin(col, row);
-        MarkBox { x: x0, y: y0, width: digits * 6 * s + 3 * s, height: 9 * s + s, scale: s }
+        MarkBox {
+            x: x0,
+            y: y0,
+            width: digits * 6 * s + 3 * s,
+            height: 9 * s + s,
+            scale: s,
+        }
     }
 
     /// The top-left pixel of cell (`col`, `row`).
     pub fn cell_origin(&self, col: u32, row: u32) -> (u32, u32) {
-        (self.gap + col * (self.cell + self.gap), self.gap + row * (self.cell + self.gap))
+        (
+            self.gap + col * (self.cell + self.gap),
+            self.gap + row * (self.cell + self.gap),
+        )
     }
 }
 
@@ -106,7 +148,11 @@ pub fn draw_grid(images: &[&RgbImage], first_mark: usize, options: &GridOptions)
         let (col, row) = (i as u32 % cols, i as u32 / cols);
         let (x0, y0) = options.cell_origin(col, row);
         letterbox(&mut grid, img, x0, y0, options.cell);
-        draw_mark(&mut grid, options.mark_box(col, row, first_mark + i), first_mark + i);
+        draw_mark(
+            &mut grid,
+            options.mark_box(col, row, first_mark + i),
+            first_mark + i,
+        );
     }
     grid
 }
@@ -118,18 +164,31 @@ fn letterbox(grid: &mut RgbImage, img: &RgbImage, x0: u32, y0: u32, cell: u32) {
         return;
     }
     let s = (cell as f64 / w as f64).min(cell as f64 / h as f64);
-    let (nw, nh) = (((w as f64 * s).round() as u32).clamp(1, cell), ((h as f64 * s).round() as u32).clamp(1, cell));
+    let (nw, nh) = (
+        ((w as f64 * s).round() as u32).clamp(1, cell),
+        ((h as f64 * s).round() as u32).clamp(1, cell),
+    );
     let scaled = imageops::resize(img, nw, nh, imageops::FilterType::CatmullRom);
-    imageops::replace(grid, &scaled, (x0 + (cell - nw) / 2) as i64, (y0 + (cell - nh) / 2) as i64);
+    imageops::replace(
+        grid,
+        &scaled,
+        (x0 + (cell - nw) / 2) as i64,
+        (y0 + (cell - nh) / 2) as i64,
+    );
 }
 
 fn draw_mark(grid: &mut RgbImage, b: MarkBox, mark: usize) {
     let s = b.scale;
     let border = (s / 2).max(1);
-    draw_filled_rect_mut(grid, Rect::at(b.x as i32, b.y as i32).of_size(b.width, b.height), INK);
     draw_filled_rect_mut(
         grid,
-        Rect::at((b.x + border) as i32, (b.y + border) as i32).of_size(b.width - 2 * border, b.height - 2 * border),
+        Rect::at(b.x as i32, b.y as i32).of_size(b.width, b.height),
+        INK,
+    );
+    draw_filled_rect_mut(
+        grid,
+        Rect::at((b.x + border) as i32, (b.y + border) as i32)
+            .of_size(b.width - 2 * border, b.height - 2 * border),
         BADGE,
     );
     for (d, ch) in mark.to_string().bytes().enumerate() {
@@ -139,7 +198,11 @@ fn draw_mark(grid: &mut RgbImage, b: MarkBox, mark: usize) {
         for (r, bits) in glyph.iter().enumerate() {
             for c in 0..5u32 {
                 if bits & (0b10000 >> c) != 0 {
-                    draw_filled_rect_mut(grid, Rect::at((gx + c * s) as i32, (gy + r as u32 * s) as i32).of_size(s, s), INK);
+                    draw_filled_rect_mut(
+                        grid,
+                        Rect::at((gx + c * s) as i32, (gy + r as u32 * s) as i32).of_size(s, s),
+                        INK,
+                    );
                 }
             }
         }

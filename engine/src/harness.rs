@@ -23,14 +23,17 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::cost::MllmCost;
-use crate::rerank::AnswerRead;
 use crate::eval::EvalError;
 use crate::metrics;
 use crate::pipeline::{FirstStage, Pipeline, SearchRequest, Stage};
+use crate::rerank::AnswerRead;
 use crate::superglobal::Ranked;
 
 fn io_err(path: &Path, source: std::io::Error) -> EvalError {
-    EvalError::Io { path: path.to_path_buf(), source }
+    EvalError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// One stage's ranking of one query, as logged (the top of it).
@@ -63,7 +66,9 @@ pub struct StageResult {
 impl QueryOutcome {
     /// Whether an MLLM stage of this query kept the prior order for want of a usable answer.
     pub fn fell_back(&self) -> bool {
-        self.stages.iter().any(|s| s.read == Some(AnswerRead::Fallback))
+        self.stages
+            .iter()
+            .any(|s| s.read == Some(AnswerRead::Fallback))
     }
 }
 
@@ -144,7 +149,11 @@ impl RunLog {
         let run_path = out.join("run.json");
         match std::fs::read(&run_path) {
             Ok(bytes) => {
-                let old: Value = serde_json::from_slice(&bytes).map_err(|e| EvalError::Format { path: run_path.clone(), line: e.line(), message: e.to_string() })?;
+                let old: Value = serde_json::from_slice(&bytes).map_err(|e| EvalError::Format {
+                    path: run_path.clone(),
+                    line: e.line(),
+                    message: e.to_string(),
+                })?;
                 if &old != describe {
                     return Err(EvalError::Format {
                         path: run_path.clone(),
@@ -191,12 +200,24 @@ impl RunLog {
                 }
             }
         }
-        let file = std::fs::OpenOptions::new().create(true).append(false).write(true).truncate(false).open(&path).map_err(|e| io_err(&path, e))?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(false)
+            .write(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| io_err(&path, e))?;
         // Drop a torn last line, then append after the good ones.
         file.set_len(good_len).map_err(|e| io_err(&path, e))?;
-        let mut log = RunLog { path, file, unsynced: 0 };
+        let mut log = RunLog {
+            path,
+            file,
+            unsynced: 0,
+        };
         use std::io::Seek;
-        log.file.seek(std::io::SeekFrom::End(0)).map_err(|e| io_err(&log.path, e))?;
+        log.file
+            .seek(std::io::SeekFrom::End(0))
+            .map_err(|e| io_err(&log.path, e))?;
         Ok((log, done))
     }
 
@@ -204,7 +225,9 @@ impl RunLog {
     pub fn append(&mut self, q: &QueryOutcome) -> Result<(), EvalError> {
         let mut line = serde_json::to_string(q).map_err(|e| EvalError::Backend(e.to_string()))?;
         line.push('\n');
-        self.file.write_all(line.as_bytes()).map_err(|e| io_err(&self.path, e))?;
+        self.file
+            .write_all(line.as_bytes())
+            .map_err(|e| io_err(&self.path, e))?;
         self.unsynced += 1;
         if self.unsynced >= SYNC_EVERY {
             self.unsynced = 0;
@@ -242,7 +265,11 @@ pub struct Summary {
     pub complete: bool,
 }
 
-fn mean_metrics<'a>(stage: &str, names: &[String], qs: impl Iterator<Item = &'a QueryOutcome>) -> BTreeMap<String, f64> {
+fn mean_metrics<'a>(
+    stage: &str,
+    names: &[String],
+    qs: impl Iterator<Item = &'a QueryOutcome>,
+) -> BTreeMap<String, f64> {
     let mut sums: BTreeMap<String, (f64, usize)> = BTreeMap::new();
     for q in qs {
         if let Some(s) = q.stages.iter().find(|s| s.stage == stage) {
@@ -255,12 +282,20 @@ fn mean_metrics<'a>(stage: &str, names: &[String], qs: impl Iterator<Item = &'a 
             }
         }
     }
-    sums.into_iter().map(|(k, (s, n))| (k, s / n.max(1) as f64)).collect()
+    sums.into_iter()
+        .map(|(k, (s, n))| (k, s / n.max(1) as f64))
+        .collect()
 }
 
 impl Summary {
     /// Averages `outcomes` per stage and group.
-    pub fn from_outcomes(benchmark: &str, stages: &[String], metric_names: &[String], outcomes: &[QueryOutcome], dropped: Vec<String>) -> Summary {
+    pub fn from_outcomes(
+        benchmark: &str,
+        stages: &[String],
+        metric_names: &[String],
+        outcomes: &[QueryOutcome],
+        dropped: Vec<String>,
+    ) -> Summary {
         let mut per_stage = BTreeMap::new();
         let mut cost = BTreeMap::new();
         let mut ms = BTreeMap::new();
@@ -268,7 +303,11 @@ impl Summary {
             per_stage.insert(st.clone(), mean_metrics(st, metric_names, outcomes.iter()));
             let mut c = CostRecord::default();
             let (mut total_ms, mut n) = (0.0, 0usize);
-            for s in outcomes.iter().flat_map(|q| q.stages.iter()).filter(|s| &s.stage == st) {
+            for s in outcomes
+                .iter()
+                .flat_map(|q| q.stages.iter())
+                .filter(|s| &s.stage == st)
+            {
                 if let Some(x) = &s.cost {
                     c.calls += x.calls;
                     c.requests += x.requests;
@@ -289,14 +328,34 @@ impl Summary {
         let mut answers_read: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
         for s in outcomes.iter().flat_map(|q| q.stages.iter()) {
             if let Some(r) = s.read {
-                *answers_read.entry(s.stage.clone()).or_default().entry(r.name().to_string()).or_default() += 1;
+                *answers_read
+                    .entry(s.stage.clone())
+                    .or_default()
+                    .entry(r.name().to_string())
+                    .or_default() += 1;
             }
         }
-        let groups: std::collections::BTreeSet<&str> = outcomes.iter().map(|q| q.group.as_str()).filter(|g| !g.is_empty()).collect();
+        let groups: std::collections::BTreeSet<&str> = outcomes
+            .iter()
+            .map(|q| q.group.as_str())
+            .filter(|g| !g.is_empty())
+            .collect();
         let per_group = groups
             .into_iter()
             .map(|g| {
-                let by_stage = stages.iter().map(|st| (st.clone(), mean_metrics(st, metric_names, outcomes.iter().filter(|q| q.group == g)))).collect();
+                let by_stage = stages
+                    .iter()
+                    .map(|st| {
+                        (
+                            st.clone(),
+                            mean_metrics(
+                                st,
+                                metric_names,
+                                outcomes.iter().filter(|q| q.group == g),
+                            ),
+                        )
+                    })
+                    .collect();
                 (g.to_string(), by_stage)
             })
             .collect();
@@ -319,7 +378,11 @@ impl Summary {
 
     /// Queries whose stage `stage` fell back.
     pub fn fallbacks(&self, stage: &str) -> usize {
-        self.answers_read.get(stage).and_then(|m| m.get(AnswerRead::Fallback.name())).copied().unwrap_or(0)
+        self.answers_read
+            .get(stage)
+            .and_then(|m| m.get(AnswerRead::Fallback.name()))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// The largest share of queries any MLLM stage fell back on (0 without MLLM stages).
@@ -339,14 +402,32 @@ impl Summary {
         }
         out.push_str(")\n\n");
         let table = |rows: &BTreeMap<String, BTreeMap<String, f64>>, with_ms: bool| {
-            let mut t = format!("| stage | {} |{}\n", self.metric_names.join(" | "), if with_ms { " ms/query |" } else { "" });
-            t.push_str(&format!("|---|{}{}\n", "---:|".repeat(self.metric_names.len()), if with_ms { "---:|" } else { "" }));
+            let mut t = format!(
+                "| stage | {} |{}\n",
+                self.metric_names.join(" | "),
+                if with_ms { " ms/query |" } else { "" }
+            );
+            t.push_str(&format!(
+                "|---|{}{}\n",
+                "---:|".repeat(self.metric_names.len()),
+                if with_ms { "---:|" } else { "" }
+            ));
             for st in &self.stages {
                 let m = rows.get(st);
-                let cells: Vec<String> = self.metric_names.iter().map(|n| m.and_then(|m| m.get(n)).map_or("–".into(), |v| format!("{:.2}", v * 100.0))).collect();
+                let cells: Vec<String> = self
+                    .metric_names
+                    .iter()
+                    .map(|n| {
+                        m.and_then(|m| m.get(n))
+                            .map_or("–".into(), |v| format!("{:.2}", v * 100.0))
+                    })
+                    .collect();
                 t.push_str(&format!("| {st} | {} |", cells.join(" | ")));
                 if with_ms {
-                    t.push_str(&format!(" {:.2} |", self.ms_per_query.get(st).copied().unwrap_or(0.0)));
+                    t.push_str(&format!(
+                        " {:.2} |",
+                        self.ms_per_query.get(st).copied().unwrap_or(0.0)
+                    ));
                 }
                 t.push('\n');
             }
@@ -374,14 +455,28 @@ impl Summary {
         }
         if !self.answers_read.is_empty() {
             let names: Vec<&str> = AnswerRead::ALL.iter().map(|r| r.name()).collect();
-            out.push_str(&format!("\nHow the MLLM's answers were read (queries):\n\n| stage | {} |\n|---|{}\n", names.join(" | "), "---:|".repeat(names.len())));
+            out.push_str(&format!(
+                "\nHow the MLLM's answers were read (queries):\n\n| stage | {} |\n|---|{}\n",
+                names.join(" | "),
+                "---:|".repeat(names.len())
+            ));
             for (st, m) in &self.answers_read {
-                let cells: Vec<String> = names.iter().map(|n| m.get(*n).copied().unwrap_or(0).to_string()).collect();
+                let cells: Vec<String> = names
+                    .iter()
+                    .map(|n| m.get(*n).copied().unwrap_or(0).to_string())
+                    .collect();
                 out.push_str(&format!("| {st} | {} |\n", cells.join(" | ")));
             }
-            let fell: Vec<String> = self.answers_read.keys().filter(|st| self.fallbacks(st) > 0).map(|st| format!("{st} on {} of {}", self.fallbacks(st), self.queries)).collect();
+            let fell: Vec<String> = self
+                .answers_read
+                .keys()
+                .filter(|st| self.fallbacks(st) > 0)
+                .map(|st| format!("{st} on {} of {}", self.fallbacks(st), self.queries))
+                .collect();
             if fell.is_empty() {
-                out.push_str("\nEvery MLLM stage ranked every query from an answer (no fallback).\n");
+                out.push_str(
+                    "\nEvery MLLM stage ranked every query from an answer (no fallback).\n",
+                );
             } else {
                 out.push_str(&format!(
                     "\n**Incomplete**: the prior order was kept where no usable answer came ({}); those rows are not the stage's result.\n",
@@ -398,15 +493,38 @@ impl Summary {
         let series: Vec<(String, Vec<f64>)> = self
             .stages
             .iter()
-            .map(|st| (st.clone(), self.metric_names.iter().map(|n| self.per_stage.get(st).and_then(|m| m.get(n)).copied().unwrap_or(f64::NAN)).collect()))
+            .map(|st| {
+                (
+                    st.clone(),
+                    self.metric_names
+                        .iter()
+                        .map(|n| {
+                            self.per_stage
+                                .get(st)
+                                .and_then(|m| m.get(n))
+                                .copied()
+                                .unwrap_or(f64::NAN)
+                        })
+                        .collect(),
+                )
+            })
             .collect();
-        crate::plot::bar_chart(&format!("{} ({} QUERIES)", self.benchmark, self.queries), &self.metric_names, &series)
+        crate::plot::bar_chart(
+            &format!("{} ({} QUERIES)", self.benchmark, self.queries),
+            &self.metric_names,
+            &series,
+        )
     }
 }
 
 /// Writes `summary.json`, `summary.md`, `metrics.png`, one TREC run per
 /// stage and `qrels.txt` into `out`; returns the files written.
-pub fn write_outputs(out: &Path, summary: &Summary, outcomes: &[QueryOutcome], extra: &Value) -> Result<Vec<PathBuf>, EvalError> {
+pub fn write_outputs(
+    out: &Path,
+    summary: &Summary,
+    outcomes: &[QueryOutcome],
+    extra: &Value,
+) -> Result<Vec<PathBuf>, EvalError> {
     let mut written = Vec::new();
     let mut put = |name: &str, bytes: &[u8]| -> Result<(), EvalError> {
         let p = out.join(name);
@@ -422,7 +540,12 @@ pub fn write_outputs(out: &Path, summary: &Summary, outcomes: &[QueryOutcome], e
             o.insert(k.clone(), val.clone());
         }
     }
-    put("summary.json", serde_json::to_string_pretty(&v).unwrap_or_default().as_bytes())?;
+    put(
+        "summary.json",
+        serde_json::to_string_pretty(&v)
+            .unwrap_or_default()
+            .as_bytes(),
+    )?;
     put("summary.md", summary.markdown().as_bytes())?;
     let mut png = Vec::new();
     summary
@@ -436,8 +559,18 @@ pub fn write_outputs(out: &Path, summary: &Summary, outcomes: &[QueryOutcome], e
             if let Some(s) = q.stages.iter().find(|s| &s.stage == st) {
                 for (i, (d, score)) in s.docs.iter().zip(&s.scores).enumerate() {
                     // TREC tools sort by score: a reranked order gets decreasing pseudo-scores.
-                    let score = if st == "first" { *score as f64 } else { (s.docs.len() - i) as f64 };
-                    trec.push_str(&format!("{} Q0 {} {} {:.6} squire-{st}\n", q.qid, d, i + 1, score));
+                    let score = if st == "first" {
+                        *score as f64
+                    } else {
+                        (s.docs.len() - i) as f64
+                    };
+                    trec.push_str(&format!(
+                        "{} Q0 {} {} {:.6} squire-{st}\n",
+                        q.qid,
+                        d,
+                        i + 1,
+                        score
+                    ));
                 }
             }
         }
@@ -456,11 +589,20 @@ pub fn write_outputs(out: &Path, summary: &Summary, outcomes: &[QueryOutcome], e
 /// The JSON printed by `squire eval … --json`: the summary (`metrics` = the
 /// last stage's, `per_stage`, `per_group`, cost) and each query's metrics per stage.
 pub fn report_json(summary: &Summary, outcomes: &[QueryOutcome]) -> Value {
-    let last = summary.stages.last().and_then(|s| summary.per_stage.get(s)).cloned().unwrap_or_default();
+    let last = summary
+        .stages
+        .last()
+        .and_then(|s| summary.per_stage.get(s))
+        .cloned()
+        .unwrap_or_default();
     let per_query: Vec<Value> = outcomes
         .iter()
         .map(|q| {
-            let m: BTreeMap<&str, &BTreeMap<String, f64>> = q.stages.iter().map(|s| (s.stage.as_str(), &s.metrics)).collect();
+            let m: BTreeMap<&str, &BTreeMap<String, f64>> = q
+                .stages
+                .iter()
+                .map(|s| (s.stage.as_str(), &s.metrics))
+                .collect();
             json!({"query_id": q.qid, "group": q.group, "metrics": m})
         })
         .collect();
@@ -565,8 +707,15 @@ pub struct RunResult {
 /// Runs `bench` through `pipeline`, query by query, logging each outcome
 /// (a rerun into the same folder skips the queries already there), then
 /// writes the outputs. `progress(done, total)` follows the queries still to run.
-pub fn run_benchmark(pipeline: &Pipeline, bench: &Benchmark, opts: &RunOptions, progress: &mut dyn FnMut(usize, usize)) -> Result<RunResult, EvalError> {
-    let stage_names: Vec<String> = std::iter::once("first".to_string()).chain(opts.stages.iter().map(|s| s.name().to_string())).collect();
+pub fn run_benchmark(
+    pipeline: &Pipeline,
+    bench: &Benchmark,
+    opts: &RunOptions,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<RunResult, EvalError> {
+    let stage_names: Vec<String> = std::iter::once("first".to_string())
+        .chain(opts.stages.iter().map(|s| s.name().to_string()))
+        .collect();
     let col = pipeline.collection();
     let describe = json!({
         "schema": "squire.eval-run/1", "benchmark": bench.name, "collection": col.dir().display().to_string(),
@@ -577,13 +726,23 @@ pub fn run_benchmark(pipeline: &Pipeline, bench: &Benchmark, opts: &RunOptions, 
     let (mut log, done) = RunLog::open(&opts.out, &describe)?;
     let (mut outcomes, done_ids, retried) = resume(done, opts.accept_fallbacks);
     let resumed = outcomes.len();
-    let todo: Vec<&EvalQuery> = bench.queries.iter().filter(|q| !done_ids.contains(&q.qid)).collect();
+    let todo: Vec<&EvalQuery> = bench
+        .queries
+        .iter()
+        .filter(|q| !done_ids.contains(&q.qid))
+        .collect();
     let root = &col.manifest().images_root;
     for (i, q) in todo.iter().enumerate() {
         progress(i, todo.len());
-        let path = q.image_row.map(|row| root.join(&col.records()[row].path)).or_else(|| q.image_path.clone());
+        let path = q
+            .image_row
+            .map(|row| root.join(&col.records()[row].path))
+            .or_else(|| q.image_path.clone());
         let image = match path {
-            Some(path) => Some(std::sync::Arc::new(squire_models::image_io::load_rgb(&path).map_err(|e| EvalError::Backend(format!("query {}: {e}", q.qid)))?)),
+            Some(path) => Some(std::sync::Arc::new(
+                squire_models::image_io::load_rgb(&path)
+                    .map_err(|e| EvalError::Backend(format!("query {}: {e}", q.qid)))?,
+            )),
             None => None,
         };
         let req = SearchRequest {
@@ -592,7 +751,12 @@ pub fn run_benchmark(pipeline: &Pipeline, bench: &Benchmark, opts: &RunOptions, 
             image_label: None,
             k: bench.depth + q.exclude.len(),
             alpha: 0.8,
-            first_stage: if opts.whiten { FirstStage::Whitened } else { opts.ef.map_or(FirstStage::Exact, |ef| FirstStage::Index { ef: Some(ef) }) },
+            first_stage: if opts.whiten {
+                FirstStage::Whitened
+            } else {
+                opts.ef
+                    .map_or(FirstStage::Exact, |ef| FirstStage::Index { ef: Some(ef) })
+            },
             stages: opts.stages.clone(),
             sqaf: opts.sqaf && q.text.is_some() && q.image_row.is_some(),
         };
@@ -601,8 +765,17 @@ pub fn run_benchmark(pipeline: &Pipeline, bench: &Benchmark, opts: &RunOptions, 
         // to it, and each parallel step starts without waking the pool from
         // outside (on 2 cores this took the SuperGlobal stage from 5.3–5.8 ms
         // to under 5).
-        let res = rayon::scope(|_| pipeline.search(&req)).map_err(|e| EvalError::Backend(format!("query {}: {e}", q.qid)))?;
-        let outcome = query_outcome(bench.metrics.as_ref(), &bench.doc_names, q, &res.first, res.encode_ms + res.search_ms, &res.stages, opts.keep);
+        let res = rayon::scope(|_| pipeline.search(&req))
+            .map_err(|e| EvalError::Backend(format!("query {}: {e}", q.qid)))?;
+        let outcome = query_outcome(
+            bench.metrics.as_ref(),
+            &bench.doc_names,
+            q,
+            &res.first,
+            res.encode_ms + res.search_ms,
+            &res.stages,
+            opts.keep,
+        );
         log.append(&outcome)?;
         outcomes.push(outcome);
     }
@@ -610,17 +783,31 @@ pub fn run_benchmark(pipeline: &Pipeline, bench: &Benchmark, opts: &RunOptions, 
     let wanted: HashSet<&str> = bench.queries.iter().map(|q| q.qid.as_str()).collect();
     let extra = json!({"run": describe, "dropped_reasons": bench.dropped.iter().map(|(id, why)| json!({"query_id": id, "reason": why})).collect::<Vec<_>>()});
     let summary_of = |o: &[QueryOutcome]| {
-        Summary::from_outcomes(&bench.name, &stage_names, &bench.metric_names, o, bench.dropped.iter().map(|(id, _)| id.clone()).collect())
+        Summary::from_outcomes(
+            &bench.name,
+            &stage_names,
+            &bench.metric_names,
+            o,
+            bench.dropped.iter().map(|(id, _)| id.clone()).collect(),
+        )
     };
-    finish(outcomes, &wanted, summary_of, &opts.out, &extra, resumed, retried)
+    finish(
+        outcomes, &wanted, summary_of, &opts.out, &extra, resumed, retried,
+    )
 }
 
 /// Splits a log's outcomes into those kept and those to run again (an MLLM
 /// stage fell back, unless `accept_fallbacks`): returns the kept outcomes,
 /// their ids, and how many will be retried.
-fn resume(done: Vec<QueryOutcome>, accept_fallbacks: bool) -> (Vec<QueryOutcome>, HashSet<String>, usize) {
+fn resume(
+    done: Vec<QueryOutcome>,
+    accept_fallbacks: bool,
+) -> (Vec<QueryOutcome>, HashSet<String>, usize) {
     let before = done.len();
-    let kept: Vec<QueryOutcome> = done.into_iter().filter(|q| accept_fallbacks || !q.fell_back()).collect();
+    let kept: Vec<QueryOutcome> = done
+        .into_iter()
+        .filter(|q| accept_fallbacks || !q.fell_back())
+        .collect();
     let ids = kept.iter().map(|q| q.qid.clone()).collect();
     let retried = before - kept.len();
     (kept, ids, retried)
@@ -640,19 +827,56 @@ fn finish(
     outcomes.retain(|q| wanted.contains(q.qid.as_str()));
     let summary = summary_of(&outcomes);
     let files = write_outputs(out, &summary, &outcomes, extra)?;
-    Ok(RunResult { summary, outcomes, resumed, retried, files })
+    Ok(RunResult {
+        summary,
+        outcomes,
+        resumed,
+        retried,
+        files,
+    })
 }
 
 /// A query's logged outcome: the first stage and every reranking stage, each scored.
-fn query_outcome(metric_fn: &MetricFn, doc_names: &[String], q: &EvalQuery, first: &[Ranked], first_ms: f64, stages: &[crate::pipeline::StageRun], keep: usize) -> QueryOutcome {
-    let mut results = vec![stage_result(metric_fn, doc_names, q, "first".to_string(), first, first_ms, None, keep)];
+fn query_outcome(
+    metric_fn: &MetricFn,
+    doc_names: &[String],
+    q: &EvalQuery,
+    first: &[Ranked],
+    first_ms: f64,
+    stages: &[crate::pipeline::StageRun],
+    keep: usize,
+) -> QueryOutcome {
+    let mut results = vec![stage_result(
+        metric_fn,
+        doc_names,
+        q,
+        "first".to_string(),
+        first,
+        first_ms,
+        None,
+        keep,
+    )];
     for s in stages {
-        let mut r = stage_result(metric_fn, doc_names, q, s.stage.name().to_string(), &s.ranking, s.ms, s.cost.as_ref().map(CostRecord::from), keep);
+        let mut r = stage_result(
+            metric_fn,
+            doc_names,
+            q,
+            s.stage.name().to_string(),
+            &s.ranking,
+            s.ms,
+            s.cost.as_ref().map(CostRecord::from),
+            keep,
+        );
         r.read = s.read;
         r.fallback = s.fallback.clone();
         results.push(r);
     }
-    QueryOutcome { qid: q.qid.clone(), group: q.group.clone(), relevant: q.relevant_names.clone(), stages: results }
+    QueryOutcome {
+        qid: q.qid.clone(),
+        group: q.group.clone(),
+        relevant: q.relevant_names.clone(),
+        stages: results,
+    }
 }
 
 /// One stage's logged result: metrics on the ranking without the excluded rows, the top `keep`.
@@ -667,24 +891,42 @@ fn stage_result(
     cost: Option<CostRecord>,
     keep: usize,
 ) -> StageResult {
-    let rows: Vec<usize> = ranking.iter().map(|r| r.row).filter(|r| !q.exclude.contains(r)).collect();
+    let rows: Vec<usize> = ranking
+        .iter()
+        .map(|r| r.row)
+        .filter(|r| !q.exclude.contains(r))
+        .collect();
     let mut m = metric_fn(&rows, q);
-    let score_of: std::collections::HashMap<usize, f32> = ranking.iter().map(|r| (r.row, r.score)).collect();
+    let score_of: std::collections::HashMap<usize, f32> =
+        ranking.iter().map(|r| (r.row, r.score)).collect();
     let kept: Vec<usize> = rows.iter().copied().take(keep).collect();
     let mut lists = BTreeMap::new();
     if !q.subset.is_empty() {
-        let subset: Vec<usize> = rows.iter().copied().filter(|r| q.subset.contains(r)).collect();
+        let subset: Vec<usize> = rows
+            .iter()
+            .copied()
+            .filter(|r| q.subset.contains(r))
+            .collect();
         if !q.relevant.is_empty() {
             for k in [1, 2, 3] {
-                m.insert(format!("Rsubset@{k}"), metrics::recall_at(&subset, &q.relevant, k));
+                m.insert(
+                    format!("Rsubset@{k}"),
+                    metrics::recall_at(&subset, &q.relevant, k),
+                );
             }
         }
-        lists.insert("subset".to_string(), subset.iter().map(|&r| doc_names[r].clone()).collect());
+        lists.insert(
+            "subset".to_string(),
+            subset.iter().map(|&r| doc_names[r].clone()).collect(),
+        );
     }
     StageResult {
         stage,
         docs: kept.iter().map(|&r| doc_names[r].clone()).collect(),
-        scores: kept.iter().map(|r| score_of.get(r).copied().unwrap_or(0.0)).collect(),
+        scores: kept
+            .iter()
+            .map(|r| score_of.get(r).copied().unwrap_or(0.0))
+            .collect(),
         metrics: m,
         ms,
         cost,
@@ -720,7 +962,9 @@ pub fn run_inquire_rerank(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<RunResult, EvalError> {
     let name = "inquire-rerank";
-    let stage_names: Vec<String> = std::iter::once("first".to_string()).chain(opts.stages.iter().map(|s| s.name().to_string())).collect();
+    let stage_names: Vec<String> = std::iter::once("first".to_string())
+        .chain(opts.stages.iter().map(|s| s.name().to_string()))
+        .collect();
     let run_describe = json!({
         "schema": "squire.eval-run/1", "benchmark": name, "model": encoder.map(|e| e.model), "stages": stage_names,
         "keep": opts.keep, "rescore": rescore, "data": describe, "options": format!("{:?}", rerankers.options()),
@@ -728,50 +972,110 @@ pub fn run_inquire_rerank(
     let (mut log, done) = RunLog::open(&opts.out, &run_describe)?;
     let (mut outcomes, done_ids, retried) = resume(done, opts.accept_fallbacks);
     let resumed = outcomes.len();
-    let metric_names: Vec<String> = ["AP", "nDCG", "MRR"].iter().map(|s| s.to_string()).collect();
+    let metric_names: Vec<String> = ["AP", "nDCG", "MRR"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     let metric_fn: Box<MetricFn> = Box::new(|ranked, q| {
         let n = ranked.len();
         BTreeMap::from([
-            ("AP".to_string(), metrics::average_precision_at(ranked, &q.relevant, n, q.total_relevant)),
-            ("nDCG".to_string(), metrics::ndcg_at(ranked, &q.relevant, n, q.total_relevant)),
-            ("MRR".to_string(), metrics::reciprocal_rank(ranked, &q.relevant, n)),
+            (
+                "AP".to_string(),
+                metrics::average_precision_at(ranked, &q.relevant, n, q.total_relevant),
+            ),
+            (
+                "nDCG".to_string(),
+                metrics::ndcg_at(ranked, &q.relevant, n, q.total_relevant),
+            ),
+            (
+                "MRR".to_string(),
+                metrics::reciprocal_rank(ranked, &q.relevant, n),
+            ),
         ])
     });
     let need_images = rescore || !opts.stages.is_empty();
-    let todo: Vec<(usize, &crate::datasets::inquire_rerank::RerankQuery)> = queries.iter().enumerate().filter(|(i, _)| !done_ids.contains(&i.to_string())).collect();
+    let todo: Vec<(usize, &crate::datasets::inquire_rerank::RerankQuery)> = queries
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !done_ids.contains(&i.to_string()))
+        .collect();
     for (step, (i, rq)) in todo.iter().enumerate() {
         progress(step, todo.len());
         let mut list = Vec::with_capacity(rq.candidates.len());
         for c in &rq.candidates {
             let image = if need_images {
-                squire_models::image_io::decode_rgb(&c.image, Path::new(&c.file_name))
-                    .map_err(|e| EvalError::Backend(format!("query {i} ({:?}), candidate {}: {e}", rq.query, c.id)))?
+                squire_models::image_io::decode_rgb(&c.image, Path::new(&c.file_name)).map_err(
+                    |e| {
+                        EvalError::Backend(format!(
+                            "query {i} ({:?}), candidate {}: {e}",
+                            rq.query, c.id
+                        ))
+                    },
+                )?
             } else {
                 image::RgbImage::new(1, 1)
             };
-            list.push(crate::pipeline::ListCandidate { image: std::sync::Arc::new(image), score: c.clip_score as f32 });
+            list.push(crate::pipeline::ListCandidate {
+                image: std::sync::Arc::new(image),
+                score: c.clip_score as f32,
+            });
         }
-        let res = rerankers.rerank_list(&rq.query, &list, &opts.stages, encoder.map(|e| e.encoder), rescore).map_err(|e| EvalError::Backend(format!("query {i} ({:?}): {e}", rq.query)))?;
-        let relevant: HashSet<usize> = rq.candidates.iter().enumerate().filter(|(_, c)| c.relevant).map(|(j, _)| j).collect();
+        let res = rerankers
+            .rerank_list(
+                &rq.query,
+                &list,
+                &opts.stages,
+                encoder.map(|e| e.encoder),
+                rescore,
+            )
+            .map_err(|e| EvalError::Backend(format!("query {i} ({:?}): {e}", rq.query)))?;
+        let relevant: HashSet<usize> = rq
+            .candidates
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.relevant)
+            .map(|(j, _)| j)
+            .collect();
         let q = EvalQuery {
             qid: i.to_string(),
             group: rq.supercategory.clone(),
             text: Some(rq.query.clone()),
             total_relevant: relevant.len(),
-            relevant_names: relevant.iter().map(|&j| rq.candidates[j].id.clone()).collect(),
+            relevant_names: relevant
+                .iter()
+                .map(|&j| rq.candidates[j].id.clone())
+                .collect(),
             relevant,
             ..EvalQuery::default()
         };
         let doc_names: Vec<String> = rq.candidates.iter().map(|c| c.id.clone()).collect();
-        let outcome = query_outcome(metric_fn.as_ref(), &doc_names, &q, &res.first, res.encode_ms, &res.stages, opts.keep);
+        let outcome = query_outcome(
+            metric_fn.as_ref(),
+            &doc_names,
+            &q,
+            &res.first,
+            res.encode_ms,
+            &res.stages,
+            opts.keep,
+        );
         log.append(&outcome)?;
         outcomes.push(outcome);
     }
     progress(todo.len(), todo.len());
     let ids: Vec<String> = (0..queries.len()).map(|i| i.to_string()).collect();
     let wanted: HashSet<&str> = ids.iter().map(String::as_str).collect();
-    let summary_of = |o: &[QueryOutcome]| Summary::from_outcomes(name, &stage_names, &metric_names, o, Vec::new());
-    finish(outcomes, &wanted, summary_of, &opts.out, &json!({"run": run_describe}), resumed, retried)
+    let summary_of = |o: &[QueryOutcome]| {
+        Summary::from_outcomes(name, &stage_names, &metric_names, o, Vec::new())
+    };
+    finish(
+        outcomes,
+        &wanted,
+        summary_of,
+        &opts.out,
+        &json!({"run": run_describe}),
+        resumed,
+        retried,
+    )
 }
 
 #[cfg(test)]
@@ -814,23 +1118,54 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let describe = json!({"benchmark": "t2i"});
         let (mut log, _) = RunLog::open(&dir, &describe).unwrap();
-        for (i, r) in [AnswerRead::Json, AnswerRead::Fallback, AnswerRead::Prose, AnswerRead::Fallback].into_iter().enumerate() {
+        for (i, r) in [
+            AnswerRead::Json,
+            AnswerRead::Fallback,
+            AnswerRead::Prose,
+            AnswerRead::Fallback,
+        ]
+        .into_iter()
+        .enumerate()
+        {
             log.append(&with_ebr(&i.to_string(), r)).unwrap();
         }
         drop(log);
         let (_, done) = RunLog::open(&dir, &describe).unwrap();
-        let s = Summary::from_outcomes("t2i", &["first".into(), "ebr".into()], &["R@1".into()], &done, Vec::new());
-        assert_eq!(s.answers_read["ebr"], BTreeMap::from([("fallback".to_string(), 2), ("json".to_string(), 1), ("prose".to_string(), 1)]));
+        let s = Summary::from_outcomes(
+            "t2i",
+            &["first".into(), "ebr".into()],
+            &["R@1".into()],
+            &done,
+            Vec::new(),
+        );
+        assert_eq!(
+            s.answers_read["ebr"],
+            BTreeMap::from([
+                ("fallback".to_string(), 2),
+                ("json".to_string(), 1),
+                ("prose".to_string(), 1)
+            ])
+        );
         assert_eq!(s.fallbacks("ebr"), 2);
         assert_eq!(s.worst_fallback_share(), 0.5);
         let md = s.markdown();
-        assert!(md.contains("| ebr | 1 | 0 | 0 | 0 | 1 | 2 |") && md.contains("**Incomplete**") && md.contains("ebr on 2 of 4"), "{md}");
+        assert!(
+            md.contains("| ebr | 1 | 0 | 0 | 0 | 1 | 2 |")
+                && md.contains("**Incomplete**")
+                && md.contains("ebr on 2 of 4"),
+            "{md}"
+        );
         assert_eq!(report_json(&s, &done)["complete"], json!(false));
         assert!(!s.complete);
         // A rerun keeps the clean ones and runs the two that fell back again ...
         let (kept, ids, retried) = resume(done.clone(), false);
         assert_eq!((kept.len(), retried), (2, 2));
-        assert!(ids.contains("0") && ids.contains("2") && !ids.contains("1") && kept.iter().all(|q| !q.fell_back()));
+        assert!(
+            ids.contains("0")
+                && ids.contains("2")
+                && !ids.contains("1")
+                && kept.iter().all(|q| !q.fell_back())
+        );
         // ... unless asked to accept them.
         assert_eq!(resume(done, true).2, 0);
         // The retry's line, appended after the fallback's, is the one read back.
@@ -840,7 +1175,13 @@ mod tests {
         let (_, done) = RunLog::open(&dir, &describe).unwrap();
         assert_eq!(done.len(), 4);
         assert_eq!(done[1].stages[1].read, Some(AnswerRead::Json));
-        let s = Summary::from_outcomes("t2i", &["first".into(), "ebr".into()], &["R@1".into()], &done, Vec::new());
+        let s = Summary::from_outcomes(
+            "t2i",
+            &["first".into(), "ebr".into()],
+            &["R@1".into()],
+            &done,
+            Vec::new(),
+        );
         assert_eq!(s.fallbacks("ebr"), 1);
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -856,26 +1197,47 @@ mod tests {
         log.append(&outcome("2", "", 0.0)).unwrap();
         drop(log);
         // A crash in the middle of the third line.
-        let mut f = std::fs::OpenOptions::new().append(true).open(dir.join("queries.jsonl")).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.join("queries.jsonl"))
+            .unwrap();
         f.write_all(b"{\"qid\": \"3\", \"sta").unwrap();
         drop(f);
         let (mut log, done) = RunLog::open(&dir, &describe).unwrap();
-        assert_eq!(done.iter().map(|q| q.qid.as_str()).collect::<Vec<_>>(), ["1", "2"]);
+        assert_eq!(
+            done.iter().map(|q| q.qid.as_str()).collect::<Vec<_>>(),
+            ["1", "2"]
+        );
         log.append(&outcome("3", "", 1.0)).unwrap();
         drop(log);
         let (_, done) = RunLog::open(&dir, &describe).unwrap();
         assert_eq!(done.len(), 3);
         assert_eq!(done[2], outcome("3", "", 1.0));
         // Another run's settings are refused, naming the file.
-        let e = RunLog::open(&dir, &json!({"benchmark": "t2i", "k": 50})).err().unwrap();
-        assert!(e.to_string().contains("run.json") && e.to_string().contains("another run"), "{e}");
+        let e = RunLog::open(&dir, &json!({"benchmark": "t2i", "k": 50}))
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string().contains("run.json") && e.to_string().contains("another run"),
+            "{e}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn summary_tables_and_files() {
-        let outs = vec![outcome("1", "Species", 1.0), outcome("2", "Context", 0.0), outcome("3", "Species", 0.0)];
-        let s = Summary::from_outcomes("t2i", &["first".into()], &["R@1".into()], &outs, vec!["9".into()]);
+        let outs = vec![
+            outcome("1", "Species", 1.0),
+            outcome("2", "Context", 0.0),
+            outcome("3", "Species", 0.0),
+        ];
+        let s = Summary::from_outcomes(
+            "t2i",
+            &["first".into()],
+            &["R@1".into()],
+            &outs,
+            vec!["9".into()],
+        );
         assert!((s.per_stage["first"]["R@1"] - 1.0 / 3.0).abs() < 1e-12);
         assert_eq!(s.per_group["Species"]["first"]["R@1"], 0.5);
         let md = s.markdown();
@@ -885,11 +1247,22 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         write_outputs(&dir, &s, &outs, &json!({"note": 1})).unwrap();
         let trec = std::fs::read_to_string(dir.join("run-first.trec")).unwrap();
-        assert_eq!(trec.lines().next(), Some("1 Q0 a.jpg 1 0.900000 squire-first"));
+        assert_eq!(
+            trec.lines().next(),
+            Some("1 Q0 a.jpg 1 0.900000 squire-first")
+        );
         assert_eq!(trec.lines().count(), 6);
-        assert_eq!(std::fs::read_to_string(dir.join("qrels.txt")).unwrap().lines().count(), 3);
+        assert_eq!(
+            std::fs::read_to_string(dir.join("qrels.txt"))
+                .unwrap()
+                .lines()
+                .count(),
+            3
+        );
         assert!(image::open(dir.join("metrics.png")).is_ok());
-        let v: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+        let v: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap())
+                .unwrap();
         assert_eq!(v["note"], 1);
         let _ = std::fs::remove_dir_all(&dir);
     }

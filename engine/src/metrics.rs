@@ -18,8 +18,16 @@ use std::collections::HashSet;
 use std::hash::Hash;
 
 /// 1-based rank of the first relevant document within the top `k` (`None`: none).
-pub fn first_relevant<T: Eq + Hash>(ranked: &[T], relevant: &HashSet<T>, k: usize) -> Option<usize> {
-    ranked.iter().take(k).position(|d| relevant.contains(d)).map(|p| p + 1)
+pub fn first_relevant<T: Eq + Hash>(
+    ranked: &[T],
+    relevant: &HashSet<T>,
+    k: usize,
+) -> Option<usize> {
+    ranked
+        .iter()
+        .take(k)
+        .position(|d| relevant.contains(d))
+        .map(|p| p + 1)
 }
 
 /// Recall@k: 1 when a relevant document is in the top `k`, else 0.
@@ -28,7 +36,12 @@ pub fn recall_at<T: Eq + Hash>(ranked: &[T], relevant: &HashSet<T>, k: usize) ->
 }
 
 /// AP@k normalised by min(`total_relevant`, k); 0 when `total_relevant` is 0.
-pub fn average_precision_at<T: Eq + Hash>(ranked: &[T], relevant: &HashSet<T>, k: usize, total_relevant: usize) -> f64 {
+pub fn average_precision_at<T: Eq + Hash>(
+    ranked: &[T],
+    relevant: &HashSet<T>,
+    k: usize,
+    total_relevant: usize,
+) -> f64 {
     let norm = total_relevant.min(k);
     if norm == 0 {
         return 0.0;
@@ -45,12 +58,25 @@ pub fn average_precision_at<T: Eq + Hash>(ranked: &[T], relevant: &HashSet<T>, k
 }
 
 /// nDCG@k with binary gains; the ideal list holds min(`total_relevant`, k) positives.
-pub fn ndcg_at<T: Eq + Hash>(ranked: &[T], relevant: &HashSet<T>, k: usize, total_relevant: usize) -> f64 {
-    let ideal: f64 = (0..total_relevant.min(k)).map(|i| 1.0 / ((i + 2) as f64).log2()).sum();
+pub fn ndcg_at<T: Eq + Hash>(
+    ranked: &[T],
+    relevant: &HashSet<T>,
+    k: usize,
+    total_relevant: usize,
+) -> f64 {
+    let ideal: f64 = (0..total_relevant.min(k))
+        .map(|i| 1.0 / ((i + 2) as f64).log2())
+        .sum();
     if ideal == 0.0 {
         return 0.0;
     }
-    let dcg: f64 = ranked.iter().take(k).enumerate().filter(|(_, d)| relevant.contains(*d)).map(|(i, _)| 1.0 / ((i + 2) as f64).log2()).sum();
+    let dcg: f64 = ranked
+        .iter()
+        .take(k)
+        .enumerate()
+        .filter(|(_, d)| relevant.contains(*d))
+        .map(|(i, _)| 1.0 / ((i + 2) as f64).log2())
+        .sum();
     dcg / ideal
 }
 
@@ -79,10 +105,14 @@ mod tests {
         // Relevant at ranks 1 and 3 of 5, two positives: (1/1 + 2/3) / 2.
         let ranked = [10, 11, 12, 13, 14];
         let rel = set(&[10, 12]);
-        assert!((average_precision_at(&ranked, &rel, 5, 2) - (1.0 + 2.0 / 3.0) / 2.0).abs() < 1e-12);
+        assert!(
+            (average_precision_at(&ranked, &rel, 5, 2) - (1.0 + 2.0 / 3.0) / 2.0).abs() < 1e-12
+        );
         // Three positives in the dataset, one never retrieved: the same sum over 3.
         let rel3 = set(&[10, 12, 99]);
-        assert!((average_precision_at(&ranked, &rel3, 5, 3) - (1.0 + 2.0 / 3.0) / 3.0).abs() < 1e-12);
+        assert!(
+            (average_precision_at(&ranked, &rel3, 5, 3) - (1.0 + 2.0 / 3.0) / 3.0).abs() < 1e-12
+        );
         // AP@2 normalises by min(3, 2) = 2 and sees only rank 1.
         assert!((average_precision_at(&ranked, &rel3, 2, 3) - 0.5).abs() < 1e-12);
         // No positives at all: 0, never NaN.
@@ -106,7 +136,11 @@ mod tests {
         assert_eq!(ndcg_at(&ranked, &set(&[]), 4, 0), 0.0);
         assert_eq!(recall_at(&ranked, &rel, 1), 0.0);
         assert_eq!(recall_at(&ranked, &rel, 2), 1.0);
-        assert_eq!(recall_at(&ranked[..1], &rel, 50), 0.0, "fewer results than k");
+        assert_eq!(
+            recall_at(&ranked[..1], &rel, 50),
+            0.0,
+            "fewer results than k"
+        );
         assert_eq!(reciprocal_rank(&ranked, &rel, 10), 0.5);
         assert_eq!(reciprocal_rank(&ranked, &rel, 1), 0.0, "outside the top k");
         assert_eq!(first_relevant(&ranked, &rel, 10), Some(2));

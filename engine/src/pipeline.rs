@@ -23,9 +23,9 @@ use crate::ebr::EbrOptions;
 use crate::pointwise::PointwiseOptions;
 use crate::rerank::{AnswerRead, RerankQuery};
 use crate::sqaf::{self, SqafOptions};
+pub use crate::stages::{ListCandidate, ListEncoder, ListOutcome, Rerankers};
 use crate::superglobal::{self, Ranked, SuperGlobalParams};
 use crate::whitening;
-pub use crate::stages::{ListCandidate, ListEncoder, ListOutcome, Rerankers};
 
 /// Errors of one query. [`PipelineError::Request`] is the caller's fault (a
 /// server answers 400); the others are the collection's or the machine's.
@@ -63,7 +63,12 @@ pub enum Stage {
 
 impl Stage {
     /// Every stage, in the order a page lists them.
-    pub const ALL: [Stage; 4] = [Stage::SuperGlobal, Stage::Ebr, Stage::Cotrr, Stage::Pointwise];
+    pub const ALL: [Stage; 4] = [
+        Stage::SuperGlobal,
+        Stage::Ebr,
+        Stage::Cotrr,
+        Stage::Pointwise,
+    ];
 
     /// The stage's name in options and reports.
     pub fn name(self) -> &'static str {
@@ -95,9 +100,14 @@ impl Stage {
 impl std::str::FromStr for Stage {
     type Err = PipelineError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Stage::ALL.into_iter().find(|st| st.name() == s).ok_or_else(|| {
-            PipelineError::Request(format!("reranker `{s}`: expected none, superglobal, ebr, cotrr or pointwise"))
-        })
+        Stage::ALL
+            .into_iter()
+            .find(|st| st.name() == s)
+            .ok_or_else(|| {
+                PipelineError::Request(format!(
+                    "reranker `{s}`: expected none, superglobal, ebr, cotrr or pointwise"
+                ))
+            })
     }
 }
 
@@ -240,7 +250,12 @@ impl SearchOutcome {
     /// All MLLM costs added together.
     pub fn total_cost(&self) -> MllmCost {
         let mut total = MllmCost::default();
-        for c in self.sqaf.iter().map(|s| &s.cost).chain(self.stages.iter().filter_map(|s| s.cost.as_ref())) {
+        for c in self
+            .sqaf
+            .iter()
+            .map(|s| &s.cost)
+            .chain(self.stages.iter().filter_map(|s| s.cost.as_ref()))
+        {
             total.add(c);
         }
         total
@@ -269,25 +284,39 @@ fn normalise(v: &mut [f32]) {
 }
 
 /// The named vector `vector` of one image.
-pub fn embed_rgb(encoder: &dyn DualEncoder, img: &RgbImage, vector: &str) -> Result<Vec<f32>, PipelineError> {
+pub fn embed_rgb(
+    encoder: &dyn DualEncoder,
+    img: &RgbImage,
+    vector: &str,
+) -> Result<Vec<f32>, PipelineError> {
     embed_rgb_batch(encoder, &[img], vector)
 }
 
 /// The named vector `vector` of each image, `images.len() × dim` values:
 /// preprocessed in parallel, embedded in batches of 32.
-pub fn embed_rgb_batch(encoder: &dyn DualEncoder, images: &[&RgbImage], vector: &str) -> Result<Vec<f32>, PipelineError> {
+pub fn embed_rgb_batch(
+    encoder: &dyn DualEncoder,
+    images: &[&RgbImage],
+    vector: &str,
+) -> Result<Vec<f32>, PipelineError> {
     use rayon::prelude::*;
     let i = encoder
         .vector_names()
         .iter()
         .position(|n| *n == vector)
-        .ok_or_else(|| PipelineError::Request(format!("the model has no `{vector}` vector (the collection's query vector)")))?;
+        .ok_or_else(|| {
+            PipelineError::Request(format!(
+                "the model has no `{vector}` vector (the collection's query vector)"
+            ))
+        })?;
     let s = encoder.input_size();
     let plane = 3 * s * s;
     let mut out = Vec::new();
     for chunk in images.chunks(32) {
         let mut px = vec![0f32; chunk.len() * plane];
-        px.par_chunks_mut(plane).zip(chunk.par_iter()).try_for_each(|(dst, img)| encoder.preprocess_into(img, dst))?;
+        px.par_chunks_mut(plane)
+            .zip(chunk.par_iter())
+            .try_for_each(|(dst, img)| encoder.preprocess_into(img, dst))?;
         out.extend(encoder.embed_named(&px, chunk.len())?.swap_remove(i));
     }
     Ok(out)
@@ -295,23 +324,54 @@ pub fn embed_rgb_batch(encoder: &dyn DualEncoder, images: &[&RgbImage], vector: 
 
 /// The two halves of a composed query in the collection's text-query space:
 /// the reference image's embedding and the modification text's.
-pub fn composed_parts(col: &Collection, encoder: &dyn DualEncoder, text: &str, reference: &RgbImage) -> Result<(Vec<f32>, Vec<f32>), PipelineError> {
-    Ok((embed_rgb(encoder, reference, &col.manifest().text_query_vector)?, encoder.embed_texts(&[text])?))
+pub fn composed_parts(
+    col: &Collection,
+    encoder: &dyn DualEncoder,
+    text: &str,
+    reference: &RgbImage,
+) -> Result<(Vec<f32>, Vec<f32>), PipelineError> {
+    Ok((
+        embed_rgb(encoder, reference, &col.manifest().text_query_vector)?,
+        encoder.embed_texts(&[text])?,
+    ))
 }
 
 /// Embeds a text, image or composed query (normalise((1 − α)·image + α·text)) for `col`.
-pub fn embed_query(col: &Collection, encoder: &dyn DualEncoder, text: Option<&str>, image: Option<&RgbImage>, alpha: f32) -> Result<QueryVector, PipelineError> {
+pub fn embed_query(
+    col: &Collection,
+    encoder: &dyn DualEncoder,
+    text: Option<&str>,
+    image: Option<&RgbImage>,
+    alpha: f32,
+) -> Result<QueryVector, PipelineError> {
     let m = col.manifest();
     Ok(match (text, image) {
-        (Some(t), None) => QueryVector { vector: m.text_query_vector.clone(), values: encoder.embed_texts(&[t])? },
-        (None, Some(img)) => QueryVector { vector: m.image_query_vector.clone(), values: embed_rgb(encoder, img, &m.image_query_vector)? },
+        (Some(t), None) => QueryVector {
+            vector: m.text_query_vector.clone(),
+            values: encoder.embed_texts(&[t])?,
+        },
+        (None, Some(img)) => QueryVector {
+            vector: m.image_query_vector.clone(),
+            values: embed_rgb(encoder, img, &m.image_query_vector)?,
+        },
         (Some(t), Some(img)) => {
             let (i, tv) = composed_parts(col, encoder, t, img)?;
-            let mut q: Vec<f32> = i.iter().zip(&tv).map(|(i, t)| (1.0 - alpha) * i + alpha * t).collect();
+            let mut q: Vec<f32> = i
+                .iter()
+                .zip(&tv)
+                .map(|(i, t)| (1.0 - alpha) * i + alpha * t)
+                .collect();
             normalise(&mut q);
-            QueryVector { vector: m.text_query_vector.clone(), values: q }
+            QueryVector {
+                vector: m.text_query_vector.clone(),
+                values: q,
+            }
         }
-        (None, None) => return Err(PipelineError::Request("a query needs a text, an image or both".into())),
+        (None, None) => {
+            return Err(PipelineError::Request(
+                "a query needs a text, an image or both".into(),
+            ))
+        }
     })
 }
 
@@ -350,7 +410,12 @@ impl Pipeline {
         options: PipelineOptions,
     ) -> Result<Self, PipelineError> {
         let rerankers = Rerankers::new(compute, mllm, options)?;
-        Ok(Pipeline { collection, encoder, rerankers, whitened: Default::default() })
+        Ok(Pipeline {
+            collection,
+            encoder,
+            rerankers,
+            whitened: Default::default(),
+        })
     }
 
     /// The collection searched.
@@ -385,11 +450,20 @@ impl Pipeline {
 
     /// Reranks a fixed candidate list for a text query with the collection's
     /// encoder (see [`Rerankers::rerank_list`]).
-    pub fn rerank_list(&self, text: &str, candidates: &[ListCandidate], stages: &[Stage], rescore: bool) -> Result<ListOutcome, PipelineError> {
-        let encoder = ListEncoder { encoder: self.encoder.as_ref(), vector: &self.collection.manifest().text_query_vector };
-        self.rerankers.rerank_list(text, candidates, stages, Some(encoder), rescore)
+    pub fn rerank_list(
+        &self,
+        text: &str,
+        candidates: &[ListCandidate],
+        stages: &[Stage],
+        rescore: bool,
+    ) -> Result<ListOutcome, PipelineError> {
+        let encoder = ListEncoder {
+            encoder: self.encoder.as_ref(),
+            vector: &self.collection.manifest().text_query_vector,
+        };
+        self.rerankers
+            .rerank_list(text, candidates, stages, Some(encoder), rescore)
     }
-
 
     /// The whitened gallery of `vector`, whitened and uploaded once per pipeline.
     fn whitened_gallery(&self, vector: &str) -> Result<Arc<WhitenedGallery>, PipelineError> {
@@ -399,8 +473,15 @@ impl Pipeline {
         }
         let w = whitening::load_fresh(&self.collection, vector)?;
         let rows = w.apply(self.collection.vectors(vector)?.data())?;
-        let database = self.rerankers.compute.upload(&rows, w.dim_out, Precision::F32)?;
-        let g = Arc::new(WhitenedGallery { whitening: w, rows, database });
+        let database = self
+            .rerankers
+            .compute
+            .upload(&rows, w.dim_out, Precision::F32)?;
+        let g = Arc::new(WhitenedGallery {
+            whitening: w,
+            rows,
+            database,
+        });
         cache.insert(vector.to_string(), g.clone());
         Ok(g)
     }
@@ -418,12 +499,27 @@ impl Pipeline {
             return bad("k must be at least 1".into());
         }
         if !(0.0..=1.0).contains(&req.alpha) {
-            return bad(format!("alpha {}: expected a weight between 0 and 1", req.alpha));
+            return bad(format!(
+                "alpha {}: expected a weight between 0 and 1",
+                req.alpha
+            ));
         }
-        if req.stages.iter().filter(|s| **s == Stage::SuperGlobal).count() > 1
-            || req.stages.iter().position(|s| *s == Stage::SuperGlobal).is_some_and(|i| i != 0)
+        if req
+            .stages
+            .iter()
+            .filter(|s| **s == Stage::SuperGlobal)
+            .count()
+            > 1
+            || req
+                .stages
+                .iter()
+                .position(|s| *s == Stage::SuperGlobal)
+                .is_some_and(|i| i != 0)
         {
-            return bad("rerank: superglobal comes first (it reranks the first stage's vectors), once".into());
+            return bad(
+                "rerank: superglobal comes first (it reranks the first stage's vectors), once"
+                    .into(),
+            );
         }
         if self.rerankers.mllm.is_none() {
             if let Some(s) = req.stages.iter().find(|s| s.needs_mllm()) {
@@ -434,7 +530,9 @@ impl Pipeline {
             }
         }
         if req.sqaf && req.kind() != "composed" {
-            return bad("SQAF needs a composed query: a reference image and a modification text".into());
+            return bad(
+                "SQAF needs a composed query: a reference image and a modification text".into(),
+            );
         }
         Ok(())
     }
@@ -446,22 +544,55 @@ impl Pipeline {
         let manifest = col.manifest();
         let encoder = self.encoder.as_ref();
         let superglobal = req.stages.first() == Some(&Stage::SuperGlobal);
-        let depth = req.stages.iter().map(|s| self.rerankers.depth_of(*s)).fold(req.k, usize::max);
+        let depth = req
+            .stages
+            .iter()
+            .map(|s| self.rerankers.depth_of(*s))
+            .fold(req.k, usize::max);
         let t0 = Instant::now();
         let mut sqaf_run = None;
-        let query = match (&self.rerankers.mllm, req.sqaf, req.text.as_deref(), &req.image) {
+        let query = match (
+            &self.rerankers.mllm,
+            req.sqaf,
+            req.text.as_deref(),
+            &req.image,
+        ) {
             (Some(m), true, Some(text), Some(reference)) => {
                 let (img_vec, txt_vec) = composed_parts(col, encoder, text, reference)?;
-                let out = sqaf::caption_target(m.model.as_ref(), reference.clone(), text, &self.rerankers.options.sqaf);
+                let out = sqaf::caption_target(
+                    m.model.as_ref(),
+                    reference.clone(),
+                    text,
+                    &self.rerankers.options.sqaf,
+                );
                 let cap_vec = match &out.caption {
                     Some(c) => Some(encoder.embed_texts(&[c.as_str()])?),
                     None => None,
                 };
-                let values = sqaf::fuse(&img_vec, &txt_vec, cap_vec.as_deref(), &self.rerankers.options.sqaf.weights);
-                sqaf_run = Some(SqafRun { caption: out.caption, answer: out.answer, fallback: out.error, cost: out.cost });
-                QueryVector { vector: manifest.text_query_vector.clone(), values }
+                let values = sqaf::fuse(
+                    &img_vec,
+                    &txt_vec,
+                    cap_vec.as_deref(),
+                    &self.rerankers.options.sqaf.weights,
+                );
+                sqaf_run = Some(SqafRun {
+                    caption: out.caption,
+                    answer: out.answer,
+                    fallback: out.error,
+                    cost: out.cost,
+                });
+                QueryVector {
+                    vector: manifest.text_query_vector.clone(),
+                    values,
+                }
             }
-            _ => embed_query(col, encoder, req.text.as_deref(), req.image.as_deref(), req.alpha)?,
+            _ => embed_query(
+                col,
+                encoder,
+                req.text.as_deref(),
+                req.image.as_deref(),
+                req.alpha,
+            )?,
         };
         let vector = query.vector;
         let whitened = if req.first_stage == FirstStage::Whitened {
@@ -475,53 +606,124 @@ impl Pipeline {
         let store_kind = manifest.store.kind;
         let (method, ef) = match req.first_stage {
             FirstStage::Index { .. } if store_kind == StoreKind::Exact => ("exact", None),
-            FirstStage::Index { ef } => (store_kind.name(), Some(ef.unwrap_or_else(|| manifest.store.search_breadth(col.records().len())).max(depth))),
+            FirstStage::Index { ef } => (
+                store_kind.name(),
+                Some(
+                    ef.unwrap_or_else(|| manifest.store.search_breadth(col.records().len()))
+                        .max(depth),
+                ),
+            ),
             _ => ("exact", None),
         };
         let hits: Vec<RowHit> = match (&whitened, req.first_stage) {
             (Some((q, g)), _) => {
-                self.rerankers.compute.top_k(&g.database, q, depth, Metric::InnerProduct)?[0].iter().map(|s| RowHit { row: s.row, score: s.score }).collect()
+                self.rerankers
+                    .compute
+                    .top_k(&g.database, q, depth, Metric::InnerProduct)?[0]
+                    .iter()
+                    .map(|s| RowHit {
+                        row: s.row,
+                        score: s.score,
+                    })
+                    .collect()
             }
-            (None, FirstStage::Exact) => col.search_exact_on(&self.rerankers.compute, &vector, &query.values, depth)?,
+            (None, FirstStage::Exact) => {
+                col.search_exact_on(&self.rerankers.compute, &vector, &query.values, depth)?
+            }
             // HNSW needs a search breadth of at least the depth asked for.
             _ => col.search(&vector, &query.values, depth, &SearchParams { ef })?,
         };
         let search_ms = t1.elapsed().as_secs_f64() * 1e3;
-        let first: Vec<Ranked> = hits.iter().map(|h| Ranked { row: h.row, score: h.score }).collect();
+        let first: Vec<Ranked> = hits
+            .iter()
+            .map(|h| Ranked {
+                row: h.row,
+                score: h.score,
+            })
+            .collect();
         let mut stages = Vec::new();
         let mut ranked = first.clone();
         if superglobal {
             let t = Instant::now();
             let sg = &self.rerankers.options.superglobal;
             ranked = match &whitened {
-                Some((q, g)) => superglobal::rerank(&self.rerankers.compute, q, &g.rows, g.whitening.dim_out, &ranked, sg)?,
+                Some((q, g)) => superglobal::rerank(
+                    &self.rerankers.compute,
+                    q,
+                    &g.rows,
+                    g.whitening.dim_out,
+                    &ranked,
+                    sg,
+                )?,
                 None => {
                     let store = col.vectors(&vector)?;
-                    superglobal::rerank(&self.rerankers.compute, &query.values, store.data(), store.dim(), &ranked, sg)?
+                    superglobal::rerank(
+                        &self.rerankers.compute,
+                        &query.values,
+                        store.data(),
+                        store.dim(),
+                        &ranked,
+                        sg,
+                    )?
                 }
             };
             let report = json!({"m": sg.m, "k": sg.k, "beta": sg.beta, "query_top": sg.query_top});
-            stages.push(StageRun { stage: Stage::SuperGlobal, ranking: ranked.clone(), ms: t.elapsed().as_secs_f64() * 1e3, cost: None, read: None, fallback: None, report, grids: Vec::new() });
+            stages.push(StageRun {
+                stage: Stage::SuperGlobal,
+                ranking: ranked.clone(),
+                ms: t.elapsed().as_secs_f64() * 1e3,
+                cost: None,
+                read: None,
+                fallback: None,
+                report,
+                grids: Vec::new(),
+            });
         }
         if self.rerankers.mllm.is_some() {
             let caption = sqaf_run.as_ref().and_then(|s| s.caption.clone());
             let rq = match (req.text.as_deref(), &req.image) {
-                (Some(t), Some(img)) => RerankQuery::Composed { reference: img.clone(), modification: t.to_string(), caption },
+                (Some(t), Some(img)) => RerankQuery::Composed {
+                    reference: img.clone(),
+                    modification: t.to_string(),
+                    caption,
+                },
                 (Some(t), None) => RerankQuery::Text(t.to_string()),
                 (None, Some(img)) => RerankQuery::Image(img.clone()),
                 (None, None) => unreachable!("checked above"),
             };
-            self.rerankers.run_mllm_stages(&rq, &req.stages, &mut ranked, &|row| Arc::new(self.candidate_image(row)), &mut stages);
+            self.rerankers.run_mllm_stages(
+                &rq,
+                &req.stages,
+                &mut ranked,
+                &|row| Arc::new(self.candidate_image(row)),
+                &mut stages,
+            );
         }
-        Ok(SearchOutcome { vector, method, ef, first, stages, sqaf: sqaf_run, encode_ms, search_ms })
+        Ok(SearchOutcome {
+            vector,
+            method,
+            ef,
+            first,
+            stages,
+            sqaf: sqaf_run,
+            encode_ms,
+            search_ms,
+        })
     }
 
     /// A candidate's image for the MLLM: a blank pixel (and a warning in the
     /// log) when its file cannot be read any more.
     fn candidate_image(&self, row: usize) -> RgbImage {
-        let path = self.collection.manifest().images_root.join(&self.collection.records()[row].path);
+        let path = self
+            .collection
+            .manifest()
+            .images_root
+            .join(&self.collection.records()[row].path);
         image_io::load_rgb(&path).unwrap_or_else(|e| {
-            tracing::warn!("candidate {} cannot be shown to the MLLM ({e}); it gets a blank image", path.display());
+            tracing::warn!(
+                "candidate {} cannot be shown to the MLLM ({e}); it gets a blank image",
+                path.display()
+            );
             RgbImage::new(1, 1)
         })
     }
@@ -537,7 +739,12 @@ impl Pipeline {
     /// each stage's top k with the rank every result had before it.
     pub fn report(&self, req: &SearchRequest, out: &SearchOutcome) -> Value {
         let col = &self.collection;
-        let first_rank: HashMap<usize, usize> = out.first.iter().enumerate().map(|(i, r)| (r.row, i + 1)).collect();
+        let first_rank: HashMap<usize, usize> = out
+            .first
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.row, i + 1))
+            .collect();
         let reranked = !out.stages.is_empty();
         let results: Vec<Value> = out
             .ranked()
@@ -560,7 +767,11 @@ impl Pipeline {
         })];
         let mut before = &out.first;
         for s in &out.stages {
-            let prior: HashMap<usize, usize> = before.iter().enumerate().map(|(i, r)| (r.row, i + 1)).collect();
+            let prior: HashMap<usize, usize> = before
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (r.row, i + 1))
+                .collect();
             let top: Vec<Value> = s
                 .ranking
                 .iter()
@@ -580,7 +791,11 @@ impl Pipeline {
             timings["sqaf_ms"] = json!(s.cost.wall_ms);
         }
         for s in &out.stages {
-            let key = if s.stage == Stage::SuperGlobal { "rerank_ms".to_string() } else { format!("{}_ms", s.stage.name()) };
+            let key = if s.stage == Stage::SuperGlobal {
+                "rerank_ms".to_string()
+            } else {
+                format!("{}_ms", s.stage.name())
+            };
             timings[key] = json!(s.ms);
         }
         timings["total_ms"] = json!(out.total_ms());

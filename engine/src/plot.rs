@@ -76,14 +76,25 @@ pub fn draw_text(img: &mut RgbImage, text: &str, x: i32, y: i32, scale: u32, col
         for (row, bits) in g.iter().enumerate() {
             for col in 0..5 {
                 if bits & (0x10 >> col) != 0 {
-                    draw_filled_rect_mut(img, Rect::at(x0 + col * s, y + row as i32 * s).of_size(s as u32, s as u32), colour);
+                    draw_filled_rect_mut(
+                        img,
+                        Rect::at(x0 + col * s, y + row as i32 * s).of_size(s as u32, s as u32),
+                        colour,
+                    );
                 }
             }
         }
     }
 }
 
-const PALETTE: [Rgb<u8>; 6] = [Rgb([90, 110, 140]), Rgb([31, 95, 191]), Rgb([214, 120, 30]), Rgb([40, 150, 80]), Rgb([170, 60, 140]), Rgb([120, 120, 40])];
+const PALETTE: [Rgb<u8>; 6] = [
+    Rgb([90, 110, 140]),
+    Rgb([31, 95, 191]),
+    Rgb([214, 120, 30]),
+    Rgb([40, 150, 80]),
+    Rgb([170, 60, 140]),
+    Rgb([120, 120, 40]),
+];
 const INK: Rgb<u8> = Rgb([30, 30, 30]);
 const GRID: Rgb<u8> = Rgb([220, 220, 220]);
 
@@ -94,27 +105,49 @@ pub fn bar_chart(title: &str, groups: &[String], series: &[(String, Vec<f64>)]) 
     let (bar, gap, left, top, plot_h) = (34u32, 30u32, 70u32, 70u32, 300u32);
     let group_w = bar * series.len().max(1) as u32 + gap;
     let legend_w: u32 = series.iter().map(|(n, _)| text_width(n, 2) + 40).sum();
-    let width = (left + group_w * groups.len().max(1) as u32 + 20).max(text_width(title, 2) + 40).max(legend_w + left);
+    let width = (left + group_w * groups.len().max(1) as u32 + 20)
+        .max(text_width(title, 2) + 40)
+        .max(legend_w + left);
     let height = top + plot_h + 90;
     let mut img = RgbImage::from_pixel(width, height, Rgb([255, 255, 255]));
     draw_text(&mut img, title, 20, 16, 2, INK);
     // Legend.
     let mut lx = left as i32;
     for (i, (name, _)) in series.iter().enumerate() {
-        draw_filled_rect_mut(&mut img, Rect::at(lx, 44).of_size(14, 14), PALETTE[i % PALETTE.len()]);
+        draw_filled_rect_mut(
+            &mut img,
+            Rect::at(lx, 44).of_size(14, 14),
+            PALETTE[i % PALETTE.len()],
+        );
         draw_text(&mut img, name, lx + 20, 45, 2, INK);
         lx += text_width(name, 2) as i32 + 40;
     }
     // Axis and grid lines at 0, 0.25, ..., 1.
-    let y_of = |v: f64| top as i32 + plot_h as i32 - (v.clamp(0.0, 1.0) * plot_h as f64).round() as i32;
+    let y_of =
+        |v: f64| top as i32 + plot_h as i32 - (v.clamp(0.0, 1.0) * plot_h as f64).round() as i32;
     for t in 0..=4 {
         let v = t as f64 / 4.0;
         let y = y_of(v);
-        draw_filled_rect_mut(&mut img, Rect::at(left as i32, y).of_size(width - left - 10, 1), GRID);
+        draw_filled_rect_mut(
+            &mut img,
+            Rect::at(left as i32, y).of_size(width - left - 10, 1),
+            GRID,
+        );
         let label = format!("{v:.2}");
-        draw_text(&mut img, &label, left as i32 - 8 - text_width(&label, 2) as i32, y - 7, 2, INK);
+        draw_text(
+            &mut img,
+            &label,
+            left as i32 - 8 - text_width(&label, 2) as i32,
+            y - 7,
+            2,
+            INK,
+        );
     }
-    draw_filled_rect_mut(&mut img, Rect::at(left as i32, top as i32).of_size(2, plot_h + 1), INK);
+    draw_filled_rect_mut(
+        &mut img,
+        Rect::at(left as i32, top as i32).of_size(2, plot_h + 1),
+        INK,
+    );
     for (g, name) in groups.iter().enumerate() {
         let gx = left as i32 + 10 + (g as u32 * group_w) as i32;
         for (s, (_, values)) in series.iter().enumerate() {
@@ -125,14 +158,39 @@ pub fn bar_chart(title: &str, groups: &[String], series: &[(String, Vec<f64>)]) 
             let x = gx + (s as u32 * bar) as i32;
             let y = y_of(v);
             let h = (top as i32 + plot_h as i32 - y).max(1) as u32;
-            draw_filled_rect_mut(&mut img, Rect::at(x, y).of_size(bar - 4, h), PALETTE[s % PALETTE.len()]);
+            draw_filled_rect_mut(
+                &mut img,
+                Rect::at(x, y).of_size(bar - 4, h),
+                PALETTE[s % PALETTE.len()],
+            );
             let label = format!("{:.0}", v * 100.0);
-            draw_text(&mut img, &label, x + (bar as i32 - 4 - text_width(&label, 1) as i32) / 2, y - 10, 1, INK);
+            draw_text(
+                &mut img,
+                &label,
+                x + (bar as i32 - 4 - text_width(&label, 1) as i32) / 2,
+                y - 10,
+                1,
+                INK,
+            );
         }
         let label_x = gx + (group_w as i32 - gap as i32 - text_width(name, 2) as i32) / 2;
-        draw_text(&mut img, name, label_x.max(gx - 10), (top + plot_h + 12) as i32, 2, INK);
+        draw_text(
+            &mut img,
+            name,
+            label_x.max(gx - 10),
+            (top + plot_h + 12) as i32,
+            2,
+            INK,
+        );
     }
-    draw_text(&mut img, "BAR LABELS: VALUE X 100", left as i32, (top + plot_h + 50) as i32, 1, INK);
+    draw_text(
+        &mut img,
+        "BAR LABELS: VALUE X 100",
+        left as i32,
+        (top + plot_h + 50) as i32,
+        1,
+        INK,
+    );
     img
 }
 
@@ -142,7 +200,14 @@ mod tests {
 
     #[test]
     fn bars_have_the_heights_of_their_values() {
-        let img = bar_chart("T2I", &["R@1".into()], &[("first".into(), vec![0.5]), ("superglobal".into(), vec![1.0])]);
+        let img = bar_chart(
+            "T2I",
+            &["R@1".into()],
+            &[
+                ("first".into(), vec![0.5]),
+                ("superglobal".into(), vec![1.0]),
+            ],
+        );
         // The first bar spans the lower half of the 300-px plot: its middle column
         // is coloured at 75% height and white above 50%.
         let x = 70 + 10 + 15;

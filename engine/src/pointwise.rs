@@ -31,7 +31,11 @@ pub struct PointwiseOptions {
 
 impl Default for PointwiseOptions {
     fn default() -> Self {
-        PointwiseOptions { k: 10, parallel: 4, top_logprobs: 10 }
+        PointwiseOptions {
+            k: 10,
+            parallel: 4,
+            top_logprobs: 10,
+        }
     }
 }
 
@@ -85,13 +89,20 @@ impl PointwiseReranker {
     pub fn request(&self, query: &RerankQuery, candidate: Arc<RgbImage>) -> ChatRequest {
         let mut parts = Vec::new();
         let question = match query {
-            RerankQuery::Text(t) => format!("Does this picture show exactly \"{}\"? Answer Yes or No.", t.trim()),
+            RerankQuery::Text(t) => format!(
+                "Does this picture show exactly \"{}\"? Answer Yes or No.",
+                t.trim()
+            ),
             RerankQuery::Image(img) => {
                 parts.push(Part::Text("Query image:".into()));
                 parts.push(Part::Image(img.clone()));
                 "Does the next picture show the same object, place or scene as the query image? Answer Yes or No.".to_string()
             }
-            RerankQuery::Composed { reference, modification, .. } => {
+            RerankQuery::Composed {
+                reference,
+                modification,
+                ..
+            } => {
                 parts.push(Part::Text("Reference image:".into()));
                 parts.push(Part::Image(reference.clone()));
                 format!(
@@ -108,11 +119,20 @@ impl PointwiseReranker {
     }
 
     /// Scores and sorts the top K of `candidates`.
-    pub fn rerank(&self, mllm: &dyn Mllm, query: &RerankQuery, candidates: &[Arc<RgbImage>]) -> RerankOutcome {
+    pub fn rerank(
+        &self,
+        mllm: &dyn Mllm,
+        query: &RerankQuery,
+        candidates: &[Arc<RgbImage>],
+    ) -> RerankOutcome {
         let start = Instant::now();
         let n = self.options.k.min(candidates.len());
-        let requests: Vec<ChatRequest> = candidates[..n].iter().map(|c| self.request(query, c.clone())).collect();
-        let results: Vec<Mutex<Option<Result<ChatResponse, MllmError>>>> = (0..n).map(|_| Mutex::new(None)).collect();
+        let requests: Vec<ChatRequest> = candidates[..n]
+            .iter()
+            .map(|c| self.request(query, c.clone()))
+            .collect();
+        let results: Vec<Mutex<Option<Result<ChatResponse, MllmError>>>> =
+            (0..n).map(|_| Mutex::new(None)).collect();
         let next = AtomicUsize::new(0);
         std::thread::scope(|s| {
             for _ in 0..self.options.parallel.clamp(1, n.max(1)) {
@@ -143,7 +163,10 @@ impl PointwiseReranker {
                                 Some(p) => Scored::Word(p),
                                 None => {
                                     let shown: String = resp.text.chars().take(40).collect();
-                                    failed.push(format!("candidate {}: answered neither Yes nor No ({shown:?})", i + 1));
+                                    failed.push(format!(
+                                        "candidate {}: answered neither Yes nor No ({shown:?})",
+                                        i + 1
+                                    ));
                                     Scored::Failed
                                 }
                             }
@@ -223,7 +246,12 @@ impl ListReranker for PointwiseReranker {
         "pointwise"
     }
 
-    fn rerank(&self, mllm: &dyn Mllm, query: &RerankQuery, candidates: &[Arc<RgbImage>]) -> RerankOutcome {
+    fn rerank(
+        &self,
+        mllm: &dyn Mllm,
+        query: &RerankQuery,
+        candidates: &[Arc<RgbImage>],
+    ) -> RerankOutcome {
         PointwiseReranker::rerank(self, mllm, query, candidates)
     }
 }
@@ -234,8 +262,17 @@ mod tests {
 
     #[test]
     fn yes_probability_sums_spellings() {
-        let lp = |v: &[(&str, f32)]| v.iter().map(|(t, p)| (t.to_string(), *p)).collect::<Vec<_>>();
-        let p = yes_probability(&lp(&[("Yes", (0.6f32).ln()), (" yes", (0.1f32).ln()), ("No", (0.2f32).ln()), ("Maybe", -1.0)]));
+        let lp = |v: &[(&str, f32)]| {
+            v.iter()
+                .map(|(t, p)| (t.to_string(), *p))
+                .collect::<Vec<_>>()
+        };
+        let p = yes_probability(&lp(&[
+            ("Yes", (0.6f32).ln()),
+            (" yes", (0.1f32).ln()),
+            ("No", (0.2f32).ln()),
+            ("Maybe", -1.0),
+        ]));
         assert!((p.expect("p") - 0.7 / 0.9).abs() < 1e-6);
         assert_eq!(yes_probability(&lp(&[("Sure", -0.1)])), None);
         assert_eq!(word_score(" Yes, it does"), Some(1.0));

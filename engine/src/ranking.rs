@@ -45,7 +45,17 @@ impl Parsed {
 }
 
 /// Keys whose list is taken first from a JSON object answer.
-const KEYS: [&str; 9] = ["ranking", "top_k_indices", "ranked", "order", "marks", "indices", "ids", "answer", "result"];
+const KEYS: [&str; 9] = [
+    "ranking",
+    "top_k_indices",
+    "ranked",
+    "order",
+    "marks",
+    "indices",
+    "ids",
+    "answer",
+    "result",
+];
 
 /// Which readings of an answer count.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -76,15 +86,16 @@ pub fn parse_ranking(answer: &str, n: usize) -> Parsed {
 
 /// [`parse_ranking`] with the readings `mode` allows.
 pub fn parse_ranking_with(answer: &str, n: usize, mode: ParseMode) -> Parsed {
-    let (marks, source) = if let Some(m) = first_block(answer, '{', '}').and_then(|b| object_marks(&b)) {
-        (m, "json-object")
-    } else if let Some(m) = first_block(answer, '[', ']').and_then(|b| list_marks(&b)) {
-        (m, "json-list")
-    } else if mode == ParseMode::Prose {
-        (prose_numbers(answer), "prose")
-    } else {
-        (Vec::new(), "none")
-    };
+    let (marks, source) =
+        if let Some(m) = first_block(answer, '{', '}').and_then(|b| object_marks(&b)) {
+            (m, "json-object")
+        } else if let Some(m) = first_block(answer, '[', ']').and_then(|b| list_marks(&b)) {
+            (m, "json-list")
+        } else if mode == ParseMode::Prose {
+            (prose_numbers(answer), "prose")
+        } else {
+            (Vec::new(), "none")
+        };
     let mut seen = vec![false; n];
     let mut order = Vec::with_capacity(n);
     for m in marks {
@@ -99,7 +110,12 @@ pub fn parse_ranking_with(answer: &str, n: usize, mode: ParseMode) -> Parsed {
     }
     let mentioned = order.len();
     order.extend((0..n).filter(|&i| !seen[i]));
-    Parsed { order, mentioned, usable: mentioned > 0, source: if mentioned > 0 { source } else { "none" } }
+    Parsed {
+        order,
+        mentioned,
+        usable: mentioned > 0,
+        source: if mentioned > 0 { source } else { "none" },
+    }
 }
 
 /// Every balanced `open ... close` block in order, outermost first; the
@@ -162,7 +178,11 @@ fn list_marks(v: &Value) -> Option<Vec<u64>> {
     let marks: Vec<u64> = items
         .iter()
         .filter_map(|x| match x {
-            Value::Number(n) => n.as_u64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < 1e15).map(|f| f as u64)),
+            Value::Number(n) => n.as_u64().or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < 1e15)
+                    .map(|f| f as u64)
+            }),
             Value::String(s) => prose_numbers(s).first().copied(),
             Value::Object(o) => o.values().find_map(|x| x.as_u64()),
             _ => None,
@@ -194,7 +214,14 @@ fn prose_numbers(s: &str) -> Vec<u64> {
         let decimal = matches!(before, Some('.') if begin >= 2 && chars[begin - 2].is_ascii_digit())
             || (after == Some('.') && chars.get(i + 1).is_some_and(char::is_ascii_digit));
         // "Image3", "img3", "#3" count; "GPT4", "B2" do not.
-        let word: String = chars[..begin].iter().rev().take_while(|c| c.is_alphabetic()).collect::<Vec<_>>().into_iter().rev().collect();
+        let word: String = chars[..begin]
+            .iter()
+            .rev()
+            .take_while(|c| c.is_alphabetic())
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
         let in_word = !word.is_empty() && !LABELS.contains(&word.to_lowercase().as_str());
         if decimal || in_word || i - begin > 6 {
             continue;
@@ -218,18 +245,30 @@ mod tests {
     #[test]
     fn json_object_with_a_known_key() {
         assert_eq!(order(r#"Sure! {"ranking": [3, 1, 2]}"#, 3), vec![2, 0, 1]);
-        assert_eq!(order(r#"{"reasoning": "x [9]", "top_k_indices": [2, 4]}"#, 4), vec![1, 3, 0, 2]);
-        assert_eq!(parse_ranking(r#"{"ranking": [2]}"#, 3).source, "json-object");
+        assert_eq!(
+            order(r#"{"reasoning": "x [9]", "top_k_indices": [2, 4]}"#, 4),
+            vec![1, 3, 0, 2]
+        );
+        assert_eq!(
+            parse_ranking(r#"{"ranking": [2]}"#, 3).source,
+            "json-object"
+        );
     }
 
     #[test]
     fn json_object_with_an_unknown_key_uses_its_first_list() {
-        assert_eq!(order(r##"{"best_images": ["Image 2", "#1"]}"##, 3), vec![1, 0, 2]);
+        assert_eq!(
+            order(r##"{"best_images": ["Image 2", "#1"]}"##, 3),
+            vec![1, 0, 2]
+        );
     }
 
     #[test]
     fn braces_inside_strings_do_not_break_the_block() {
-        assert_eq!(order(r#"{"why": "a } b {", "ranking": [2, 1]}"#, 2), vec![1, 0]);
+        assert_eq!(
+            order(r#"{"why": "a } b {", "ranking": [2, 1]}"#, 2),
+            vec![1, 0]
+        );
     }
 
     #[test]
@@ -239,9 +278,15 @@ mod tests {
 
     #[test]
     fn numbers_in_prose() {
-        assert_eq!(order("Image 3 is best, then 7, then image 1.", 9), vec![2, 6, 0, 1, 3, 4, 5, 7, 8]);
+        assert_eq!(
+            order("Image 3 is best, then 7, then image 1.", 9),
+            vec![2, 6, 0, 1, 3, 4, 5, 7, 8]
+        );
         // Decimals and words with digits are not marks.
-        assert_eq!(order("Image 2 (score 0.85) beats GPT4's pick 1", 3), vec![1, 0, 2]);
+        assert_eq!(
+            order("Image 2 (score 0.85) beats GPT4's pick 1", 3),
+            vec![1, 0, 2]
+        );
         assert_eq!(order("Best: Image3, then img2", 3), vec![2, 1, 0]);
     }
 
@@ -254,7 +299,14 @@ mod tests {
 
     #[test]
     fn an_unusable_answer_keeps_the_prior_order() {
-        for a in ["", "I cannot tell.", "{}", "[]", "{\"ranking\": []}", "[0, 10]"] {
+        for a in [
+            "",
+            "I cannot tell.",
+            "{}",
+            "[]",
+            "{\"ranking\": []}",
+            "[0, 10]",
+        ] {
             let p = parse_ranking(a, 4);
             assert_eq!(p.order, vec![0, 1, 2, 3], "{a:?}");
             assert!(!p.usable, "{a:?}");
@@ -263,17 +315,31 @@ mod tests {
 
     #[test]
     fn a_lone_number_in_prose_is_not_a_ranking() {
-        for a in ["The 3rd one, maybe.", "I see 2 dogs and 40 cats", "Sorry, as a model trained in 2023 I cannot rank these."] {
+        for a in [
+            "The 3rd one, maybe.",
+            "I see 2 dogs and 40 cats",
+            "Sorry, as a model trained in 2023 I cannot rank these.",
+        ] {
             let p = parse_ranking(a, 4);
             assert!(!p.usable, "{a:?}: {p:?}");
-            assert_eq!((p.read(), p.order), (AnswerRead::Fallback, vec![0, 1, 2, 3]), "{a:?}");
+            assert_eq!(
+                (p.read(), p.order),
+                (AnswerRead::Fallback, vec![0, 1, 2, 3]),
+                "{a:?}"
+            );
         }
         // One mark suffices in JSON, and in prose when there is one candidate.
-        assert_eq!(parse_ranking(r#"{"ranking": [2]}"#, 3).read(), AnswerRead::Json);
+        assert_eq!(
+            parse_ranking(r#"{"ranking": [2]}"#, 3).read(),
+            AnswerRead::Json
+        );
         assert_eq!(parse_ranking("[2]", 3).read(), AnswerRead::List);
         assert!(parse_ranking("Image 1.", 1).usable);
         // Prose with two marks is read, and says so.
-        assert_eq!(parse_ranking("Image 3, then image 1", 4).read(), AnswerRead::Prose);
+        assert_eq!(
+            parse_ranking("Image 3, then image 1", 4).read(),
+            AnswerRead::Prose
+        );
     }
 
     #[test]
@@ -282,7 +348,10 @@ mod tests {
         assert!(parse_ranking_with(prose, 9, ParseMode::Prose).usable);
         let p = parse_ranking_with(prose, 9, ParseMode::Strict);
         assert_eq!((p.usable, p.read()), (false, AnswerRead::Fallback));
-        assert_eq!(parse_ranking_with(r#"Sure: {"ranking": [2, 1]}"#, 2, ParseMode::Strict).read(), AnswerRead::Json);
+        assert_eq!(
+            parse_ranking_with(r#"Sure: {"ranking": [2, 1]}"#, 2, ParseMode::Strict).read(),
+            AnswerRead::Json
+        );
         assert_eq!("strict".parse::<ParseMode>(), Ok(ParseMode::Strict));
         assert!("loose".parse::<ParseMode>().unwrap_err().contains("loose"));
     }

@@ -31,7 +31,9 @@ pub enum RerankQuery {
 /// stage of several calls (CoTRR's windows, pointwise's candidates) takes
 /// the worst of its calls. Evaluations count queries per class, and a rerun
 /// redoes the ones that fell back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum AnswerRead {
     /// A list under a key of a JSON object (the format asked for).
@@ -50,7 +52,14 @@ pub enum AnswerRead {
 
 impl AnswerRead {
     /// Every class, in order.
-    pub const ALL: [AnswerRead; 6] = [AnswerRead::Json, AnswerRead::List, AnswerRead::Logprobs, AnswerRead::Word, AnswerRead::Prose, AnswerRead::Fallback];
+    pub const ALL: [AnswerRead; 6] = [
+        AnswerRead::Json,
+        AnswerRead::List,
+        AnswerRead::Logprobs,
+        AnswerRead::Word,
+        AnswerRead::Prose,
+        AnswerRead::Fallback,
+    ];
 
     /// The class's name in reports (`json`, `list`, `logprobs`, `word`, `prose`, `fallback`).
     pub fn name(self) -> &'static str {
@@ -94,7 +103,12 @@ pub trait ListReranker: Send + Sync {
 
     /// Reorders `candidates` (images in the prior order) for `query`; the
     /// returned order is a permutation of all of them.
-    fn rerank(&self, mllm: &dyn Mllm, query: &RerankQuery, candidates: &[Arc<RgbImage>]) -> RerankOutcome;
+    fn rerank(
+        &self,
+        mllm: &dyn Mllm,
+        query: &RerankQuery,
+        candidates: &[Arc<RgbImage>],
+    ) -> RerankOutcome;
 }
 
 /// The reasoning in an answer: the `reasoning` (or `analysis`, `explanation`,
@@ -102,7 +116,13 @@ pub trait ListReranker: Send + Sync {
 /// before the first `{` when that is more than a few words.
 pub fn reasoning_of(answer: &str) -> Option<String> {
     if let Some(serde_json::Value::Object(o)) = crate::ranking::first_block(answer, '{', '}') {
-        for key in ["reasoning", "analysis", "explanation", "thoughts", "rationale"] {
+        for key in [
+            "reasoning",
+            "analysis",
+            "explanation",
+            "thoughts",
+            "rationale",
+        ] {
             let text = match o.get(key) {
                 Some(serde_json::Value::String(s)) => s.clone(),
                 Some(other) => other.to_string(),

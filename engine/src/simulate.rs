@@ -71,19 +71,34 @@ fn signature(img: &RgbImage, x0: u32, y0: u32, cell: u32) -> Vec<f32> {
 impl SimulatedMllm {
     /// A simulator right with probability `p`, reading grids drawn with `grid`'s cell size and gap.
     pub fn new(p: f64, seed: u64, grid: GridOptions) -> Self {
-        SimulatedMllm { p: p.clamp(0.0, 1.0), seed, grid, known: Mutex::new(HashMap::new()) }
+        SimulatedMllm {
+            p: p.clamp(0.0, 1.0),
+            seed,
+            grid,
+            known: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Tells the simulator the current query's candidates and which are relevant.
     pub fn set_query(&self, candidates: &[Arc<RgbImage>], relevant: &[bool]) {
         let cell = self.grid.cell;
-        let one = GridOptions { cells: 1, columns: 1, ..self.grid.clone() };
+        let one = GridOptions {
+            cells: 1,
+            columns: 1,
+            ..self.grid.clone()
+        };
         let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
         known.clear();
         for (c, &r) in candidates.iter().zip(relevant) {
             let drawn = draw_grid(&[c.as_ref()], 1, &one);
             let (x0, y0) = one.cell_origin(0, 0);
-            known.insert(pixel_hash(c), Known { signature: signature(&drawn, x0, y0, cell), relevant: r });
+            known.insert(
+                pixel_hash(c),
+                Known {
+                    signature: signature(&drawn, x0, y0, cell),
+                    relevant: r,
+                },
+            );
         }
     }
 
@@ -91,10 +106,14 @@ impl SimulatedMllm {
     fn marks(&self, request: &ChatRequest, n: usize) -> Vec<bool> {
         let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = Vec::with_capacity(n);
-        let images = request.messages.iter().flat_map(|m| &m.content).filter_map(|p| match p {
-            Part::Image(i) => Some(i),
-            Part::Text(_) => None,
-        });
+        let images = request
+            .messages
+            .iter()
+            .flat_map(|m| &m.content)
+            .filter_map(|p| match p {
+                Part::Image(i) => Some(i),
+                Part::Text(_) => None,
+            });
         let step = self.grid.cell + self.grid.gap;
         for img in images {
             if out.len() >= n {
@@ -115,7 +134,10 @@ impl SimulatedMllm {
                 }
                 let (x0, y0) = self.grid.cell_origin(i % cols, i / cols);
                 let s = signature(img, x0, y0, self.grid.cell);
-                let best = known.values().map(|k| (dist(&k.signature, &s), k.relevant)).min_by(|a, b| a.0.total_cmp(&b.0));
+                let best = known
+                    .values()
+                    .map(|k| (dist(&k.signature, &s), k.relevant))
+                    .min_by(|a, b| a.0.total_cmp(&b.0));
                 out.push(best.is_some_and(|(_, r)| r));
             }
         }
@@ -130,12 +152,20 @@ fn dist(a: &[f32], b: &[f32]) -> f32 {
 
 /// "marks 1 to N" in the request's text.
 fn marks_in_prompt(request: &ChatRequest) -> Option<usize> {
-    request.messages.iter().flat_map(|m| &m.content).find_map(|p| match p {
-        Part::Text(t) => t.split("marks 1 to ").nth(1).and_then(|rest| {
-            rest.chars().take_while(char::is_ascii_digit).collect::<String>().parse().ok()
-        }),
-        Part::Image(_) => None,
-    })
+    request
+        .messages
+        .iter()
+        .flat_map(|m| &m.content)
+        .find_map(|p| match p {
+            Part::Text(t) => t.split("marks 1 to ").nth(1).and_then(|rest| {
+                rest.chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect::<String>()
+                    .parse()
+                    .ok()
+            }),
+            Part::Image(_) => None,
+        })
 }
 
 impl Mllm for SimulatedMllm {
@@ -153,22 +183,49 @@ impl Mllm for SimulatedMllm {
         let mut logprobs = Vec::new();
         if request.first_token_logprobs.is_some() {
             // Pointwise: the candidate is the last image.
-            let last = request.messages.iter().flat_map(|m| &m.content).filter_map(|p| match p {
-                Part::Image(i) => Some(i),
-                Part::Text(_) => None,
-            }).last();
+            let last = request
+                .messages
+                .iter()
+                .flat_map(|m| &m.content)
+                .filter_map(|p| match p {
+                    Part::Image(i) => Some(i),
+                    Part::Text(_) => None,
+                })
+                .last();
             let relevant = last
-                .and_then(|i| self.known.lock().unwrap_or_else(|p| p.into_inner()).get(&pixel_hash(i)).map(|k| k.relevant))
+                .and_then(|i| {
+                    self.known
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get(&pixel_hash(i))
+                        .map(|k| k.relevant)
+                })
                 .unwrap_or(false);
             let yes = relevant == right;
             let confidence = 0.85 + 0.1 * rng.uniform(0.0, 1.0);
-            let (py, pn) = if yes { (confidence, 1.0 - confidence) } else { (1.0 - confidence, confidence) };
-            logprobs = vec![("Yes".to_string(), (py as f32).ln()), ("No".to_string(), (pn as f32).ln())];
-            text = if yes { "Yes".to_string() } else { "No".to_string() };
+            let (py, pn) = if yes {
+                (confidence, 1.0 - confidence)
+            } else {
+                (1.0 - confidence, confidence)
+            };
+            logprobs = vec![
+                ("Yes".to_string(), (py as f32).ln()),
+                ("No".to_string(), (pn as f32).ln()),
+            ];
+            text = if yes {
+                "Yes".to_string()
+            } else {
+                "No".to_string()
+            };
         } else {
-            let n = marks_in_prompt(request).ok_or_else(|| MllmError::Config("simulated MLLM: no \"marks 1 to N\" in the prompt".into()))?;
+            let n = marks_in_prompt(request).ok_or_else(|| {
+                MllmError::Config("simulated MLLM: no \"marks 1 to N\" in the prompt".into())
+            })?;
             let rel = self.marks(request, n);
-            let mut good: Vec<usize> = (0..n).filter(|&i| rel[i]).chain((0..n).filter(|&i| !rel[i])).collect();
+            let mut good: Vec<usize> = (0..n)
+                .filter(|&i| rel[i])
+                .chain((0..n).filter(|&i| !rel[i]))
+                .collect();
             let order = if right {
                 good
             } else if rng.uniform(0.0, 1.0) < 0.5 {
@@ -182,7 +239,8 @@ impl Mllm for SimulatedMllm {
                 good
             };
             let marks: Vec<usize> = order.iter().map(|i| i + 1).collect();
-            text = serde_json::json!({"reasoning": "simulated answer", "ranking": marks}).to_string();
+            text =
+                serde_json::json!({"reasoning": "simulated answer", "ranking": marks}).to_string();
         }
         Ok(ChatResponse {
             text,

@@ -32,7 +32,11 @@ pub struct SqafWeights {
 
 impl Default for SqafWeights {
     fn default() -> Self {
-        SqafWeights { image: 0.1, text: 0.4, caption: 0.5 }
+        SqafWeights {
+            image: 0.1,
+            text: 0.4,
+            caption: 0.5,
+        }
     }
 }
 
@@ -47,12 +51,19 @@ pub struct SqafOptions {
 
 impl Default for SqafOptions {
     fn default() -> Self {
-        SqafOptions { weights: SqafWeights::default(), max_tokens: 77 }
+        SqafOptions {
+            weights: SqafWeights::default(),
+            max_tokens: 77,
+        }
     }
 }
 
 /// The caption prompt: the reference image, then the instruction.
-pub fn caption_request(reference: Arc<RgbImage>, modification: &str, options: &SqafOptions) -> ChatRequest {
+pub fn caption_request(
+    reference: Arc<RgbImage>,
+    modification: &str,
+    options: &SqafOptions,
+) -> ChatRequest {
     let instruction = format!(
         "The image above is a reference image. Requested change: \"{}\".\n\
          Describe the target image: the reference image with the change applied. \
@@ -75,14 +86,24 @@ pub fn caption_request(reference: Arc<RgbImage>, modification: &str, options: &S
 pub fn clean_caption(answer: &str) -> Option<String> {
     let trimmed = answer.trim();
     if let Ok(serde_json::Value::Object(o)) = serde_json::from_str::<serde_json::Value>(trimmed) {
-        if let Some(c) = o.iter().find(|(k, _)| k.to_lowercase().contains("caption")).and_then(|(_, v)| v.as_str()) {
+        if let Some(c) = o
+            .iter()
+            .find(|(k, _)| k.to_lowercase().contains("caption"))
+            .and_then(|(_, v)| v.as_str())
+        {
             return clean_caption(c);
         }
     }
-    let line = trimmed.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with("```"))?;
+    let line = trimmed
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with("```"))?;
     let mut line = line;
     for label in ["target caption:", "caption:", "target image:", "target:"] {
-        if line.get(..label.len()).is_some_and(|head| head.eq_ignore_ascii_case(label)) {
+        if line
+            .get(..label.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(label))
+        {
             line = line[label.len()..].trim();
         }
     }
@@ -103,7 +124,11 @@ fn normalised(v: &[f32]) -> Vec<f32> {
 /// a caption, the base query normalise(w_i·ê_img + w_t·ê_mod).
 pub fn fuse(image: &[f32], text: &[f32], caption: Option<&[f32]>, w: &SqafWeights) -> Vec<f32> {
     let (i, t) = (normalised(image), normalised(text));
-    let mut q: Vec<f32> = i.iter().zip(&t).map(|(a, b)| w.image * a + w.text * b).collect();
+    let mut q: Vec<f32> = i
+        .iter()
+        .zip(&t)
+        .map(|(a, b)| w.image * a + w.text * b)
+        .collect();
     if let Some(c) = caption {
         for (q, c) in q.iter_mut().zip(normalised(c)) {
             *q += w.caption * c;
@@ -126,7 +151,12 @@ pub struct CaptionOutcome {
 }
 
 /// Asks `mllm` for the target caption of a composed query.
-pub fn caption_target(mllm: &dyn Mllm, reference: Arc<RgbImage>, modification: &str, options: &SqafOptions) -> CaptionOutcome {
+pub fn caption_target(
+    mllm: &dyn Mllm,
+    reference: Arc<RgbImage>,
+    modification: &str,
+    options: &SqafOptions,
+) -> CaptionOutcome {
     let start = Instant::now();
     let request = caption_request(reference, modification, options);
     let mut cost = MllmCost::default();
@@ -134,12 +164,24 @@ pub fn caption_target(mllm: &dyn Mllm, reference: Arc<RgbImage>, modification: &
         Ok(r) => {
             cost.record(&request, &r);
             let caption = clean_caption(&r.text);
-            let error = caption.is_none().then(|| "the MLLM's caption was empty".to_string());
-            CaptionOutcome { caption, answer: Some(r.text), error, cost }
+            let error = caption
+                .is_none()
+                .then(|| "the MLLM's caption was empty".to_string());
+            CaptionOutcome {
+                caption,
+                answer: Some(r.text),
+                error,
+                cost,
+            }
         }
         Err(e) => {
             cost.record_failure(&request, e.attempts());
-            CaptionOutcome { caption: None, answer: None, error: Some(e.to_string()), cost }
+            CaptionOutcome {
+                caption: None,
+                answer: None,
+                error: Some(e.to_string()),
+                cost,
+            }
         }
     };
     out.cost.finish(start.elapsed());
@@ -152,8 +194,14 @@ mod tests {
 
     #[test]
     fn captions_are_cleaned() {
-        assert_eq!(clean_caption("  Caption: \"A red sleeveless dress.\"\n\nMore text").as_deref(), Some("A red sleeveless dress."));
-        assert_eq!(clean_caption(r#"{"caption": "a dog on snow"}"#).as_deref(), Some("a dog on snow"));
+        assert_eq!(
+            clean_caption("  Caption: \"A red sleeveless dress.\"\n\nMore text").as_deref(),
+            Some("A red sleeveless dress.")
+        );
+        assert_eq!(
+            clean_caption(r#"{"caption": "a dog on snow"}"#).as_deref(),
+            Some("a dog on snow")
+        );
         assert_eq!(clean_caption("```\nA cat\n```").as_deref(), Some("A cat"));
         assert_eq!(clean_caption("   \n "), None);
         assert_eq!(clean_caption("\"\""), None);
@@ -161,9 +209,18 @@ mod tests {
 
     #[test]
     fn fusion_is_the_normalised_weighted_sum_of_normalised_embeddings() {
-        let w = SqafWeights { image: 0.25, text: 0.75, caption: 1.0 };
+        let w = SqafWeights {
+            image: 0.25,
+            text: 0.75,
+            caption: 1.0,
+        };
         // Unnormalised inputs along three axes.
-        let q = fuse(&[2.0, 0.0, 0.0], &[0.0, 5.0, 0.0], Some(&[0.0, 0.0, 0.5]), &w);
+        let q = fuse(
+            &[2.0, 0.0, 0.0],
+            &[0.0, 5.0, 0.0],
+            Some(&[0.0, 0.0, 0.5]),
+            &w,
+        );
         let n = (0.25f32 * 0.25 + 0.75 * 0.75 + 1.0).sqrt();
         for (a, b) in q.iter().zip([0.25 / n, 0.75 / n, 1.0 / n]) {
             assert!((a - b).abs() < 1e-6, "{q:?}");

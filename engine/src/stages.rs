@@ -13,7 +13,9 @@ use squire_models::DualEncoder;
 
 use crate::cotrr::CotrrReranker;
 use crate::ebr::GridReranker;
-use crate::pipeline::{embed_rgb_batch, PipelineError, PipelineMllm, PipelineOptions, Stage, StageRun};
+use crate::pipeline::{
+    embed_rgb_batch, PipelineError, PipelineMllm, PipelineOptions, Stage, StageRun,
+};
 use crate::pointwise::PointwiseReranker;
 use crate::rerank::{ListReranker, RerankQuery};
 use crate::superglobal::{self, Ranked};
@@ -61,14 +63,29 @@ pub struct Rerankers {
 
 impl Rerankers {
     /// Builds the rerankers, checking their parameters.
-    pub fn new(compute: Compute, mllm: Option<PipelineMllm>, options: PipelineOptions) -> Result<Self, PipelineError> {
+    pub fn new(
+        compute: Compute,
+        mllm: Option<PipelineMllm>,
+        options: PipelineOptions,
+    ) -> Result<Self, PipelineError> {
         let ebr = GridReranker::new(options.ebr.clone()).map_err(PipelineError::Request)?;
         let cotrr = CotrrReranker::new(options.cotrr.clone()).map_err(PipelineError::Request)?;
         if options.pointwise.k == 0 {
-            return Err(PipelineError::Request("pointwise: k must be at least 1".into()));
+            return Err(PipelineError::Request(
+                "pointwise: k must be at least 1".into(),
+            ));
         }
-        let pointwise = PointwiseReranker { options: options.pointwise.clone() };
-        Ok(Rerankers { compute, mllm, options, ebr, cotrr, pointwise })
+        let pointwise = PointwiseReranker {
+            options: options.pointwise.clone(),
+        };
+        Ok(Rerankers {
+            compute,
+            mllm,
+            options,
+            ebr,
+            cotrr,
+            pointwise,
+        })
     }
 
     /// The stages' parameters.
@@ -83,7 +100,10 @@ impl Rerankers {
 
     /// The stages these rerankers can run (MLLM stages only with an MLLM).
     pub fn available_stages(&self) -> Vec<Stage> {
-        Stage::ALL.into_iter().filter(|s| !s.needs_mllm() || self.mllm.is_some()).collect()
+        Stage::ALL
+            .into_iter()
+            .filter(|s| !s.needs_mllm() || self.mllm.is_some())
+            .collect()
     }
 
     /// How many candidates `stage` reranks.
@@ -107,12 +127,22 @@ impl Rerankers {
 
     /// Runs the MLLM stages of `stages` in order, each on the top of the
     /// previous order; `image_of(row)` gives a candidate's image.
-    pub(crate) fn run_mllm_stages(&self, rq: &RerankQuery, stages: &[Stage], ranked: &mut Vec<Ranked>, image_of: &dyn Fn(usize) -> Arc<RgbImage>, out: &mut Vec<StageRun>) {
+    pub(crate) fn run_mllm_stages(
+        &self,
+        rq: &RerankQuery,
+        stages: &[Stage],
+        ranked: &mut Vec<Ranked>,
+        image_of: &dyn Fn(usize) -> Arc<RgbImage>,
+        out: &mut Vec<StageRun>,
+    ) {
         let Some(m) = &self.mllm else { return };
         for &stage in stages.iter().filter(|s| s.needs_mllm()) {
-            let Some(reranker) = self.reranker(stage) else { continue };
+            let Some(reranker) = self.reranker(stage) else {
+                continue;
+            };
             let n = self.depth_of(stage).min(ranked.len());
-            let candidates: Vec<Arc<RgbImage>> = ranked[..n].iter().map(|h| image_of(h.row)).collect();
+            let candidates: Vec<Arc<RgbImage>> =
+                ranked[..n].iter().map(|h| image_of(h.row)).collect();
             let result = reranker.rerank(m.model.as_ref(), rq, &candidates);
             let head: Vec<Ranked> = result.order[..n].iter().map(|&i| ranked[i]).collect();
             ranked.splice(..n, head);
@@ -150,12 +180,29 @@ impl Rerankers {
     /// own embeddings (in the text-query space); MLLM stages rerank their
     /// depth. Re-scoring and SuperGlobal need `encoder`; the MLLM stages do
     /// not. Rankings hold candidate indices in `Ranked::row`.
-    pub fn rerank_list(&self, text: &str, candidates: &[ListCandidate], stages: &[Stage], encoder: Option<ListEncoder<'_>>, rescore: bool) -> Result<ListOutcome, PipelineError> {
-        if let Some(s) = stages.iter().find(|s| s.needs_mllm()).filter(|_| self.mllm.is_none()) {
-            return Err(PipelineError::Request(format!("the {} reranker needs an MLLM, and none is configured (--mllm)", s.name())));
+    pub fn rerank_list(
+        &self,
+        text: &str,
+        candidates: &[ListCandidate],
+        stages: &[Stage],
+        encoder: Option<ListEncoder<'_>>,
+        rescore: bool,
+    ) -> Result<ListOutcome, PipelineError> {
+        if let Some(s) = stages
+            .iter()
+            .find(|s| s.needs_mllm())
+            .filter(|_| self.mllm.is_none())
+        {
+            return Err(PipelineError::Request(format!(
+                "the {} reranker needs an MLLM, and none is configured (--mllm)",
+                s.name()
+            )));
         }
         if stages.iter().skip(1).any(|s| *s == Stage::SuperGlobal) {
-            return Err(PipelineError::Request("rerank: superglobal comes first (it reranks the first stage's vectors), once".into()));
+            return Err(PipelineError::Request(
+                "rerank: superglobal comes first (it reranks the first stage's vectors), once"
+                    .into(),
+            ));
         }
         let t0 = Instant::now();
         let superglobal = stages.first() == Some(&Stage::SuperGlobal);
@@ -171,11 +218,19 @@ impl Rerankers {
         };
         let dim = query.len().max(1);
         let scores: Vec<f32> = if rescore {
-            db.chunks(dim).map(|v| v.iter().zip(&query).map(|(a, b)| a * b).sum()).collect()
+            db.chunks(dim)
+                .map(|v| v.iter().zip(&query).map(|(a, b)| a * b).sum())
+                .collect()
         } else {
             candidates.iter().map(|c| c.score).collect()
         };
-        let first: Vec<Ranked> = crate::metrics::order_by_score(&scores).into_iter().map(|i| Ranked { row: i, score: scores[i] }).collect();
+        let first: Vec<Ranked> = crate::metrics::order_by_score(&scores)
+            .into_iter()
+            .map(|i| Ranked {
+                row: i,
+                score: scores[i],
+            })
+            .collect();
         let encode_ms = t0.elapsed().as_secs_f64() * 1e3;
         let mut ranked = first.clone();
         let mut out = Vec::new();
@@ -184,9 +239,28 @@ impl Rerankers {
             let sg = &self.options.superglobal;
             ranked = superglobal::rerank(&self.compute, &query, &db, dim, &ranked, sg)?;
             let report = json!({"m": sg.m, "k": sg.k, "beta": sg.beta, "query_top": sg.query_top});
-            out.push(StageRun { stage: Stage::SuperGlobal, ranking: ranked.clone(), ms: t.elapsed().as_secs_f64() * 1e3, cost: None, read: None, fallback: None, report, grids: Vec::new() });
+            out.push(StageRun {
+                stage: Stage::SuperGlobal,
+                ranking: ranked.clone(),
+                ms: t.elapsed().as_secs_f64() * 1e3,
+                cost: None,
+                read: None,
+                fallback: None,
+                report,
+                grids: Vec::new(),
+            });
         }
-        self.run_mllm_stages(&RerankQuery::Text(text.to_string()), stages, &mut ranked, &|i| candidates[i].image.clone(), &mut out);
-        Ok(ListOutcome { first, stages: out, encode_ms })
+        self.run_mllm_stages(
+            &RerankQuery::Text(text.to_string()),
+            stages,
+            &mut ranked,
+            &|i| candidates[i].image.clone(),
+            &mut out,
+        );
+        Ok(ListOutcome {
+            first,
+            stages: out,
+            encode_ms,
+        })
     }
 }

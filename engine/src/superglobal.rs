@@ -36,7 +36,12 @@ pub struct SuperGlobalParams {
 impl Default for SuperGlobalParams {
     /// The paper's values: M = 400, K = 9, β = 0.15, query expansion over the top K + 1 = 10.
     fn default() -> Self {
-        SuperGlobalParams { m: 400, k: 9, beta: 0.15, query_top: 10 }
+        SuperGlobalParams {
+            m: 400,
+            k: 9,
+            beta: 0.15,
+            query_top: 10,
+        }
     }
 }
 
@@ -71,11 +76,17 @@ pub fn rerank(
     params: &SuperGlobalParams,
 ) -> Result<Vec<Ranked>, KernelError> {
     if query.len() != dim {
-        return Err(KernelError::Shape(format!("SuperGlobal: the query has {} values, descriptors have {dim}", query.len())));
+        return Err(KernelError::Shape(format!(
+            "SuperGlobal: the query has {} values, descriptors have {dim}",
+            query.len()
+        )));
     }
     let n = database.len() / dim.max(1);
     if let Some(bad) = ranking.iter().find(|r| r.row >= n) {
-        return Err(KernelError::Shape(format!("SuperGlobal: ranked row {} is outside the {n}-row database", bad.row)));
+        return Err(KernelError::Shape(format!(
+            "SuperGlobal: ranked row {} is outside the {n}-row database",
+            bad.row
+        )));
     }
     let m = params.m.min(ranking.len());
     if m == 0 {
@@ -90,29 +101,42 @@ pub fn rerank(
     let mut x = GATHER.with(|c| std::mem::take(&mut *c.borrow_mut()));
     let mut refined = REFINED.with(|c| std::mem::take(&mut *c.borrow_mut()));
     x.resize(m * dim, 0.0);
-    x.par_chunks_mut(dim.max(1)).zip(top.par_iter()).for_each(|(dst, r)| {
-        dst.copy_from_slice(&database[r.row * dim..(r.row + 1) * dim]);
-    });
-    let result = compute.refine_into(&x[..m * dim], dim, params.k, params.beta, &mut refined).map(|()| {
-        let xt = |i: usize| &refined[i * dim..(i + 1) * dim];
-        // Database side: s1 = q·x̃, order R by it.
-        let s1: Vec<f32> = (0..m).into_par_iter().map(|i| dot(query, xt(i))).collect();
-        let mut order: Vec<usize> = (0..m).collect();
-        order.sort_by(|&a, &b| s1[b].total_cmp(&s1[a]));
-        // Query side: q̃ = element-wise max over the top x̃ of that order.
-        let mut expanded = vec![f32::NEG_INFINITY; dim];
-        for &i in order.iter().take(params.query_top.max(1)) {
-            for (e, &v) in expanded.iter_mut().zip(xt(i)) {
-                *e = e.max(v);
+    x.par_chunks_mut(dim.max(1))
+        .zip(top.par_iter())
+        .for_each(|(dst, r)| {
+            dst.copy_from_slice(&database[r.row * dim..(r.row + 1) * dim]);
+        });
+    let result = compute
+        .refine_into(&x[..m * dim], dim, params.k, params.beta, &mut refined)
+        .map(|()| {
+            let xt = |i: usize| &refined[i * dim..(i + 1) * dim];
+            // Database side: s1 = q·x̃, order R by it.
+            let s1: Vec<f32> = (0..m).into_par_iter().map(|i| dot(query, xt(i))).collect();
+            let mut order: Vec<usize> = (0..m).collect();
+            order.sort_by(|&a, &b| s1[b].total_cmp(&s1[a]));
+            // Query side: q̃ = element-wise max over the top x̃ of that order.
+            let mut expanded = vec![f32::NEG_INFINITY; dim];
+            for &i in order.iter().take(params.query_top.max(1)) {
+                for (e, &v) in expanded.iter_mut().zip(xt(i)) {
+                    *e = e.max(v);
+                }
             }
-        }
-        let fin: Vec<f32> = (0..m).into_par_iter().map(|i| (s1[i] + dot(&expanded, xt(i))) / 2.0).collect();
-        let mut order: Vec<usize> = (0..m).collect();
-        order.sort_by(|&a, &b| fin[b].total_cmp(&fin[a]));
-        let mut out: Vec<Ranked> = order.iter().map(|&i| Ranked { row: top[i].row, score: fin[i] }).collect();
-        out.extend_from_slice(&ranking[m..]);
-        out
-    });
+            let fin: Vec<f32> = (0..m)
+                .into_par_iter()
+                .map(|i| (s1[i] + dot(&expanded, xt(i))) / 2.0)
+                .collect();
+            let mut order: Vec<usize> = (0..m).collect();
+            order.sort_by(|&a, &b| fin[b].total_cmp(&fin[a]));
+            let mut out: Vec<Ranked> = order
+                .iter()
+                .map(|&i| Ranked {
+                    row: top[i].row,
+                    score: fin[i],
+                })
+                .collect();
+            out.extend_from_slice(&ranking[m..]);
+            out
+        });
     GATHER.with(|c| *c.borrow_mut() = x);
     REFINED.with(|c| *c.borrow_mut() = refined);
     result
@@ -140,8 +164,17 @@ mod tests {
         //   final(a) = (0.8 + q̃·a) / 2 = (0.8 + 1.0) / 2 = 0.9
         //   final(b) = (0.6 + q̃·b) / 2 = (0.6 + 0.0) / 2 = 0.3, same for c.
         let db = [0.8f32, 0.6, 0.6, -0.8, 0.6, -0.8];
-        let ranking = [Ranked { row: 0, score: 0.8 }, Ranked { row: 1, score: 0.6 }, Ranked { row: 2, score: 0.6 }];
-        let p = SuperGlobalParams { m: 3, k: 1, beta: 1.0, query_top: 10 };
+        let ranking = [
+            Ranked { row: 0, score: 0.8 },
+            Ranked { row: 1, score: 0.6 },
+            Ranked { row: 2, score: 0.6 },
+        ];
+        let p = SuperGlobalParams {
+            m: 3,
+            k: 1,
+            beta: 1.0,
+            query_top: 10,
+        };
         let got = rerank(&Compute::cpu(), &[1.0, 0.0], &db, 2, &ranking, &p).unwrap();
         let rows: Vec<usize> = got.iter().map(|r| r.row).collect();
         assert_eq!(rows, vec![0, 1, 2]);
@@ -159,18 +192,31 @@ mod tests {
         // t at ≈ 0.69; query expansion over the top 2 then widens the gap.
         let q = unit(&[1.0, 0.0, 0.0]);
         let rows = [
-            unit(&[0.75, 0.66, 0.0]),   // 0: d
-            unit(&[0.70, -0.71, 0.0]),  // 1: t
-            unit(&[0.69, -0.72, 0.05]), // 2: t'
+            unit(&[0.75, 0.66, 0.0]),    // 0: d
+            unit(&[0.70, -0.71, 0.0]),   // 1: t
+            unit(&[0.69, -0.72, 0.05]),  // 2: t'
             unit(&[0.68, -0.72, -0.05]), // 3: t''
-            unit(&[0.3, 0.95, 0.0]),    // 4: d'
-            unit(&[0.3, 0.9, 0.3]),     // 5: d''
+            unit(&[0.3, 0.95, 0.0]),     // 4: d'
+            unit(&[0.3, 0.9, 0.3]),      // 5: d''
         ];
         let db: Vec<f32> = rows.concat();
-        let mut ranking: Vec<Ranked> = (0..rows.len()).map(|r| Ranked { row: r, score: dot(&q, &rows[r]) }).collect();
+        let mut ranking: Vec<Ranked> = (0..rows.len())
+            .map(|r| Ranked {
+                row: r,
+                score: dot(&q, &rows[r]),
+            })
+            .collect();
         ranking.sort_by(|a, b| b.score.total_cmp(&a.score));
-        assert_eq!(ranking.iter().map(|r| r.row).collect::<Vec<_>>(), vec![0, 1, 2, 3, 5, 4]);
-        let p = SuperGlobalParams { m: 6, k: 2, beta: 0.5, query_top: 2 };
+        assert_eq!(
+            ranking.iter().map(|r| r.row).collect::<Vec<_>>(),
+            vec![0, 1, 2, 3, 5, 4]
+        );
+        let p = SuperGlobalParams {
+            m: 6,
+            k: 2,
+            beta: 0.5,
+            query_top: 2,
+        };
         let got = rerank(&Compute::cpu(), &q, &db, 3, &ranking, &p).unwrap();
         let order: Vec<usize> = got.iter().map(|r| r.row).collect();
         assert_eq!(&order[..3], &[1, 2, 3], "the t cluster leads: {got:?}");
@@ -180,16 +226,30 @@ mod tests {
     #[test]
     fn items_below_m_keep_their_order_and_errors_are_clear() {
         let db: Vec<f32> = (0..20).flat_map(|i| unit(&[1.0, i as f32 * 0.1])).collect();
-        let ranking: Vec<Ranked> = (0..10).rev().map(|r| Ranked { row: r, score: r as f32 }).collect();
-        let p = SuperGlobalParams { m: 4, ..SuperGlobalParams::default() };
+        let ranking: Vec<Ranked> = (0..10)
+            .rev()
+            .map(|r| Ranked {
+                row: r,
+                score: r as f32,
+            })
+            .collect();
+        let p = SuperGlobalParams {
+            m: 4,
+            ..SuperGlobalParams::default()
+        };
         let got = rerank(&Compute::cpu(), &unit(&[1.0, 0.3]), &db, 2, &ranking, &p).unwrap();
         assert_eq!(&got[4..], &ranking[4..]);
         let mut head: Vec<usize> = got[..4].iter().map(|r| r.row).collect();
         head.sort();
         assert_eq!(head, vec![6, 7, 8, 9]);
         assert!(rerank(&Compute::cpu(), &[1.0], &db, 2, &ranking, &p).is_err());
-        let bad = [Ranked { row: 99, score: 0.0 }];
+        let bad = [Ranked {
+            row: 99,
+            score: 0.0,
+        }];
         assert!(rerank(&Compute::cpu(), &[1.0, 0.0], &db, 2, &bad, &p).is_err());
-        assert!(rerank(&Compute::cpu(), &[1.0, 0.0], &db, 2, &[], &p).unwrap().is_empty());
+        assert!(rerank(&Compute::cpu(), &[1.0, 0.0], &db, 2, &[], &p)
+            .unwrap()
+            .is_empty());
     }
 }

@@ -50,7 +50,11 @@ pub struct WhiteningParams {
 
 impl Default for WhiteningParams {
     fn default() -> Self {
-        WhiteningParams { dims: 0, power: 0.5, epsilon: 1e-6 }
+        WhiteningParams {
+            dims: 0,
+            power: 0.5,
+            epsilon: 1e-6,
+        }
     }
 }
 
@@ -98,19 +102,35 @@ const FORMAT: &str = "squire.whitening/1";
 
 impl Whitening {
     /// Fits on `data` (`n × dim` row-major vectors).
-    pub fn fit(data: &[f32], dim: usize, params: WhiteningParams) -> Result<Whitening, WhiteningError> {
+    pub fn fit(
+        data: &[f32],
+        dim: usize,
+        params: WhiteningParams,
+    ) -> Result<Whitening, WhiteningError> {
         if dim == 0 || data.len() % dim != 0 {
-            return Err(WhiteningError::Invalid(format!("{} values are not rows of {dim}", data.len())));
+            return Err(WhiteningError::Invalid(format!(
+                "{} values are not rows of {dim}",
+                data.len()
+            )));
         }
         let n = data.len() / dim;
         if n < 2 {
-            return Err(WhiteningError::Invalid(format!("needs at least 2 vectors, got {n}")));
+            return Err(WhiteningError::Invalid(format!(
+                "needs at least 2 vectors, got {n}"
+            )));
         }
         if !(params.power.is_finite() && (0.0..=1.0).contains(&params.power)) {
-            return Err(WhiteningError::Invalid(format!("power {} is not in [0, 1]", params.power)));
+            return Err(WhiteningError::Invalid(format!(
+                "power {} is not in [0, 1]",
+                params.power
+            )));
         }
         let max_dims = dim.min(n - 1);
-        let dims = if params.dims == 0 { max_dims } else { params.dims };
+        let dims = if params.dims == 0 {
+            max_dims
+        } else {
+            params.dims
+        };
         if dims > max_dims {
             return Err(WhiteningError::Invalid(format!(
                 "{dims} output dimensions, but {n} vectors of {dim} give at most {max_dims}"
@@ -144,7 +164,16 @@ impl Whitening {
             let scale = (lambda + eps).powf(-(params.power as f64) / 2.0);
             // Sign convention: the largest-magnitude entry of each component is positive.
             let col = eig.eigenvectors.column(i);
-            let sign = if col.iter().copied().fold(0f64, |a, b| if b.abs() > a.abs() { b } else { a }) < 0.0 { -1.0 } else { 1.0 };
+            let sign = if col
+                .iter()
+                .copied()
+                .fold(0f64, |a, b| if b.abs() > a.abs() { b } else { a })
+                < 0.0
+            {
+                -1.0
+            } else {
+                1.0
+            };
             projection.extend(col.iter().map(|&u| (sign * u * scale) as f32));
             eigenvalues.push(lambda as f32);
         }
@@ -161,12 +190,20 @@ impl Whitening {
     /// Whitens `rows` (`n × dim_in`), each output L2-normalised.
     pub fn apply(&self, rows: &[f32]) -> Result<Vec<f32>, WhiteningError> {
         if rows.len() % self.dim_in != 0 {
-            return Err(WhiteningError::Invalid(format!("{} values are not rows of {}", rows.len(), self.dim_in)));
+            return Err(WhiteningError::Invalid(format!(
+                "{} values are not rows of {}",
+                rows.len(),
+                self.dim_in
+            )));
         }
         let n = rows.len() / self.dim_in;
-        let centred: Vec<f32> = rows.chunks_exact(self.dim_in).flat_map(|r| r.iter().zip(&self.mean).map(|(x, m)| x - m)).collect();
+        let centred: Vec<f32> = rows
+            .chunks_exact(self.dim_in)
+            .flat_map(|r| r.iter().zip(&self.mean).map(|(x, m)| x - m))
+            .collect();
         let mut out = cpu::matmul_a_bt(&centred, &self.projection, n, self.dim_out, self.dim_in);
-        out.chunks_exact_mut(self.dim_out).for_each(cpu::l2_normalize);
+        out.chunks_exact_mut(self.dim_out)
+            .for_each(cpu::l2_normalize);
         Ok(out)
     }
 
@@ -174,14 +211,20 @@ impl Whitening {
     /// `whitening/<vector>.json` (header) and `whitening/<vector>.f32` (μ, then P).
     pub fn paths(index_dir: &Path, vector: &str) -> (PathBuf, PathBuf) {
         let dir = index_dir.join("whitening");
-        (dir.join(format!("{vector}.json")), dir.join(format!("{vector}.f32")))
+        (
+            dir.join(format!("{vector}.json")),
+            dir.join(format!("{vector}.f32")),
+        )
     }
 
     /// Writes the whitening beside a collection (values first, header last,
     /// each through a temporary file and a rename).
     pub fn save(&self, index_dir: &Path, fitted_on: &FittedOn) -> Result<(), WhiteningError> {
         let (header_path, values_path) = Self::paths(index_dir, &fitted_on.vector);
-        let err = |p: &Path, e: &dyn std::fmt::Display| WhiteningError::File { path: p.to_path_buf(), message: e.to_string() };
+        let err = |p: &Path, e: &dyn std::fmt::Display| WhiteningError::File {
+            path: p.to_path_buf(),
+            message: e.to_string(),
+        };
         let dir = header_path.parent().unwrap_or(index_dir);
         std::fs::create_dir_all(dir).map_err(|e| err(dir, &e))?;
         let mut bytes = Vec::with_capacity(4 * (self.mean.len() + self.projection.len()));
@@ -208,18 +251,37 @@ impl Whitening {
     /// Reads the whitening of `vector` beside a collection, with what it was fitted on.
     pub fn load(index_dir: &Path, vector: &str) -> Result<(Whitening, FittedOn), WhiteningError> {
         let (header_path, values_path) = Self::paths(index_dir, vector);
-        let err = |p: &Path, m: String| WhiteningError::File { path: p.to_path_buf(), message: m };
-        let text = std::fs::read(&header_path).map_err(|e| err(&header_path, format!("{e} (fit one with `squire whiten`)")))?;
-        let h: Header = serde_json::from_slice(&text).map_err(|e| err(&header_path, e.to_string()))?;
+        let err = |p: &Path, m: String| WhiteningError::File {
+            path: p.to_path_buf(),
+            message: m,
+        };
+        let text = std::fs::read(&header_path)
+            .map_err(|e| err(&header_path, format!("{e} (fit one with `squire whiten`)")))?;
+        let h: Header =
+            serde_json::from_slice(&text).map_err(|e| err(&header_path, e.to_string()))?;
         if h.format != FORMAT {
-            return Err(err(&header_path, format!("format {:?}, expected {FORMAT:?}", h.format)));
+            return Err(err(
+                &header_path,
+                format!("format {:?}, expected {FORMAT:?}", h.format),
+            ));
         }
         let bytes = std::fs::read(&values_path).map_err(|e| err(&values_path, e.to_string()))?;
         let want = 4 * (h.dim_in + h.dim_in * h.dim_out);
         if bytes.len() != want {
-            return Err(err(&values_path, format!("{} bytes, expected {want} for {} → {} dims", bytes.len(), h.dim_in, h.dim_out)));
+            return Err(err(
+                &values_path,
+                format!(
+                    "{} bytes, expected {want} for {} → {} dims",
+                    bytes.len(),
+                    h.dim_in,
+                    h.dim_out
+                ),
+            ));
         }
-        let values: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let values: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
         if values.iter().any(|v| !v.is_finite()) {
             return Err(err(&values_path, "holds non-finite values".into()));
         }
@@ -246,7 +308,9 @@ mod tests {
     fn data() -> Vec<f32> {
         let mut s = 7u64;
         let mut next = || {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
         };
         (0..400)
@@ -260,13 +324,29 @@ mod tests {
     #[test]
     fn full_whitening_gives_identity_covariance() {
         let x = data();
-        let w = Whitening::fit(&x, 3, WhiteningParams { dims: 3, power: 1.0, epsilon: 0.0 }).expect("fit");
+        let w = Whitening::fit(
+            &x,
+            3,
+            WhiteningParams {
+                dims: 3,
+                power: 1.0,
+                epsilon: 0.0,
+            },
+        )
+        .expect("fit");
         // Unnormalised projection of the centred data: covariance must be I.
-        let centred: Vec<f32> = x.chunks_exact(3).flat_map(|r| r.iter().zip(&w.mean).map(|(a, m)| a - m)).collect();
+        let centred: Vec<f32> = x
+            .chunks_exact(3)
+            .flat_map(|r| r.iter().zip(&w.mean).map(|(a, m)| a - m))
+            .collect();
         let y = cpu::matmul_a_bt(&centred, &w.projection, 400, 3, 3);
         for i in 0..3 {
             for j in 0..3 {
-                let c: f64 = y.chunks_exact(3).map(|r| r[i] as f64 * r[j] as f64).sum::<f64>() / 400.0;
+                let c: f64 = y
+                    .chunks_exact(3)
+                    .map(|r| r[i] as f64 * r[j] as f64)
+                    .sum::<f64>()
+                    / 400.0;
                 let want = if i == j { 1.0 } else { 0.0 };
                 assert!((c - want).abs() < 1e-3, "cov[{i}][{j}] = {c}");
             }
@@ -284,42 +364,92 @@ mod tests {
     #[test]
     fn dims_are_checked_and_the_file_round_trips() {
         let x = data();
-        assert!(Whitening::fit(&x[..6], 3, WhiteningParams::default()).is_ok_and(|w| w.dim_out == 1));
-        assert!(Whitening::fit(&x[..6], 3, WhiteningParams { dims: 2, ..WhiteningParams::default() }).is_err());
-        assert!(Whitening::fit(&x, 3, WhiteningParams { power: 2.0, ..WhiteningParams::default() }).is_err());
-        let w = Whitening::fit(&x, 3, WhiteningParams { dims: 2, ..WhiteningParams::default() }).expect("fit");
+        assert!(
+            Whitening::fit(&x[..6], 3, WhiteningParams::default()).is_ok_and(|w| w.dim_out == 1)
+        );
+        assert!(Whitening::fit(
+            &x[..6],
+            3,
+            WhiteningParams {
+                dims: 2,
+                ..WhiteningParams::default()
+            }
+        )
+        .is_err());
+        assert!(Whitening::fit(
+            &x,
+            3,
+            WhiteningParams {
+                power: 2.0,
+                ..WhiteningParams::default()
+            }
+        )
+        .is_err());
+        let w = Whitening::fit(
+            &x,
+            3,
+            WhiteningParams {
+                dims: 2,
+                ..WhiteningParams::default()
+            },
+        )
+        .expect("fit");
         let dir = std::env::temp_dir().join(format!("squire-whiten-{}", std::process::id()));
-        let on = FittedOn { vector: "gem".into(), generation: 3, sha256: "ab".into(), rows: 400 };
+        let on = FittedOn {
+            vector: "gem".into(),
+            generation: 3,
+            sha256: "ab".into(),
+            rows: 400,
+        };
         w.save(&dir, &on).expect("save");
         let (back, fitted) = Whitening::load(&dir, "gem").expect("load");
         assert_eq!((back, fitted), (w, on));
         // A truncated values file is refused with its name.
         let (_, values) = Whitening::paths(&dir, "gem");
         std::fs::write(&values, [0u8; 8]).expect("truncate");
-        let e = Whitening::load(&dir, "gem").expect_err("truncated").to_string();
+        let e = Whitening::load(&dir, "gem")
+            .expect_err("truncated")
+            .to_string();
         assert!(e.contains("gem.f32") && e.contains("expected"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
 
 /// What identifies the vectors of `vector` in `col`'s current generation.
-pub fn fitted_on(col: &squire_indexer::Collection, vector: &str) -> Result<FittedOn, WhiteningError> {
+pub fn fitted_on(
+    col: &squire_indexer::Collection,
+    vector: &str,
+) -> Result<FittedOn, WhiteningError> {
     let m = col.manifest();
     let file = m
         .files
         .iter()
-        .find(|(name, _)| Path::new(name).file_name().is_some_and(|f| f == format!("{vector}.f32").as_str()))
+        .find(|(name, _)| {
+            Path::new(name)
+                .file_name()
+                .is_some_and(|f| f == format!("{vector}.f32").as_str())
+        })
         .map(|(_, sum)| sum.sha256.clone())
         .ok_or_else(|| {
             let have = m.vectors.keys().cloned().collect::<Vec<_>>().join(", ");
-            WhiteningError::Invalid(format!("the collection has no `{vector}` vectors (it has: {have})"))
+            WhiteningError::Invalid(format!(
+                "the collection has no `{vector}` vectors (it has: {have})"
+            ))
         })?;
-    Ok(FittedOn { vector: vector.to_string(), generation: m.generation, sha256: file, rows: col.records().len() })
+    Ok(FittedOn {
+        vector: vector.to_string(),
+        generation: m.generation,
+        sha256: file,
+        rows: col.records().len(),
+    })
 }
 
 /// Loads the whitening of `vector` stored in `col`, refusing one fitted on
 /// other vectors than the collection holds now.
-pub fn load_fresh(col: &squire_indexer::Collection, vector: &str) -> Result<Whitening, WhiteningError> {
+pub fn load_fresh(
+    col: &squire_indexer::Collection,
+    vector: &str,
+) -> Result<Whitening, WhiteningError> {
     let (w, on) = Whitening::load(col.dir(), vector)?;
     let now = fitted_on(col, vector)?;
     if on != now {

@@ -33,7 +33,9 @@ use squire_models::{image_io, ImageEncoder};
 use crate::error::{io, IndexError, Result};
 use crate::fsio::{sync_dir, write_synced};
 use crate::scan::{scan, Found};
-use crate::store::{new_store, open_store, ExactStore, SearchParams, StoreConfig, StoreKind, VectorStore};
+use crate::store::{
+    new_store, open_store, ExactStore, SearchParams, StoreConfig, StoreKind, VectorStore,
+};
 
 /// Version of the on-disk layout.
 pub const FORMAT_VERSION: u32 = 2;
@@ -105,7 +107,10 @@ pub struct IndexOptions {
 
 impl Default for IndexOptions {
     fn default() -> Self {
-        IndexOptions { batch: 32, checkpoint_every: 256 }
+        IndexOptions {
+            batch: 32,
+            checkpoint_every: 256,
+        }
     }
 }
 
@@ -181,7 +186,9 @@ fn decode_one(f: &Found, encoder: &dyn ImageEncoder, plane: usize) -> Decoded {
         let bytes = fs::read(&f.abs).map_err(|e| format!("cannot read: {e}"))?;
         let img = image_io::decode_rgb(&bytes, &f.abs).map_err(|e| e.to_string())?;
         let mut px = vec![0f32; plane];
-        encoder.preprocess_into(&img, &mut px).map_err(|e| e.to_string())?;
+        encoder
+            .preprocess_into(&img, &mut px)
+            .map_err(|e| e.to_string())?;
         let rec = ImageRecord {
             id: path_id(&f.rel),
             path: f.rel.clone(),
@@ -193,7 +200,10 @@ fn decode_one(f: &Found, encoder: &dyn ImageEncoder, plane: usize) -> Decoded {
         };
         Ok((rec, px))
     })();
-    Decoded { result, seconds: t.elapsed().as_secs_f64() }
+    Decoded {
+        result,
+        seconds: t.elapsed().as_secs_f64(),
+    }
 }
 
 /// An open collection.
@@ -218,9 +228,17 @@ fn foreign_entry(dir: &Path) -> Result<Option<String>> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(IndexError::Io { path: dir.to_path_buf(), source: e }),
+        Err(e) => {
+            return Err(IndexError::Io {
+                path: dir.to_path_buf(),
+                source: e,
+            })
+        }
     };
-    let generation = |n: &str| n.strip_prefix("gen-").is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()));
+    let generation = |n: &str| {
+        n.strip_prefix("gen-")
+            .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+    };
     for e in entries {
         let e = e.map_err(io(dir))?;
         let name = e.file_name().to_string_lossy().to_string();
@@ -244,7 +262,10 @@ fn read_when_viewing(name: &str) -> bool {
 /// The generation `manifest.json` in `dir` names now (`None`: no readable manifest).
 fn generation_on_disk(dir: &Path) -> Option<u64> {
     let text = fs::read_to_string(dir.join("manifest.json")).ok()?;
-    serde_json::from_str::<serde_json::Value>(&text).ok()?.get("generation")?.as_u64()
+    serde_json::from_str::<serde_json::Value>(&text)
+        .ok()?
+        .get("generation")?
+        .as_u64()
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -313,7 +334,11 @@ impl Collection {
             let lock = crate::lock::WriterLock::acquire(&self.dir)?;
             let now = generation_on_disk(&self.dir).unwrap_or(0);
             if now != self.manifest.generation {
-                return Err(IndexError::Stale { dir: self.dir.clone(), opened: self.manifest.generation, now });
+                return Err(IndexError::Stale {
+                    dir: self.dir.clone(),
+                    opened: self.manifest.generation,
+                    now,
+                });
             }
             self.writer = Some(lock);
         }
@@ -334,8 +359,10 @@ impl Collection {
                 version.unwrap_or_default()
             )));
         }
-        let manifest: Manifest =
-            serde_json::from_str(&text).map_err(|e| IndexError::Corrupt { path: mpath.clone(), message: e.to_string() })?;
+        let manifest: Manifest = serde_json::from_str(&text).map_err(|e| IndexError::Corrupt {
+            path: mpath.clone(),
+            message: e.to_string(),
+        })?;
         let gen = format!("gen-{}", manifest.generation);
         let gen_dir = dir.join(&gen);
         // A writer reads and verifies every file. A reader (view) checks
@@ -345,40 +372,72 @@ impl Collection {
         let mut contents: HashMap<String, Vec<u8>> = HashMap::new();
         for (rel, sum) in &manifest.files {
             let p = dir.join(rel);
-            let name = rel.strip_prefix(&format!("{gen}/")).unwrap_or(rel).to_string();
+            let name = rel
+                .strip_prefix(&format!("{gen}/"))
+                .unwrap_or(rel)
+                .to_string();
             if opts.view && !read_when_viewing(&name) {
                 let len = fs::metadata(&p).map_err(io(&p))?.len();
                 if len != sum.size {
-                    return Err(IndexError::Corrupt { path: p, message: format!("{len} bytes, manifest.json says {} (run `squire verify`)", sum.size) });
+                    return Err(IndexError::Corrupt {
+                        path: p,
+                        message: format!(
+                            "{len} bytes, manifest.json says {} (run `squire verify`)",
+                            sum.size
+                        ),
+                    });
                 }
                 continue;
             }
             let bytes = fs::read(&p).map_err(io(&p))?;
             if bytes.len() as u64 != sum.size || sha256_hex(&bytes) != sum.sha256 {
-                return Err(IndexError::Corrupt { path: p, message: "size or checksum differs from manifest.json".into() });
+                return Err(IndexError::Corrupt {
+                    path: p,
+                    message: "size or checksum differs from manifest.json".into(),
+                });
             }
             contents.insert(name, bytes);
         }
-        let rec_bytes = contents.remove("records.json").ok_or_else(|| IndexError::Corrupt {
-            path: mpath.clone(),
-            message: format!("{gen}/records.json is not listed"),
-        })?;
-        let records: Vec<ImageRecord> = serde_json::from_slice(&rec_bytes)
-            .map_err(|e| IndexError::Corrupt { path: gen_dir.join("records.json"), message: e.to_string() })?;
+        let rec_bytes = contents
+            .remove("records.json")
+            .ok_or_else(|| IndexError::Corrupt {
+                path: mpath.clone(),
+                message: format!("{gen}/records.json is not listed"),
+            })?;
+        let records: Vec<ImageRecord> =
+            serde_json::from_slice(&rec_bytes).map_err(|e| IndexError::Corrupt {
+                path: gen_dir.join("records.json"),
+                message: e.to_string(),
+            })?;
         let ids: Vec<u64> = records.iter().map(|r| r.id).collect();
         let mut vectors = BTreeMap::new();
         for (name, &dim) in &manifest.vectors {
-            let raw = if opts.view { ExactStore::map(dim, &gen_dir, name, &mut contents)? } else { ExactStore::open(dim, &gen_dir, name, &mut contents)? };
+            let raw = if opts.view {
+                ExactStore::map(dim, &gen_dir, name, &mut contents)?
+            } else {
+                ExactStore::open(dim, &gen_dir, name, &mut contents)?
+            };
             if raw.keys() != ids.as_slice() {
                 return Err(IndexError::Corrupt {
                     path: gen_dir.join(format!("{name}.keys")),
-                    message: format!("{} rows that do not match the {} records", raw.len(), records.len()),
+                    message: format!(
+                        "{} rows that do not match the {} records",
+                        raw.len(),
+                        records.len()
+                    ),
                 });
             }
             let ann = if manifest.store.kind == StoreKind::Exact || dim == 0 {
                 None
             } else {
-                let ann = open_store(&manifest.store, dim, &gen_dir, name, &mut contents, opts.view)?;
+                let ann = open_store(
+                    &manifest.store,
+                    dim,
+                    &gen_dir,
+                    name,
+                    &mut contents,
+                    opts.view,
+                )?;
                 if ann.len() == raw.len() {
                     Some(ann)
                 } else {
@@ -389,7 +448,15 @@ impl Collection {
             vectors.insert(name.clone(), NamedVectors { raw, ann });
         }
         let rows = ids.iter().enumerate().map(|(i, &id)| (id, i)).collect();
-        Ok(Collection { dir: dir.to_path_buf(), manifest, records, rows, vectors, read_only: opts.view, writer: None })
+        Ok(Collection {
+            dir: dir.to_path_buf(),
+            manifest,
+            records,
+            rows,
+            vectors,
+            read_only: opts.view,
+            writer: None,
+        })
     }
 
     fn writable(&self) -> Result<()> {
@@ -449,8 +516,27 @@ impl Collection {
             images: 0,
             files: BTreeMap::new(),
         };
-        let vectors = names.iter().map(|n| (n.to_string(), NamedVectors { raw: ExactStore::new(0), ann: None })).collect();
-        Ok(Collection { dir: dir.to_path_buf(), manifest, records: Vec::new(), rows: HashMap::new(), vectors, read_only: false, writer: None })
+        let vectors = names
+            .iter()
+            .map(|n| {
+                (
+                    n.to_string(),
+                    NamedVectors {
+                        raw: ExactStore::new(0),
+                        ann: None,
+                    },
+                )
+            })
+            .collect();
+        Ok(Collection {
+            dir: dir.to_path_buf(),
+            manifest,
+            records: Vec::new(),
+            rows: HashMap::new(),
+            vectors,
+            read_only: false,
+            writer: None,
+        })
     }
 
     /// The manifest.
@@ -483,7 +569,13 @@ impl Collection {
     }
 
     /// Searches a named vector with its configured store (HNSW by default).
-    pub fn search(&self, vector: &str, query: &[f32], k: usize, params: &SearchParams) -> Result<Vec<RowHit>> {
+    pub fn search(
+        &self,
+        vector: &str,
+        query: &[f32],
+        k: usize,
+        params: &SearchParams,
+    ) -> Result<Vec<RowHit>> {
         let nv = self.named(vector)?;
         match &nv.ann {
             Some(ann) => self.to_rows(vector, query, ann.search(query, k, params)),
@@ -494,13 +586,23 @@ impl Collection {
     /// Searches a named vector by brute force (exact, whatever the store).
     pub fn search_exact(&self, vector: &str, query: &[f32], k: usize) -> Result<Vec<RowHit>> {
         let nv = self.named(vector)?;
-        self.to_rows(vector, query, nv.raw.search(query, k, &SearchParams::default()))
+        self.to_rows(
+            vector,
+            query,
+            nv.raw.search(query, k, &SearchParams::default()),
+        )
     }
 
     /// Exact search on a kernel backend: the CPU backend scans the stored
     /// matrix in place; a GPU backend uploads it first (one upload per call:
     /// long-lived servers should keep a [`squire_kernels::Database`]).
-    pub fn search_exact_on(&self, compute: &squire_kernels::Compute, vector: &str, query: &[f32], k: usize) -> Result<Vec<RowHit>> {
+    pub fn search_exact_on(
+        &self,
+        compute: &squire_kernels::Compute,
+        vector: &str,
+        query: &[f32],
+        k: usize,
+    ) -> Result<Vec<RowHit>> {
         if !compute.is_gpu() {
             return self.search_exact(vector, query, k);
         }
@@ -514,18 +616,37 @@ impl Collection {
             all.pop()
                 .unwrap_or_default()
                 .into_iter()
-                .map(|s| crate::store::Hit { key: raw.keys()[s.row], score: s.score })
+                .map(|s| crate::store::Hit {
+                    key: raw.keys()[s.row],
+                    score: s.score,
+                })
                 .collect()
         };
         self.to_rows(vector, query, Ok(hits))
     }
 
-    fn to_rows(&self, vector: &str, query: &[f32], hits: Result<Vec<crate::store::Hit>>) -> Result<Vec<RowHit>> {
+    fn to_rows(
+        &self,
+        vector: &str,
+        query: &[f32],
+        hits: Result<Vec<crate::store::Hit>>,
+    ) -> Result<Vec<RowHit>> {
         let dim = self.manifest.vectors.get(vector).copied().unwrap_or(0);
         if query.len() != dim && !self.records.is_empty() {
-            return Err(IndexError::InvalidRequest(format!("query has {} dims but vector `{vector}` has {dim}", query.len())));
+            return Err(IndexError::InvalidRequest(format!(
+                "query has {} dims but vector `{vector}` has {dim}",
+                query.len()
+            )));
         }
-        Ok(hits?.into_iter().filter_map(|h| self.rows.get(&h.key).map(|&row| RowHit { row, score: h.score })).collect())
+        Ok(hits?
+            .into_iter()
+            .filter_map(|h| {
+                self.rows.get(&h.key).map(|&row| RowHit {
+                    row,
+                    score: h.score,
+                })
+            })
+            .collect())
     }
 
     /// Rebuilds the searchable stores with another configuration (for
@@ -562,7 +683,13 @@ impl Collection {
         for n in names {
             let p = tmp.join(&n);
             let bytes = fs::read(&p).map_err(io(&p))?;
-            files.insert(format!("{gen}/{n}"), FileSum { size: bytes.len() as u64, sha256: sha256_hex(&bytes) });
+            files.insert(
+                format!("{gen}/{n}"),
+                FileSum {
+                    size: bytes.len() as u64,
+                    sha256: sha256_hex(&bytes),
+                },
+            );
         }
         sync_dir(&tmp);
         let final_dir = self.dir.join(&gen);
@@ -579,7 +706,8 @@ impl Collection {
         let text = serde_json::to_vec_pretty(&m).map_err(json_err)?;
         let mtmp = self.dir.join("manifest.json.tmp");
         write_synced(&mtmp, &text)?;
-        fs::rename(&mtmp, self.dir.join("manifest.json")).map_err(io(self.dir.join("manifest.json")))?;
+        fs::rename(&mtmp, self.dir.join("manifest.json"))
+            .map_err(io(self.dir.join("manifest.json")))?;
         sync_dir(&self.dir);
         self.manifest = m;
         self.collect_garbage();
@@ -620,16 +748,29 @@ impl Collection {
                 nv.ann = build_ann(&self.manifest.store, &nv.raw)?;
             }
         }
-        self.rows = self.records.iter().enumerate().map(|(i, r)| (r.id, i)).collect();
+        self.rows = self
+            .records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.id, i))
+            .collect();
         Ok(())
     }
 
     /// Appends embedded images: `vectors[i]` holds `recs.len()` rows of vector `names[i]`.
-    fn append(&mut self, recs: Vec<ImageRecord>, names: &[&str], vectors: Vec<Vec<f32>>) -> Result<()> {
+    fn append(
+        &mut self,
+        recs: Vec<ImageRecord>,
+        names: &[&str],
+        vectors: Vec<Vec<f32>>,
+    ) -> Result<()> {
         let keys: Vec<u64> = recs.iter().map(|r| r.id).collect();
         for (name, v) in names.iter().zip(vectors) {
             let store = &self.manifest.store;
-            let nv = self.vectors.get_mut(*name).ok_or_else(|| IndexError::InvalidRequest(format!("unknown vector {name}")))?;
+            let nv = self
+                .vectors
+                .get_mut(*name)
+                .ok_or_else(|| IndexError::InvalidRequest(format!("unknown vector {name}")))?;
             let dim = v.len() / keys.len().max(1);
             if nv.raw.dim() == 0 && nv.raw.is_empty() {
                 nv.raw = ExactStore::new(dim);
@@ -705,7 +846,10 @@ impl Collection {
             self.save()?;
         }
         let present: HashSet<&str> = self.records.iter().map(|r| r.path.as_str()).collect();
-        let todo: Vec<&Found> = found.iter().filter(|f| !present.contains(f.rel.as_str())).collect();
+        let todo: Vec<&Found> = found
+            .iter()
+            .filter(|f| !present.contains(f.rel.as_str()))
+            .collect();
         let total = todo.len();
         progress(0, total);
         let size = encoder.input_size();
@@ -723,15 +867,21 @@ impl Collection {
             .thread_name(|i| format!("squire-decode-{i}"))
             .start_handler(|_| lower_thread_priority())
             .build()
-            .map_err(|e| IndexError::InvalidRequest(format!("cannot start decoding threads: {e}")))?;
+            .map_err(|e| {
+                IndexError::InvalidRequest(format!("cannot start decoding threads: {e}"))
+            })?;
         let pool = &pool;
         std::thread::scope(|scope| -> Result<()> {
             let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Vec<Decoded>)>(1);
             let todo = &todo;
             scope.spawn(move || {
                 for (i, chunk) in todo.chunks(batch).enumerate() {
-                    let decoded: Vec<Decoded> =
-                        pool.install(|| chunk.par_iter().map(|f| decode_one(f, encoder, plane)).collect());
+                    let decoded: Vec<Decoded> = pool.install(|| {
+                        chunk
+                            .par_iter()
+                            .map(|f| decode_one(f, encoder, plane))
+                            .collect()
+                    });
                     if tx.send((i, decoded)).is_err() {
                         break;
                     }
@@ -747,8 +897,13 @@ impl Collection {
                 for (f, d) in chunk.iter().zip(decoded) {
                     report.decode_cpu_seconds += d.seconds;
                     let d = d.result.and_then(|(r, px)| match self.rows.get(&r.id) {
-                        Some(&row) => Err(format!("its id collides with that of {}", self.records[row].path)),
-                        None if recs.iter().any(|o| o.id == r.id) => Err("its id collides with another file's".to_string()),
+                        Some(&row) => Err(format!(
+                            "its id collides with that of {}",
+                            self.records[row].path
+                        )),
+                        None if recs.iter().any(|o| o.id == r.id) => {
+                            Err("its id collides with another file's".to_string())
+                        }
                         None => Ok((r, px)),
                     });
                     match d {

@@ -13,7 +13,9 @@ pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Fsyncs a file written by someone else (a store backend).
 pub(crate) fn sync_file(path: &Path) -> Result<()> {
-    fs::File::open(path).and_then(|f| f.sync_all()).map_err(io(path))
+    fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(io(path))
 }
 
 /// Fsyncs a directory so that renames inside it are durable (best effort).

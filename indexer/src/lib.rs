@@ -15,8 +15,12 @@ pub mod scan;
 pub mod store;
 pub mod verify;
 
-pub use collection::{Collection, ImageRecord, IndexOptions, IndexReport, Manifest, OpenOptions, RowHit};
+pub use collection::{
+    Collection, ImageRecord, IndexOptions, IndexReport, Manifest, OpenOptions, RowHit,
+};
 pub use error::{IndexError, Result};
 pub use lock::WRITER_LOCK;
+pub use store::{
+    ExactStore, Hit, SearchParams, StoreConfig, StoreKind, StoredPrecision, VectorStore,
+};
 pub use verify::{verify, FileProblem, VerifyReport};
-pub use store::{ExactStore, Hit, SearchParams, StoreConfig, StoreKind, StoredPrecision, VectorStore};

@@ -26,17 +26,29 @@ impl WriterLock {
     /// (naming the holder's pid) when another handle holds it.
     pub(crate) fn acquire(dir: &Path) -> Result<Self> {
         let path = dir.join(WRITER_LOCK);
-        let mut file = fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io(&path))?;
+        let mut file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io(&path))?;
         if let Err(e) = try_lock(&file) {
             if e.kind() == std::io::ErrorKind::WouldBlock {
                 let mut text = String::new();
                 let _ = file.read_to_string(&mut text);
-                return Err(IndexError::Busy { dir: dir.to_path_buf(), pid: text.trim().parse().ok() });
+                return Err(IndexError::Busy {
+                    dir: dir.to_path_buf(),
+                    pid: text.trim().parse().ok(),
+                });
             }
             return Err(IndexError::Io { path, source: e });
         }
         let pid = format!("{}\n", std::process::id());
-        file.set_len(0).and_then(|_| file.rewind()).and_then(|_| file.write_all(pid.as_bytes())).map_err(io(&path))?;
+        file.set_len(0)
+            .and_then(|_| file.rewind())
+            .and_then(|_| file.write_all(pid.as_bytes()))
+            .map_err(io(&path))?;
         Ok(WriterLock { _file: file })
     }
 }

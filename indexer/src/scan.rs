@@ -38,7 +38,10 @@ pub fn scan(root: &Path) -> Result<Vec<Found>> {
                 stack.push(path);
                 continue;
             }
-            let ext = path.extension().map(|e| e.to_string_lossy().to_lowercase()).unwrap_or_default();
+            let ext = path
+                .extension()
+                .map(|e| e.to_string_lossy().to_lowercase())
+                .unwrap_or_default();
             if !IMAGE_EXTENSIONS.contains(&ext.as_str()) {
                 continue;
             }
@@ -51,9 +54,19 @@ pub fn scan(root: &Path) -> Result<Vec<Found>> {
                 .unwrap_or(0);
             let rel = path
                 .strip_prefix(root)
-                .map(|p| p.components().map(|c| c.as_os_str().to_string_lossy().to_string()).collect::<Vec<_>>().join("/"))
+                .map(|p| {
+                    p.components()
+                        .map(|c| c.as_os_str().to_string_lossy().to_string())
+                        .collect::<Vec<_>>()
+                        .join("/")
+                })
                 .unwrap_or_else(|_| name.clone());
-            out.push(Found { rel, abs: path, size: meta.len(), mtime_ns });
+            out.push(Found {
+                rel,
+                abs: path,
+                size: meta.len(),
+                mtime_ns,
+            });
         }
     }
     out.sort_by(|a, b| a.rel.cmp(&b.rel));

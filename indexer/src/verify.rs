@@ -44,12 +44,20 @@ pub struct VerifyReport {
 pub fn verify(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<VerifyReport> {
     let mpath = dir.join("manifest.json");
     let text = fs::read_to_string(&mpath).map_err(io(&mpath))?;
-    let manifest: Manifest = serde_json::from_str(&text).map_err(|e| IndexError::Corrupt { path: mpath.clone(), message: e.to_string() })?;
+    let manifest: Manifest = serde_json::from_str(&text).map_err(|e| IndexError::Corrupt {
+        path: mpath.clone(),
+        message: e.to_string(),
+    })?;
     let gen = format!("gen-{}", manifest.generation);
     // The records name the images a damaged vector file holds (when they are intact themselves).
-    let records: Option<Vec<ImageRecord>> = fs::read(dir.join(&gen).join("records.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
+    let records: Option<Vec<ImageRecord>> = fs::read(dir.join(&gen).join("records.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
     let total: u64 = manifest.files.values().map(|f| f.size).sum();
-    let mut report = VerifyReport { generation: manifest.generation, ..VerifyReport::default() };
+    let mut report = VerifyReport {
+        generation: manifest.generation,
+        ..VerifyReport::default()
+    };
     let mut buf = vec![0u8; 1 << 20];
     for (rel, sum) in &manifest.files {
         let path = dir.join(rel);
@@ -73,7 +81,10 @@ pub fn verify(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<VerifyRe
                 if len != sum.size {
                     Some(format!("{len} bytes, the manifest says {}", sum.size))
                 } else if format!("{:x}", hasher.finalize()) != sum.sha256 {
-                    Some("checksum differs from the manifest (the file was changed or damaged)".to_string())
+                    Some(
+                        "checksum differs from the manifest (the file was changed or damaged)"
+                            .to_string(),
+                    )
                 } else {
                     None
                 }
@@ -81,7 +92,11 @@ pub fn verify(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<VerifyRe
         };
         report.files += 1;
         if let Some(problem) = problem {
-            report.problems.push(FileProblem { path, problem, holds: holds(name, records.as_deref()) });
+            report.problems.push(FileProblem {
+                path,
+                problem,
+                holds: holds(name, records.as_deref()),
+            });
         }
     }
     Ok(report)
@@ -105,7 +120,9 @@ fn holds(name: &str, records: Option<&[ImageRecord]>) -> String {
         _ if name == "records.json" => format!("the records (paths, sizes, checksums) of {images}"),
         "f32" => format!("the `{vector}` vectors of {images}"),
         "keys" => format!("the ids of the `{vector}` vectors of {images}"),
-        "usearch" | "hnsw.graph" | "hnsw.data" => format!("the `{vector}` HNSW index (rebuildable from `{vector}.f32`)"),
+        "usearch" | "hnsw.graph" | "hnsw.data" => {
+            format!("the `{vector}` HNSW index (rebuildable from `{vector}.f32`)")
+        }
         "unlinked" => format!("the keys the `{vector}` HNSW graph does not reach"),
         _ => "a file of the collection".to_string(),
     }

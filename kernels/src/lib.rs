@@ -22,7 +22,9 @@ use half::f16;
 
 pub use error::{KernelError, Result};
 pub use gpu::{GpuContext, GpuOptions};
-pub use types::{FeatureMaps, GemParams, Metric, Precision, RegionalGemParams, ScaleGemMode, Scored};
+pub use types::{
+    FeatureMaps, GemParams, Metric, Precision, RegionalGemParams, ScaleGemMode, Scored,
+};
 
 use types::rows_of;
 
@@ -48,7 +50,9 @@ impl FromStr for DeviceChoice {
             "auto" => Ok(DeviceChoice::Auto),
             "cpu" => Ok(DeviceChoice::Cpu),
             "gpu" => Ok(DeviceChoice::Gpu),
-            other => Err(format!("unknown device {other:?} (expected auto, cpu or gpu)")),
+            other => Err(format!(
+                "unknown device {other:?} (expected auto, cpu or gpu)"
+            )),
         }
     }
 }
@@ -80,7 +84,10 @@ pub struct Database {
 
 #[derive(Debug)]
 enum Store {
-    Cpu { values: CpuValues, inv_norms: Vec<f32> },
+    Cpu {
+        values: CpuValues,
+        inv_norms: Vec<f32>,
+    },
     Gpu(gpu::GpuDatabase),
 }
 
@@ -125,7 +132,12 @@ impl Compute {
 
     /// Any GPU adapter, software ones included (for tests on lavapipe).
     pub fn gpu(options: &GpuOptions) -> Result<Compute> {
-        Ok(Compute { gpu: Some(Arc::new(GpuContext::open(gpu::AdapterPolicy::Any, options)?)) })
+        Ok(Compute {
+            gpu: Some(Arc::new(GpuContext::open(
+                gpu::AdapterPolicy::Any,
+                options,
+            )?)),
+        })
     }
 
     /// The backend `choice` names. `Auto` never fails: without a hardware
@@ -134,16 +146,23 @@ impl Compute {
         match choice {
             DeviceChoice::Cpu => Ok(Compute::cpu()),
             DeviceChoice::Gpu => Compute::gpu(&GpuOptions::default()),
-            DeviceChoice::Auto => match GpuContext::open(gpu::AdapterPolicy::HardwareOnly, &GpuOptions::default()) {
-                Ok(ctx) => {
-                    tracing::info!("device auto: using GPU {}", ctx.describe());
-                    Ok(Compute { gpu: Some(Arc::new(ctx)) })
+            DeviceChoice::Auto => {
+                match GpuContext::open(gpu::AdapterPolicy::HardwareOnly, &GpuOptions::default()) {
+                    Ok(ctx) => {
+                        tracing::info!("device auto: using GPU {}", ctx.describe());
+                        Ok(Compute {
+                            gpu: Some(Arc::new(ctx)),
+                        })
+                    }
+                    Err(e) => {
+                        tracing::info!(
+                            "device auto: no hardware GPU ({}); using the CPU backend",
+                            short_reason(&e)
+                        );
+                        Ok(Compute::cpu())
+                    }
                 }
-                Err(e) => {
-                    tracing::info!("device auto: no hardware GPU ({}); using the CPU backend", short_reason(&e));
-                    Ok(Compute::cpu())
-                }
-            },
+            }
         }
     }
 
@@ -162,9 +181,22 @@ impl Compute {
 
     /// GPU only: where a top-k call's time goes (see
     /// [`GpuContext::profile_top_k`]); `None` on the CPU backend.
-    pub fn profile_top_k(&self, db: &Database, queries: &[f32], k: usize, runs: usize) -> Result<Option<Vec<(&'static str, f64)>>> {
+    pub fn profile_top_k(
+        &self,
+        db: &Database,
+        queries: &[f32],
+        k: usize,
+        runs: usize,
+    ) -> Result<Option<Vec<(&'static str, f64)>>> {
         match (&self.gpu, &db.store) {
-            (Some(g), Store::Gpu(d)) => Ok(Some(g.profile_top_k(d, db.precision, queries, db.dim, k, runs)?)),
+            (Some(g), Store::Gpu(d)) => Ok(Some(g.profile_top_k(
+                d,
+                db.precision,
+                queries,
+                db.dim,
+                k,
+                runs,
+            )?)),
             _ => Ok(None),
         }
     }
@@ -189,7 +221,10 @@ impl Compute {
         let n = rows_of(rows, dim, "database")?;
         let (values, inv_norms) = match precision {
             Precision::F32 => {
-                let inv = rows.chunks_exact(dim).map(cpu::inv_norm).collect::<Vec<_>>();
+                let inv = rows
+                    .chunks_exact(dim)
+                    .map(cpu::inv_norm)
+                    .collect::<Vec<_>>();
                 (CpuValues::F32(rows.to_vec()), inv)
             }
             Precision::F16 => {
@@ -218,15 +253,26 @@ impl Compute {
                 Store::Gpu(g.upload(src, &inv_norms, dim, precision)?)
             }
         };
-        Ok(Database { dim, rows: n, precision, store })
+        Ok(Database {
+            dim,
+            rows: n,
+            precision,
+            store,
+        })
     }
 
     fn check_db<'a>(&self, db: &'a Database, queries: &[f32]) -> Result<usize> {
         let nq = rows_of(queries, db.dim, "queries")?;
         match (&db.store, &self.gpu) {
             (Store::Cpu { .. }, None) | (Store::Gpu(_), Some(_)) => Ok(nq),
-            (Store::Cpu { .. }, Some(_)) => Err(KernelError::WrongBackend { uploaded: "cpu", used: self.name() }),
-            (Store::Gpu(_), None) => Err(KernelError::WrongBackend { uploaded: "gpu", used: self.name() }),
+            (Store::Cpu { .. }, Some(_)) => Err(KernelError::WrongBackend {
+                uploaded: "cpu",
+                used: self.name(),
+            }),
+            (Store::Gpu(_), None) => Err(KernelError::WrongBackend {
+                uploaded: "gpu",
+                used: self.name(),
+            }),
         }
     }
 
@@ -243,7 +289,13 @@ impl Compute {
 
     /// The `k` best rows for each query (`q × dim`), best first, ties by
     /// ascending row; `min(k, rows)` per query.
-    pub fn top_k(&self, db: &Database, queries: &[f32], k: usize, metric: Metric) -> Result<Vec<Vec<Scored>>> {
+    pub fn top_k(
+        &self,
+        db: &Database,
+        queries: &[f32],
+        k: usize,
+        metric: Metric,
+    ) -> Result<Vec<Vec<Scored>>> {
         self.check_db(db, queries)?;
         let q = Self::prepare(queries, db.dim, metric);
         let cosine = metric == Metric::Cosine;
@@ -252,7 +304,9 @@ impl Compute {
                 let norms = cosine.then_some(inv_norms.as_slice());
                 Ok(cpu::topk_rows(rows_ref(values), db.dim, norms, &q, k))
             }
-            Store::Gpu(g) => self.gpu_ctx()?.top_k(g, db.precision, cosine, &q, db.dim, k),
+            Store::Gpu(g) => self
+                .gpu_ctx()?
+                .top_k(g, db.precision, cosine, &q, db.dim, k),
         }
     }
 
@@ -262,15 +316,21 @@ impl Compute {
         let q = Self::prepare(queries, db.dim, metric);
         let cosine = metric == Metric::Cosine;
         match &db.store {
-            Store::Cpu { values, inv_norms } => {
-                Ok(cpu::scores_rows(rows_ref(values), db.dim, cosine.then_some(inv_norms.as_slice()), &q))
-            }
+            Store::Cpu { values, inv_norms } => Ok(cpu::scores_rows(
+                rows_ref(values),
+                db.dim,
+                cosine.then_some(inv_norms.as_slice()),
+                &q,
+            )),
             Store::Gpu(g) => self.gpu_ctx()?.scores(g, db.precision, cosine, &q, db.dim),
         }
     }
 
     fn gpu_ctx(&self) -> Result<&GpuContext> {
-        self.gpu.as_deref().ok_or(KernelError::WrongBackend { uploaded: "gpu", used: "cpu" })
+        self.gpu.as_deref().ok_or(KernelError::WrongBackend {
+            uploaded: "gpu",
+            used: "cpu",
+        })
     }
 
     /// GeM pooling of every channel: `n × c`.
@@ -283,7 +343,11 @@ impl Compute {
     }
 
     /// Regional-GeM: same shape as the input.
-    pub fn regional_gem(&self, maps: FeatureMaps<'_>, params: RegionalGemParams) -> Result<Vec<f32>> {
+    pub fn regional_gem(
+        &self,
+        maps: FeatureMaps<'_>,
+        params: RegionalGemParams,
+    ) -> Result<Vec<f32>> {
         params.check()?;
         match &self.gpu {
             None => cpu::regional_gem(maps, params),
@@ -296,7 +360,9 @@ impl Compute {
         let n = cpu::check_scales(scales, dim)?;
         if let ScaleGemMode::Power(p) = mode {
             if !(p.is_finite() && p > 0.0) {
-                return Err(KernelError::Parameter(format!("Scale-GeM power must be > 0, got {p}")));
+                return Err(KernelError::Parameter(format!(
+                    "Scale-GeM power must be > 0, got {p}"
+                )));
             }
         }
         match &self.gpu {
@@ -325,15 +391,24 @@ impl Compute {
 
     /// [`Compute::refine`] into `out` (resized to `m × dim`): a caller that
     /// keeps `out` across queries saves a fresh allocation's page faults.
-    pub fn refine_into(&self, x: &[f32], dim: usize, k: usize, beta: f32, out: &mut Vec<f32>) -> Result<()> {
+    pub fn refine_into(
+        &self,
+        x: &[f32],
+        dim: usize,
+        k: usize,
+        beta: f32,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
         let m = rows_of(x, dim, "refinement input")?;
         cpu::check_refine(m, k, beta)?;
         match &self.gpu {
             None => {
                 // The Gram matrix and its bands live in per-thread buffers,
                 // taken out and put back (a nested call finds them empty).
-                let (mut s, mut scratch) = GRAM_BUFFERS.with(|c| std::mem::take(&mut *c.borrow_mut()));
-                let result = cpu::gram_into(x, dim, &mut s, &mut scratch).and_then(|()| cpu::refine_into(x, &s, dim, k, beta, out));
+                let (mut s, mut scratch) =
+                    GRAM_BUFFERS.with(|c| std::mem::take(&mut *c.borrow_mut()));
+                let result = cpu::gram_into(x, dim, &mut s, &mut scratch)
+                    .and_then(|()| cpu::refine_into(x, &s, dim, k, beta, out));
                 GRAM_BUFFERS.with(|c| *c.borrow_mut() = (s, scratch));
                 result
             }

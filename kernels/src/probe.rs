@@ -20,7 +20,10 @@ pub fn peak_gflops(seconds: f64) -> f64 {
     let start = Instant::now();
     while start.elapsed().as_secs_f64() < seconds || best == 0.0 {
         let t = Instant::now();
-        let sink: f32 = (0..threads).into_par_iter().map(|i| fma_block(path, iters, i as f32)).sum();
+        let sink: f32 = (0..threads)
+            .into_par_iter()
+            .map(|i| fma_block(path, iters, i as f32))
+            .sum();
         let dt = t.elapsed().as_secs_f64();
         std::hint::black_box(sink);
         best = best.max(threads as f64 * iters as f64 * flops_per_iter / dt / 1e9);

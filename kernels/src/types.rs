@@ -68,7 +68,10 @@ pub struct FeatureMaps<'a> {
 impl<'a> FeatureMaps<'a> {
     /// Wraps `data`, checking that it holds exactly `n × c × h × w` values.
     pub fn new(data: &'a [f32], n: usize, c: usize, h: usize, w: usize) -> Result<Self> {
-        let want = n.checked_mul(c).and_then(|v| v.checked_mul(h)).and_then(|v| v.checked_mul(w));
+        let want = n
+            .checked_mul(c)
+            .and_then(|v| v.checked_mul(h))
+            .and_then(|v| v.checked_mul(w));
         if want != Some(data.len()) {
             return Err(KernelError::Shape(format!(
                 "feature maps: {} values for {n} × {c} × {h} × {w}",
@@ -76,7 +79,9 @@ impl<'a> FeatureMaps<'a> {
             )));
         }
         if h == 0 || w == 0 {
-            return Err(KernelError::Shape(format!("feature maps: empty spatial size {h} × {w}")));
+            return Err(KernelError::Shape(format!(
+                "feature maps: empty spatial size {h} × {w}"
+            )));
         }
         Ok(FeatureMaps { data, n, c, h, w })
     }
@@ -100,7 +105,10 @@ impl GemParams {
 
     pub(crate) fn check(&self) -> Result<()> {
         if !(self.p.is_finite() && self.p > 0.0) || !(self.eps.is_finite() && self.eps > 0.0) {
-            return Err(KernelError::Parameter(format!("GeM needs p > 0 and eps > 0, got p = {}, eps = {}", self.p, self.eps)));
+            return Err(KernelError::Parameter(format!(
+                "GeM needs p > 0 and eps > 0, got p = {}, eps = {}",
+                self.p, self.eps
+            )));
         }
         Ok(())
     }
@@ -134,10 +142,18 @@ pub struct RegionalGemParams {
 
 impl RegionalGemParams {
     /// SuperGlobal's values: p = 2.5, 5×5, 50/50.
-    pub const SUPERGLOBAL: RegionalGemParams = RegionalGemParams { p: 2.5, size: 5, mix: 0.5 };
+    pub const SUPERGLOBAL: RegionalGemParams = RegionalGemParams {
+        p: 2.5,
+        size: 5,
+        mix: 0.5,
+    };
 
     pub(crate) fn check(&self) -> Result<()> {
-        if !(self.p.is_finite() && self.p > 0.0) || self.size == 0 || self.size % 2 == 0 || !self.mix.is_finite() {
+        if !(self.p.is_finite() && self.p > 0.0)
+            || self.size == 0
+            || self.size % 2 == 0
+            || !self.mix.is_finite()
+        {
             return Err(KernelError::Parameter(format!(
                 "Regional-GeM needs p > 0 and an odd window, got p = {}, size = {}, mix = {}",
                 self.p, self.size, self.mix

@@ -6,23 +6,30 @@
 
 use std::sync::OnceLock;
 
-use squire_kernels::{Compute, FeatureMaps, GemParams, GpuOptions, Metric, Precision, RegionalGemParams, ScaleGemMode, Scored};
+use squire_kernels::{
+    Compute, FeatureMaps, GemParams, GpuOptions, Metric, Precision, RegionalGemParams,
+    ScaleGemMode, Scored,
+};
 
 /// A GPU backend whose database chunks are at most 256 KiB, so that small
 /// test databases already stream over several buffers.
 fn gpu() -> Option<&'static Compute> {
     static GPU: OnceLock<Option<Compute>> = OnceLock::new();
-    GPU.get_or_init(|| match Compute::gpu(&GpuOptions { max_chunk_bytes: Some(256 << 10) }) {
-        Ok(c) => {
-            eprintln!("GPU backend: {}", c.describe());
-            Some(c)
-        }
-        Err(e) => {
-            if std::env::var("SQUIRE_REQUIRE_GPU").as_deref() == Ok("1") {
-                panic!("SQUIRE_REQUIRE_GPU=1 but the GPU backend is unavailable: {e}");
+    GPU.get_or_init(|| {
+        match Compute::gpu(&GpuOptions {
+            max_chunk_bytes: Some(256 << 10),
+        }) {
+            Ok(c) => {
+                eprintln!("GPU backend: {}", c.describe());
+                Some(c)
             }
-            eprintln!("skipping GPU parity: {e}");
-            None
+            Err(e) => {
+                if std::env::var("SQUIRE_REQUIRE_GPU").as_deref() == Ok("1") {
+                    panic!("SQUIRE_REQUIRE_GPU=1 but the GPU backend is unavailable: {e}");
+                }
+                eprintln!("skipping GPU parity: {e}");
+                None
+            }
         }
     })
     .as_ref()
@@ -32,7 +39,10 @@ struct Rng(u64);
 
 impl Rng {
     fn next(&mut self) -> f32 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (self.0 >> 40) as f32 / (1u64 << 24) as f32
     }
     /// Uniform in [lo, hi).
@@ -42,7 +52,9 @@ impl Rng {
     /// Multiples of 1/4 in [-2, 2]: dot products are exact in f32 (and in
     /// f16 storage), so both backends produce identical scores and ties.
     fn quantised(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| ((self.next() * 17.0).floor() - 8.0) / 4.0).collect()
+        (0..n)
+            .map(|_| ((self.next() * 17.0).floor() - 8.0) / 4.0)
+            .collect()
     }
 }
 
@@ -55,11 +67,16 @@ fn assert_close(gpu: &[f32], cpu: &[f32], what: &str) {
         worst = worst.max(rel);
         assert!(rel <= 1e-4, "{what}[{i}]: gpu {g} vs cpu {c}");
     }
-    eprintln!("{what}: max relative difference {worst:.2e} over {} values", cpu.len());
+    eprintln!(
+        "{what}: max relative difference {worst:.2e} over {} values",
+        cpu.len()
+    );
 }
 
 fn ids(hits: &[Vec<Scored>]) -> Vec<Vec<usize>> {
-    hits.iter().map(|h| h.iter().map(|s| s.row).collect()).collect()
+    hits.iter()
+        .map(|h| h.iter().map(|s| s.row).collect())
+        .collect()
 }
 
 #[test]
@@ -72,14 +89,28 @@ fn similarity_scores_agree_f32_f16_inner_product_and_cosine() {
     let base = rng.vec(n * dim, -1.0, 1.0);
     let queries = rng.vec(nq * dim, -1.0, 1.0);
     for precision in [Precision::F32, Precision::F16] {
-        let (dc, dg) = (cpu.upload(&base, dim, precision).unwrap(), gpu.upload(&base, dim, precision).unwrap());
+        let (dc, dg) = (
+            cpu.upload(&base, dim, precision).unwrap(),
+            gpu.upload(&base, dim, precision).unwrap(),
+        );
         for metric in [Metric::InnerProduct, Metric::Cosine] {
             let c = cpu.scores(&dc, &queries, metric).unwrap();
             let g = gpu.scores(&dg, &queries, metric).unwrap();
             assert_close(&g, &c, &format!("scores {precision:?} {metric:?}"));
-            let (tc, tg) = (cpu.top_k(&dc, &queries, 25, metric).unwrap(), gpu.top_k(&dg, &queries, 25, metric).unwrap());
-            let flat = |h: &[Vec<Scored>]| h.iter().flat_map(|l| l.iter().map(|s| s.score)).collect::<Vec<f32>>();
-            assert_close(&flat(&tg), &flat(&tc), &format!("top-25 scores {precision:?} {metric:?}"));
+            let (tc, tg) = (
+                cpu.top_k(&dc, &queries, 25, metric).unwrap(),
+                gpu.top_k(&dg, &queries, 25, metric).unwrap(),
+            );
+            let flat = |h: &[Vec<Scored>]| {
+                h.iter()
+                    .flat_map(|l| l.iter().map(|s| s.score))
+                    .collect::<Vec<f32>>()
+            };
+            assert_close(
+                &flat(&tg),
+                &flat(&tc),
+                &format!("top-25 scores {precision:?} {metric:?}"),
+            );
         }
     }
 }
@@ -94,7 +125,10 @@ fn top_k_ids_agree_exactly_with_ties_broken_by_id() {
     for nq in [1usize, 5, 130] {
         let queries = rng.quantised(nq * dim);
         for precision in [Precision::F32, Precision::F16] {
-            let (dc, dg) = (cpu.upload(&base, dim, precision).unwrap(), gpu.upload(&base, dim, precision).unwrap());
+            let (dc, dg) = (
+                cpu.upload(&base, dim, precision).unwrap(),
+                gpu.upload(&base, dim, precision).unwrap(),
+            );
             for k in [1usize, 10, 1_000] {
                 let c = cpu.top_k(&dc, &queries, k, Metric::InnerProduct).unwrap();
                 let g = gpu.top_k(&dg, &queries, k, Metric::InnerProduct).unwrap();
@@ -121,10 +155,16 @@ fn few_query_kernel_agrees_exactly_with_ties_broken_by_id() {
         for nq in [1usize, 3, 4, 5, 16, 17] {
             let queries = rng.quantised(nq * dim);
             for precision in [Precision::F32, Precision::F16] {
-                let (dc, dg) = (cpu.upload(&base, dim, precision).unwrap(), gpu.upload(&base, dim, precision).unwrap());
+                let (dc, dg) = (
+                    cpu.upload(&base, dim, precision).unwrap(),
+                    gpu.upload(&base, dim, precision).unwrap(),
+                );
                 for metric in [Metric::InnerProduct, Metric::Cosine] {
                     let what = format!("dim {dim}, {nq} queries, {precision:?} {metric:?}");
-                    let (c, g) = (cpu.scores(&dc, &queries, metric).unwrap(), gpu.scores(&dg, &queries, metric).unwrap());
+                    let (c, g) = (
+                        cpu.scores(&dc, &queries, metric).unwrap(),
+                        gpu.scores(&dg, &queries, metric).unwrap(),
+                    );
                     assert_close(&g, &c, &format!("scores, {what}"));
                     if metric == Metric::InnerProduct {
                         let c = cpu.top_k(&dc, &queries, 50, metric).unwrap();
@@ -147,14 +187,24 @@ fn adversarial_top_k_inputs() {
     let q = vec![1f32; 2 * dim];
     let dg = gpu.upload(&zeros, dim, Precision::F32).unwrap();
     let g = gpu.top_k(&dg, &q, 40, Metric::InnerProduct).unwrap();
-    assert!(g.iter().all(|h| h.iter().enumerate().all(|(i, s)| s.row == i && s.score == 0.0)));
+    assert!(g.iter().all(|h| h
+        .iter()
+        .enumerate()
+        .all(|(i, s)| s.row == i && s.score == 0.0)));
     // Cosine against zero rows scores 0, not NaN.
     let g = gpu.top_k(&dg, &q, 3, Metric::Cosine).unwrap();
     assert!(g[0].iter().all(|s| s.score == 0.0));
     // k larger than the database returns every row; all-negative scores.
     let mut rng = Rng(3);
-    let neg: Vec<f32> = rng.quantised(77 * dim).iter().map(|v| -v.abs() - 0.25).collect();
-    let (dc, dg) = (cpu.upload(&neg, dim, Precision::F32).unwrap(), gpu.upload(&neg, dim, Precision::F32).unwrap());
+    let neg: Vec<f32> = rng
+        .quantised(77 * dim)
+        .iter()
+        .map(|v| -v.abs() - 0.25)
+        .collect();
+    let (dc, dg) = (
+        cpu.upload(&neg, dim, Precision::F32).unwrap(),
+        gpu.upload(&neg, dim, Precision::F32).unwrap(),
+    );
     let c = cpu.top_k(&dc, &q, 1_000, Metric::InnerProduct).unwrap();
     let g = gpu.top_k(&dg, &q, 1_000, Metric::InnerProduct).unwrap();
     assert_eq!(g[0].len(), 77);
@@ -163,7 +213,9 @@ fn adversarial_top_k_inputs() {
     assert!(cpu.top_k(&dg, &q, 3, Metric::InnerProduct).is_err());
     assert!(gpu.top_k(&dc, &q, 3, Metric::InnerProduct).is_err());
     // Wrong query length is an error, not a panic.
-    assert!(gpu.top_k(&dg, &q[..dim + 1], 3, Metric::InnerProduct).is_err());
+    assert!(gpu
+        .top_k(&dg, &q[..dim + 1], 3, Metric::InnerProduct)
+        .is_err());
 }
 
 #[test]
@@ -193,16 +245,26 @@ fn ties_across_many_blocks_keep_the_lowest_ids() {
     let Some(gpu) = gpu() else { return };
     let cpu = Compute::cpu();
     let (n, dim) = (100_000, 8);
-    let base: Vec<f32> = (0..n).flat_map(|i| {
-        let mut v = [0f32; 8];
-        v[i % 3] = 1.0;
-        v
-    }).collect();
-    let queries = [0.25f32, 1.0, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0];
+    let base: Vec<f32> = (0..n)
+        .flat_map(|i| {
+            let mut v = [0f32; 8];
+            v[i % 3] = 1.0;
+            v
+        })
+        .collect();
+    let queries = [
+        0.25f32, 1.0, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0,
+    ];
     for precision in [Precision::F32, Precision::F16] {
-        let (dc, dg) = (cpu.upload(&base, dim, precision).unwrap(), gpu.upload(&base, dim, precision).unwrap());
+        let (dc, dg) = (
+            cpu.upload(&base, dim, precision).unwrap(),
+            gpu.upload(&base, dim, precision).unwrap(),
+        );
         for k in [1usize, 10, 16_384] {
-            let (c, g) = (cpu.top_k(&dc, &queries, k, Metric::InnerProduct).unwrap(), gpu.top_k(&dg, &queries, k, Metric::InnerProduct).unwrap());
+            let (c, g) = (
+                cpu.top_k(&dc, &queries, k, Metric::InnerProduct).unwrap(),
+                gpu.top_k(&dg, &queries, k, Metric::InnerProduct).unwrap(),
+            );
             assert_eq!(ids(&g), ids(&c), "k = {k}, {precision:?}");
         }
     }
@@ -224,24 +286,51 @@ fn pooling_agrees() {
         }
     }
     let maps = FeatureMaps::new(&data, n, c, h, w).unwrap();
-    for params in [GemParams::GEM_PLUS, GemParams::GEM, GemParams { p: 1.0, eps: 1e-6 }] {
-        assert_close(&gpu.gem(maps, params).unwrap(), &cpu.gem(maps, params).unwrap(), &format!("GeM p = {}", params.p));
+    for params in [
+        GemParams::GEM_PLUS,
+        GemParams::GEM,
+        GemParams { p: 1.0, eps: 1e-6 },
+    ] {
+        assert_close(
+            &gpu.gem(maps, params).unwrap(),
+            &cpu.gem(maps, params).unwrap(),
+            &format!("GeM p = {}", params.p),
+        );
     }
-    for params in [RegionalGemParams::SUPERGLOBAL, RegionalGemParams { p: 3.0, size: 3, mix: 0.3 }] {
+    for params in [
+        RegionalGemParams::SUPERGLOBAL,
+        RegionalGemParams {
+            p: 3.0,
+            size: 3,
+            mix: 0.3,
+        },
+    ] {
         let r = gpu.regional_gem(maps, params).unwrap();
-        assert_close(&r, &cpu.regional_gem(maps, params).unwrap(), &format!("Regional-GeM {}×{}", params.size, params.size));
+        assert_close(
+            &r,
+            &cpu.regional_gem(maps, params).unwrap(),
+            &format!("Regional-GeM {}×{}", params.size, params.size),
+        );
     }
     // Maps smaller than the window (reflection folds back and forth).
     let tiny = rng.vec(2 * 4, 0.0, 1.0);
     let small = FeatureMaps::new(&tiny, 1, 2, 2, 2).unwrap();
     let p = RegionalGemParams::SUPERGLOBAL;
-    assert_close(&gpu.regional_gem(small, p).unwrap(), &cpu.regional_gem(small, p).unwrap(), "Regional-GeM 2×2");
+    assert_close(
+        &gpu.regional_gem(small, p).unwrap(),
+        &cpu.regional_gem(small, p).unwrap(),
+        "Regional-GeM 2×2",
+    );
     let dim = 300;
     let scales: Vec<Vec<f32>> = (0..3).map(|_| rng.vec(9 * dim, -1.0, 1.0)).collect();
     let refs: Vec<&[f32]> = scales.iter().map(|s| s.as_slice()).collect();
     for mode in [ScaleGemMode::Max, ScaleGemMode::Power(10.0)] {
         let g = gpu.scale_gem(&refs, dim, mode).unwrap();
-        assert_close(&g, &cpu.scale_gem(&refs, dim, mode).unwrap(), &format!("Scale-GeM {mode:?}"));
+        assert_close(
+            &g,
+            &cpu.scale_gem(&refs, dim, mode).unwrap(),
+            &format!("Scale-GeM {mode:?}"),
+        );
     }
 }
 
@@ -263,6 +352,11 @@ fn gram_and_refinement_agree() {
     // Real-valued normalised descriptors, M = 1,000 and D = 2,048 (the upper sizes).
     let (m, dim) = (1_000, 2_048);
     let mut y = rng.vec(m * dim, -1.0, 1.0);
-    y.chunks_exact_mut(dim).for_each(squire_kernels::cpu::l2_normalize);
-    assert_close(&gpu.gram(&y, dim).unwrap(), &cpu.gram(&y, dim).unwrap(), "Gram 1000×2048");
+    y.chunks_exact_mut(dim)
+        .for_each(squire_kernels::cpu::l2_normalize);
+    assert_close(
+        &gpu.gram(&y, dim).unwrap(),
+        &cpu.gram(&y, dim).unwrap(),
+        "Gram 1000×2048",
+    );
 }

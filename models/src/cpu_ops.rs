@@ -9,7 +9,10 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use squire_kernels::cpu::{dot_f32, packed_product, team_for_each, team_for_each_rows, team_threads, PackedRows, SharedMut, TileInit};
+use squire_kernels::cpu::{
+    dot_f32, packed_product, team_for_each, team_for_each_rows, team_threads, PackedRows,
+    SharedMut, TileInit,
+};
 
 use crate::clip::Activation;
 
@@ -44,7 +47,12 @@ impl DenseT {
                 Weight::Transposed(w_t)
             }
         };
-        DenseT { weight, bias, inp, out }
+        DenseT {
+            weight,
+            bias,
+            inp,
+            out,
+        }
     }
 }
 
@@ -60,12 +68,25 @@ fn threads() -> Parallelism {
 /// `dst (rows × out) = act(x (rows × in) · W + b)`, or `dst += x · W + b` when
 /// `accumulate` is set (the residual connection, fused). Bias, residual and
 /// activation are applied inside the product's tiles where the packed kernel runs.
-pub(crate) fn dense(x: &[f32], rows: usize, layer: &DenseT, dst: &mut [f32], accumulate: bool, act: Option<Activation>) {
+pub(crate) fn dense(
+    x: &[f32],
+    rows: usize,
+    layer: &DenseT,
+    dst: &mut [f32],
+    accumulate: bool,
+    act: Option<Activation>,
+) {
     let (k, n) = (layer.inp, layer.out);
-    assert!(x.len() >= rows * k && dst.len() >= rows * n, "dense: buffer sizes");
+    assert!(
+        x.len() >= rows * k && dst.len() >= rows * n,
+        "dense: buffer sizes"
+    );
     let w_t = match &layer.weight {
         Weight::Packed(p) => {
-            let init = TileInit { bias: layer.bias.as_deref(), accumulate };
+            let init = TileInit {
+                bias: layer.bias.as_deref(),
+                accumulate,
+            };
             match act {
                 Some(a) => packed_product(x, rows, p, init, &|row| activate_slice(row, a), dst),
                 None => packed_product(x, rows, p, init, &|_| {}, dst),
@@ -77,7 +98,8 @@ pub(crate) fn dense(x: &[f32], rows: usize, layer: &DenseT, dst: &mut [f32], acc
     let read_dst = accumulate || layer.bias.is_some();
     if let Some(b) = &layer.bias {
         if accumulate {
-            dst.par_chunks_mut(n).for_each(|row| row.iter_mut().zip(b).for_each(|(d, &bv)| *d += bv));
+            dst.par_chunks_mut(n)
+                .for_each(|row| row.iter_mut().zip(b).for_each(|(d, &bv)| *d += bv));
         } else {
             dst.par_chunks_mut(n).for_each(|row| row.copy_from_slice(b));
         }
@@ -85,8 +107,25 @@ pub(crate) fn dense(x: &[f32], rows: usize, layer: &DenseT, dst: &mut [f32], acc
     // SAFETY: all pointers cover rows×k, k×n and rows×n elements with the strides given.
     unsafe {
         gemm::gemm(
-            rows, n, k, dst.as_mut_ptr(), 1, n as isize, read_dst, x.as_ptr(), 1, k as isize,
-            w_t.as_ptr(), 1, n as isize, 1.0, 1.0, false, false, false, threads(),
+            rows,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            read_dst,
+            x.as_ptr(),
+            1,
+            k as isize,
+            w_t.as_ptr(),
+            1,
+            n as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            threads(),
         );
     }
     if let Some(a) = act {
@@ -103,7 +142,11 @@ pub(crate) type ScratchSlot = std::thread::LocalKey<std::cell::RefCell<Vec<Vec<f
 /// whatever the last user left: `f` must write before it reads), then keeps
 /// them for the next call on this thread. A nested call on the same slot
 /// finds it empty and allocates.
-pub(crate) fn with_scratch<const N: usize, R>(slot: &'static ScratchSlot, lens: [usize; N], f: impl FnOnce(&mut [Vec<f32>]) -> R) -> R {
+pub(crate) fn with_scratch<const N: usize, R>(
+    slot: &'static ScratchSlot,
+    lens: [usize; N],
+    f: impl FnOnce(&mut [Vec<f32>]) -> R,
+) -> R {
     let mut bufs = slot.with(|c| std::mem::take(&mut *c.borrow_mut()));
     bufs.resize_with(N.max(bufs.len()), Vec::new);
     for (b, &len) in bufs.iter_mut().zip(&lens) {
@@ -115,20 +158,32 @@ pub(crate) fn with_scratch<const N: usize, R>(slot: &'static ScratchSlot, lens: 
 }
 
 /// Row-wise layer norm: `dst = (x − mean) / sqrt(var + eps) · γ + β`.
-pub(crate) fn layer_norm(x: &[f32], width: usize, gamma: &[f32], beta: &[f32], eps: f32, dst: &mut [f32]) {
+pub(crate) fn layer_norm(
+    x: &[f32],
+    width: usize,
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+    dst: &mut [f32],
+) {
     let rows = x.len().min(dst.len()) / width.max(1);
-    team_for_each_rows(&mut dst[..rows * width], width, rows_per_task(rows), |r0, block| {
-        for (r, d) in block.chunks_exact_mut(width).enumerate() {
-            let row = &x[(r0 + r) * width..(r0 + r + 1) * width];
-            let n = width as f32;
-            let mean = lane_sum(row, |v| v) / n;
-            let var = lane_sum(row, |v| (v - mean) * (v - mean)) / n;
-            let inv = 1.0 / (var + eps).sqrt();
-            for i in 0..width {
-                d[i] = (row[i] - mean) * inv * gamma[i] + beta[i];
+    team_for_each_rows(
+        &mut dst[..rows * width],
+        width,
+        rows_per_task(rows),
+        |r0, block| {
+            for (r, d) in block.chunks_exact_mut(width).enumerate() {
+                let row = &x[(r0 + r) * width..(r0 + r + 1) * width];
+                let n = width as f32;
+                let mean = lane_sum(row, |v| v) / n;
+                let var = lane_sum(row, |v| (v - mean) * (v - mean)) / n;
+                let inv = 1.0 / (var + eps).sqrt();
+                for i in 0..width {
+                    d[i] = (row[i] - mean) * inv * gamma[i] + beta[i];
+                }
             }
-        }
-    });
+        },
+    );
 }
 
 /// `Σ f(v)` over `row` in 16 independent partial sums, which the compiler
@@ -164,13 +219,15 @@ fn exp_approx(x: f32) -> f32 {
     let p = 1.0
         + r * (1.0
             + r * (0.5
-                + r * (0.166_666_67 + r * (0.041_666_668 + r * (0.008_333_452 + r * 0.001_388_89)))));
+                + r * (0.166_666_67
+                    + r * (0.041_666_668 + r * (0.008_333_452 + r * 0.001_388_89)))));
     let bits = shifted.to_bits().wrapping_sub(0x4B40_0000 - 127) << 23;
     p * f32::from_bits(bits)
 }
 
 fn quick_gelu(c: &mut [f32]) {
-    c.iter_mut().for_each(|v| *v /= 1.0 + exp_approx(-1.702 * *v));
+    c.iter_mut()
+        .for_each(|v| *v /= 1.0 + exp_approx(-1.702 * *v));
 }
 
 /// [`quick_gelu`] eight lanes at a time: the same range reduction and
@@ -186,15 +243,32 @@ unsafe fn quick_gelu_avx2(c: &mut [f32]) {
     for i in 0..chunks {
         let p = ptr.add(i * 8);
         let x = _mm256_loadu_ps(p);
-        let z = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(x, _mm256_set1_ps(-1.702)), _mm256_set1_ps(-87.0)), _mm256_set1_ps(88.0));
-        let shifted = _mm256_fmadd_ps(z, _mm256_set1_ps(std::f32::consts::LOG2_E), _mm256_set1_ps(12_582_912.0));
+        let z = _mm256_min_ps(
+            _mm256_max_ps(
+                _mm256_mul_ps(x, _mm256_set1_ps(-1.702)),
+                _mm256_set1_ps(-87.0),
+            ),
+            _mm256_set1_ps(88.0),
+        );
+        let shifted = _mm256_fmadd_ps(
+            z,
+            _mm256_set1_ps(std::f32::consts::LOG2_E),
+            _mm256_set1_ps(12_582_912.0),
+        );
         let n = _mm256_sub_ps(shifted, _mm256_set1_ps(12_582_912.0));
-        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428_606_8e-6), _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_145_75), z));
+        let r = _mm256_fnmadd_ps(
+            n,
+            _mm256_set1_ps(1.428_606_8e-6),
+            _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_145_75), z),
+        );
         let mut poly = _mm256_set1_ps(0.001_388_89);
         for coef in [0.008_333_452f32, 0.041_666_668, 0.166_666_67, 0.5, 1.0, 1.0] {
             poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(coef));
         }
-        let bits = _mm256_slli_epi32::<23>(_mm256_sub_epi32(_mm256_castps_si256(shifted), _mm256_set1_epi32(0x4B40_0000 - 127)));
+        let bits = _mm256_slli_epi32::<23>(_mm256_sub_epi32(
+            _mm256_castps_si256(shifted),
+            _mm256_set1_epi32(0x4B40_0000 - 127),
+        ));
         let e = _mm256_mul_ps(poly, _mm256_castsi256_ps(bits));
         _mm256_storeu_ps(p, _mm256_div_ps(x, _mm256_add_ps(one, e)));
     }
@@ -221,7 +295,9 @@ fn activate_slice(c: &mut [f32], act: Activation) {
             quick_gelu(c)
         }
         Activation::Relu6 => c.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0)),
-        Activation::Gelu => c.iter_mut().for_each(|v| *v = 0.5 * *v * (1.0 + erf(*v * std::f32::consts::FRAC_1_SQRT_2))),
+        Activation::Gelu => c
+            .iter_mut()
+            .for_each(|v| *v = 0.5 * *v * (1.0 + erf(*v * std::f32::consts::FRAC_1_SQRT_2))),
         Activation::GeluTanh => c.iter_mut().for_each(|v| {
             let x = *v;
             let inner = 0.797_884_6 * (x + 0.044_715 * x * x * x);
@@ -246,7 +322,9 @@ fn erf(x: f32) -> f32 {
                     + t * (0.096_784_18
                         + t * (-0.186_288_06
                             + t * (0.278_868_07
-                                + t * (-1.135_203_98 + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
+                                + t * (-1.135_203_98
+                                    + t * (1.488_515_87
+                                        + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
             .exp();
     (s * (1.0 - y)) as f32
 }
@@ -254,7 +332,15 @@ fn erf(x: f32) -> f32 {
 /// Multi-head self-attention over packed `qkv` rows (`batch·seq × 3·width`,
 /// the q, k and v projections side by side), writing `out` (`batch·seq × width`).
 /// With `causal`, position i attends to positions ≤ i only.
-pub(crate) fn attention(qkv: &[f32], batch: usize, seq: usize, width: usize, heads: usize, causal: bool, out: &mut [f32]) {
+pub(crate) fn attention(
+    qkv: &[f32],
+    batch: usize,
+    seq: usize,
+    width: usize,
+    heads: usize,
+    causal: bool,
+    out: &mut [f32],
+) {
     let dh = width / heads;
     let scale = 1.0 / (dh as f32).sqrt();
     let stride = 3 * width;
@@ -271,17 +357,38 @@ pub(crate) fn attention(qkv: &[f32], batch: usize, seq: usize, width: usize, hea
             // the output block rows b·seq.., columns h·dh.. are written by this task only.
             unsafe {
                 gemm::gemm(
-                    seq, seq, dh, scores.as_mut_ptr(), 1, seq as isize, false,
-                    q, 1, stride as isize, k, stride as isize, 1, 0.0, scale,
-                    false, false, false, Parallelism::None,
+                    seq,
+                    seq,
+                    dh,
+                    scores.as_mut_ptr(),
+                    1,
+                    seq as isize,
+                    false,
+                    q,
+                    1,
+                    stride as isize,
+                    k,
+                    stride as isize,
+                    1,
+                    0.0,
+                    scale,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
                 );
             }
             for i in 0..seq {
                 let row = &mut scores[i * seq..(i + 1) * seq];
                 let valid = if causal { i + 1 } else { seq };
-                let m = row[..valid].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let m = row[..valid]
+                    .iter()
+                    .copied()
+                    .fold(f32::NEG_INFINITY, f32::max);
                 // Exponentials first (a loop the compiler vectorises), then the sum.
-                row[..valid].iter_mut().for_each(|r| *r = exp_approx(*r - m));
+                row[..valid]
+                    .iter_mut()
+                    .for_each(|r| *r = exp_approx(*r - m));
                 let sum = lane_sum(&row[..valid], |v| v);
                 let inv = 1.0 / sum;
                 row[..valid].iter_mut().for_each(|r| *r *= inv);
@@ -292,9 +399,25 @@ pub(crate) fn attention(qkv: &[f32], batch: usize, seq: usize, width: usize, hea
             unsafe {
                 let dst = out_ptr.get().add(b * seq * width + h * dh);
                 gemm::gemm(
-                    seq, dh, seq, dst, 1, width as isize, false,
-                    scores.as_ptr(), 1, seq as isize, v, 1, stride as isize, 0.0, 1.0,
-                    false, false, false, Parallelism::None,
+                    seq,
+                    dh,
+                    seq,
+                    dst,
+                    1,
+                    width as isize,
+                    false,
+                    scores.as_ptr(),
+                    1,
+                    seq as isize,
+                    v,
+                    1,
+                    stride as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
                 );
             }
         })
@@ -307,12 +430,27 @@ pub(crate) fn attention(qkv: &[f32], batch: usize, seq: usize, width: usize, hea
 /// `causal` every position up to it). This is all a last layer needs when
 /// only a pooled token (CLIP's class or end-of-text token) is read out.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn attention_rows(qkv: &[f32], batch: usize, seq: usize, width: usize, heads: usize, causal: bool, query_at: &[usize], out: &mut [f32]) {
+pub(crate) fn attention_rows(
+    qkv: &[f32],
+    batch: usize,
+    seq: usize,
+    width: usize,
+    heads: usize,
+    causal: bool,
+    query_at: &[usize],
+    out: &mut [f32],
+) {
     let dh = width / heads;
     let scale = 1.0 / (dh as f32).sqrt();
     let stride = 3 * width;
-    assert!(query_at.len() >= batch && query_at[..batch].iter().all(|&i| i < seq), "attention_rows: query positions");
-    assert!(qkv.len() >= batch * seq * stride && out.len() >= batch * width, "attention_rows: buffer sizes");
+    assert!(
+        query_at.len() >= batch && query_at[..batch].iter().all(|&i| i < seq),
+        "attention_rows: query positions"
+    );
+    assert!(
+        qkv.len() >= batch * seq * stride && out.len() >= batch * width,
+        "attention_rows: buffer sizes"
+    );
     // One task per sequence (a row of `out`): the work is small (one query
     // row per head), so heads are not split further.
     team_for_each_rows(&mut out[..batch * width], width, 1, |b, dst| {
@@ -321,7 +459,9 @@ pub(crate) fn attention_rows(qkv: &[f32], batch: usize, seq: usize, width: usize
             let valid = if causal { i + 1 } else { seq };
             scores.resize(valid, 0.0);
             for (h, dst) in dst.chunks_exact_mut(dh).enumerate() {
-                let row = |t: usize, part: usize| &qkv[(b * seq + t) * stride + part * width + h * dh..][..dh];
+                let row = |t: usize, part: usize| {
+                    &qkv[(b * seq + t) * stride + part * width + h * dh..][..dh]
+                };
                 let q = row(i, 0);
                 for (t, s) in scores.iter_mut().enumerate() {
                     *s = dot_f32(q, row(t, 1)) * scale;
@@ -332,7 +472,9 @@ pub(crate) fn attention_rows(qkv: &[f32], batch: usize, seq: usize, width: usize
                 dst.fill(0.0);
                 for (t, &p) in scores.iter().enumerate() {
                     let p = p * inv;
-                    dst.iter_mut().zip(row(t, 2)).for_each(|(d, &v)| *d += p * v);
+                    dst.iter_mut()
+                        .zip(row(t, 2))
+                        .for_each(|(d, &v)| *d += p * v);
                 }
             }
         })
@@ -365,19 +507,31 @@ mod tests {
 
     #[test]
     fn erf_matches_known_values() {
-        for (x, e) in [(0.0f32, 0.0f32), (0.5, 0.520_499_9), (1.0, 0.842_700_8), (-2.0, -0.995_322_3), (3.0, 0.999_977_9)] {
+        for (x, e) in [
+            (0.0f32, 0.0f32),
+            (0.5, 0.520_499_9),
+            (1.0, 0.842_700_8),
+            (-2.0, -0.995_322_3),
+            (3.0, 0.999_977_9),
+        ] {
             assert!((erf(x) - e).abs() < 1e-6, "erf({x}) = {} vs {e}", erf(x));
         }
     }
 
     #[test]
     fn vectorised_quick_gelu_matches_the_scalar_form() {
-        let xs: Vec<f32> = (-2000..2000).map(|i| i as f32 * 0.013).chain([0.0, -0.0, 60.0, -60.0, 1e-8]).collect();
+        let xs: Vec<f32> = (-2000..2000)
+            .map(|i| i as f32 * 0.013)
+            .chain([0.0, -0.0, 60.0, -60.0, 1e-8])
+            .collect();
         let mut fast = xs.clone();
         activate_slice(&mut fast, Activation::QuickGelu);
         for (x, f) in xs.iter().zip(&fast) {
             let want = x / (1.0 + (-1.702 * x).exp());
-            assert!((f - want).abs() <= 1e-6 * (1.0 + want.abs()), "quick_gelu({x}) = {f}, want {want}");
+            assert!(
+                (f - want).abs() <= 1e-6 * (1.0 + want.abs()),
+                "quick_gelu({x}) = {f}, want {want}"
+            );
         }
     }
 
@@ -396,10 +550,25 @@ mod tests {
     fn small_and_large_row_counts_agree_with_naive_product() {
         // Depths below, at and across the kernel's depth blocks (256), with an
         // activation that must see the whole sum, not a block's.
-        for (rows, inp) in [(1, 40), (5, 40), (6, 40), (7, 40), (50, 40), (97, 40), (130, 40), (13, 256), (13, 600), (97, 600)] {
+        for (rows, inp) in [
+            (1, 40),
+            (5, 40),
+            (6, 40),
+            (7, 40),
+            (50, 40),
+            (97, 40),
+            (130, 40),
+            (13, 256),
+            (13, 600),
+            (97, 600),
+        ] {
             let out = 48;
-            let x: Vec<f32> = (0..rows * inp).map(|i| ((i * 7) % 13) as f32 * 0.1 - 0.6).collect();
-            let w: Vec<f32> = (0..out * inp).map(|i| ((i * 5) % 11) as f32 * 0.1 - 0.5).collect();
+            let x: Vec<f32> = (0..rows * inp)
+                .map(|i| ((i * 7) % 13) as f32 * 0.1 - 0.6)
+                .collect();
+            let w: Vec<f32> = (0..out * inp)
+                .map(|i| ((i * 5) % 11) as f32 * 0.1 - 0.5)
+                .collect();
             let b: Vec<f32> = (0..out).map(|i| i as f32 * 0.01).collect();
             for (bias, acc, act) in [
                 (None, false, None),
@@ -412,13 +581,21 @@ mod tests {
                 dense(&x, rows, &layer, &mut dst, acc, act);
                 for r in 0..rows {
                     for o in 0..out {
-                        let base = if acc { 0.25 } else { 0.0 } + bias.as_ref().map(|b| b[o]).unwrap_or(0.0);
-                        let mut want = base + (0..inp).map(|i| x[r * inp + i] * w[o * inp + i]).sum::<f32>();
+                        let base = if acc { 0.25 } else { 0.0 }
+                            + bias.as_ref().map(|b| b[o]).unwrap_or(0.0);
+                        let mut want = base
+                            + (0..inp)
+                                .map(|i| x[r * inp + i] * w[o * inp + i])
+                                .sum::<f32>();
                         if act.is_some() {
                             want = want.clamp(0.0, 6.0);
                         }
                         let tol = 1e-4 * (1.0 + want.abs());
-                        assert!((dst[r * out + o] - want).abs() < tol, "rows {rows} k {inp} ({r},{o}): {} vs {want}", dst[r * out + o]);
+                        assert!(
+                            (dst[r * out + o] - want).abs() < tol,
+                            "rows {rows} k {inp} ({r},{o}): {} vs {want}",
+                            dst[r * out + o]
+                        );
                     }
                 }
             }
@@ -436,7 +613,11 @@ mod tests {
         dense(&x, rows, &layer, &mut dst, true, None);
         for r in 0..rows {
             for o in 0..out {
-                let want: f32 = 1.0 + b[o] + (0..inp).map(|i| x[r * inp + i] * w[o * inp + i]).sum::<f32>();
+                let want: f32 = 1.0
+                    + b[o]
+                    + (0..inp)
+                        .map(|i| x[r * inp + i] * w[o * inp + i])
+                        .sum::<f32>();
                 assert!((dst[r * out + o] - want).abs() < 1e-5);
             }
         }
@@ -445,7 +626,9 @@ mod tests {
     #[test]
     fn attention_for_chosen_rows_matches_full_attention() {
         let (batch, seq, width, heads) = (3, 7, 40, 2);
-        let qkv: Vec<f32> = (0..batch * seq * 3 * width).map(|i| (i as f32 * 0.173).sin() * 2.0).collect();
+        let qkv: Vec<f32> = (0..batch * seq * 3 * width)
+            .map(|i| (i as f32 * 0.173).sin() * 2.0)
+            .collect();
         for causal in [false, true] {
             let mut full = vec![0f32; batch * seq * width];
             attention(&qkv, batch, seq, width, heads, causal, &mut full);
@@ -455,7 +638,10 @@ mod tests {
             for b in 0..batch {
                 for c in 0..width {
                     let (got, want) = (rows[b * width + c], full[(b * seq + at[b]) * width + c]);
-                    assert!((got - want).abs() < 1e-5, "causal {causal}, sequence {b}, column {c}: {got} vs {want}");
+                    assert!(
+                        (got - want).abs() < 1e-5,
+                        "causal {causal}, sequence {b}, column {c}: {got} vs {want}"
+                    );
                 }
             }
         }
@@ -465,7 +651,9 @@ mod tests {
     fn causal_attention_first_row_copies_first_value() {
         // With a causal mask, position 0 attends only to itself: output = v_0.
         let (seq, width, heads) = (4, 4, 2);
-        let qkv: Vec<f32> = (0..seq * 3 * width).map(|i| (i as f32 * 0.3).sin()).collect();
+        let qkv: Vec<f32> = (0..seq * 3 * width)
+            .map(|i| (i as f32 * 0.3).sin())
+            .collect();
         let mut out = vec![0f32; seq * width];
         attention(&qkv, 1, seq, width, heads, true, &mut out);
         for c in 0..width {

@@ -33,7 +33,14 @@ struct ConvBn {
 }
 
 impl ConvBn {
-    fn load(w: &CheckedWeights, conv: &str, bn: &str, stride: usize, depthwise: bool, dev: &Device) -> Result<Self> {
+    fn load(
+        w: &CheckedWeights,
+        conv: &str,
+        bn: &str,
+        stride: usize,
+        depthwise: bool,
+        dev: &Device,
+    ) -> Result<Self> {
         let name = format!("{conv}.weight");
         let shape = w.shape_of(&name)?;
         if shape.len() != 4 || shape[2] != shape[3] {
@@ -47,11 +54,22 @@ impl ConvBn {
         let (out, k) = (shape[0], shape[2]);
         let kernel = w.get(&name, &shape, DType::F32, dev)?;
         let v = |p: &str| w.get(&format!("{bn}.{p}"), &[out], DType::F32, dev);
-        let (gamma, beta, mean, var) = (v("weight")?, v("bias")?, v("running_mean")?, v("running_var")?);
+        let (gamma, beta, mean, var) = (
+            v("weight")?,
+            v("bias")?,
+            v("running_mean")?,
+            v("running_var")?,
+        );
         let scale = (gamma / (var + BN_EPS)?.sqrt()?)?;
         let weight = kernel.broadcast_mul(&scale.reshape((out, 1, 1, 1))?)?;
         let bias = (beta - (mean * &scale)?)?;
-        Ok(ConvBn { weight, bias, stride, groups: if depthwise { out } else { 1 }, kernel: k })
+        Ok(ConvBn {
+            weight,
+            bias,
+            stride,
+            groups: if depthwise { out } else { 1 },
+            kernel: k,
+        })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -92,7 +110,12 @@ struct Block {
 fn pointwise(c: &ConvBn) -> Result<DenseT> {
     let (out, inp) = (c.weight.dim(0)?, c.weight.dim(1)?);
     let w = c.weight.flatten_all()?.to_vec1::<f32>()?;
-    Ok(DenseT::from_torch(&w, Some(c.bias.to_vec1::<f32>()?), out, inp))
+    Ok(DenseT::from_torch(
+        &w,
+        Some(c.bias.to_vec1::<f32>()?),
+        out,
+        inp,
+    ))
 }
 
 /// A depthwise convolution with weights laid out `[ky][kx][channel]`.
@@ -114,7 +137,13 @@ impl Depthwise {
                 w[t * ch + o] = src[o * k * k + t];
             }
         }
-        Ok(Depthwise { w, bias: c.bias.to_vec1::<f32>()?, k, stride: c.stride, channels: ch })
+        Ok(Depthwise {
+            w,
+            bias: c.bias.to_vec1::<f32>()?,
+            k,
+            stride: c.stride,
+            channels: ch,
+        })
     }
 
     /// NHWC `x` (`b × h × w × c`) → NHWC output with TF "same" padding and ReLU6.
@@ -124,32 +153,34 @@ impl Depthwise {
         let pad_h = ((oh - 1) * s + k).saturating_sub(h) / 2;
         let pad_w = ((ow - 1) * s + k).saturating_sub(w) / 2;
         let mut out = vec![0f32; b * oh * ow * c];
-        out.par_chunks_mut(ow * c).enumerate().for_each(|(row, orow)| {
-            let (bi, oy) = (row / oh, row % oh);
-            let img = &x[bi * h * w * c..(bi + 1) * h * w * c];
-            for ox in 0..ow {
-                let acc = &mut orow[ox * c..(ox + 1) * c];
-                acc.copy_from_slice(&self.bias);
-                for ky in 0..k {
-                    let iy = (oy * s + ky) as isize - pad_h as isize;
-                    if iy < 0 || iy >= h as isize {
-                        continue;
-                    }
-                    for kx in 0..k {
-                        let ix = (ox * s + kx) as isize - pad_w as isize;
-                        if ix < 0 || ix >= w as isize {
+        out.par_chunks_mut(ow * c)
+            .enumerate()
+            .for_each(|(row, orow)| {
+                let (bi, oy) = (row / oh, row % oh);
+                let img = &x[bi * h * w * c..(bi + 1) * h * w * c];
+                for ox in 0..ow {
+                    let acc = &mut orow[ox * c..(ox + 1) * c];
+                    acc.copy_from_slice(&self.bias);
+                    for ky in 0..k {
+                        let iy = (oy * s + ky) as isize - pad_h as isize;
+                        if iy < 0 || iy >= h as isize {
                             continue;
                         }
-                        let src = &img[(iy as usize * w + ix as usize) * c..][..c];
-                        let wt = &self.w[(ky * k + kx) * c..][..c];
-                        for ((a, &v), &g) in acc.iter_mut().zip(src).zip(wt) {
-                            *a += v * g;
+                        for kx in 0..k {
+                            let ix = (ox * s + kx) as isize - pad_w as isize;
+                            if ix < 0 || ix >= w as isize {
+                                continue;
+                            }
+                            let src = &img[(iy as usize * w + ix as usize) * c..][..c];
+                            let wt = &self.w[(ky * k + kx) * c..][..c];
+                            for ((a, &v), &g) in acc.iter_mut().zip(src).zip(wt) {
+                                *a += v * g;
+                            }
                         }
                     }
+                    acc.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0));
                 }
-                acc.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0));
-            }
-        });
+            });
         (out, oh, ow)
     }
 }
@@ -201,18 +232,44 @@ impl EfficientNetLite {
         for (i, &stride) in LITE0_STRIDES.iter().enumerate() {
             let p = format!("_blocks.{i}");
             let expand = if w.contains(&format!("{p}._expand_conv.weight")) {
-                Some(ConvBn::load(&w, &format!("{p}._expand_conv"), &format!("{p}._bn0"), 1, false, &dev)?)
+                Some(ConvBn::load(
+                    &w,
+                    &format!("{p}._expand_conv"),
+                    &format!("{p}._bn0"),
+                    1,
+                    false,
+                    &dev,
+                )?)
             } else {
                 None
             };
-            let depthwise = ConvBn::load(&w, &format!("{p}._depthwise_conv"), &format!("{p}._bn1"), stride, true, &dev)?;
-            let project = ConvBn::load(&w, &format!("{p}._project_conv"), &format!("{p}._bn2"), 1, false, &dev)?;
+            let depthwise = ConvBn::load(
+                &w,
+                &format!("{p}._depthwise_conv"),
+                &format!("{p}._bn1"),
+                stride,
+                true,
+                &dev,
+            )?;
+            let project = ConvBn::load(
+                &w,
+                &format!("{p}._project_conv"),
+                &format!("{p}._bn2"),
+                1,
+                false,
+                &dev,
+            )?;
             let out_ch = project.weight.dim(0)?;
             let in_ch = match &expand {
                 Some(e) => e.weight.dim(1)?,
                 None => depthwise.weight.dim(0)?,
             };
-            blocks.push(Block { expand, depthwise, project, residual: stride == 1 && in_ch == out_ch });
+            blocks.push(Block {
+                expand,
+                depthwise,
+                project,
+                residual: stride == 1 && in_ch == out_ch,
+            });
         }
         let head = ConvBn::load(&w, "_conv_head", "_bn1", 1, false, &dev)?;
         let feat = head.weight.dim(0)?;
@@ -223,7 +280,12 @@ impl EfficientNetLite {
         let stem_w = stem.weight.flatten_all()?.to_vec1::<f32>()?;
         let (stem_out, stem_k) = (stem.weight.dim(0)?, stem.kernel);
         let fast = FastNet {
-            stem: DenseT::from_torch(&stem_w, Some(stem.bias.to_vec1::<f32>()?), stem_out, 3 * stem_k * stem_k),
+            stem: DenseT::from_torch(
+                &stem_w,
+                Some(stem.bias.to_vec1::<f32>()?),
+                stem_out,
+                3 * stem_k * stem_k,
+            ),
             stem_k,
             blocks: blocks
                 .iter()
@@ -237,9 +299,22 @@ impl EfficientNetLite {
                 })
                 .collect::<Result<_>>()?,
             head: pointwise(&head)?,
-            fc: DenseT::from_torch(&fc_w.flatten_all()?.to_vec1::<f32>()?, Some(fc_b.to_vec1::<f32>()?), classes, feat),
+            fc: DenseT::from_torch(
+                &fc_w.flatten_all()?.to_vec1::<f32>()?,
+                Some(fc_b.to_vec1::<f32>()?),
+                classes,
+                feat,
+            ),
         };
-        Ok(EfficientNetLite { stem, blocks, head, fc_w, fc_b, device: dev, fast })
+        Ok(EfficientNetLite {
+            stem,
+            blocks,
+            head,
+            fc_w,
+            fc_b,
+            device: dev,
+            fast,
+        })
     }
 
     /// Channels of the final feature map (1280).
@@ -254,12 +329,23 @@ impl EfficientNetLite {
     /// whole network: a layer's activations for one image stay in cache, where
     /// a whole batch's (150 MB in the first blocks at batch 32) would stream
     /// through memory at every layer.
-    pub fn forward_pixels(&self, pixels: &[f32], batch: usize, h: usize, w: usize) -> Result<EfficientNetOutput> {
+    pub fn forward_pixels(
+        &self,
+        pixels: &[f32],
+        batch: usize,
+        h: usize,
+        w: usize,
+    ) -> Result<EfficientNetOutput> {
         if pixels.len() != batch * 3 * h * w || h == 0 || w == 0 {
-            return Err(ModelError::InvalidRequest(format!("{} values for {batch}×3×{h}×{w}", pixels.len())));
+            return Err(ModelError::InvalidRequest(format!(
+                "{} values for {batch}×3×{h}×{w}",
+                pixels.len()
+            )));
         }
-        let parts: Vec<(Vec<f32>, Vec<f32>, usize, usize)> =
-            pixels.par_chunks(3 * h * w).map(|p| self.forward_nhwc(p, 1, h, w)).collect();
+        let parts: Vec<(Vec<f32>, Vec<f32>, usize, usize)> = pixels
+            .par_chunks(3 * h * w)
+            .map(|p| self.forward_nhwc(p, 1, h, w))
+            .collect();
         let (fh, fw) = parts.first().map(|p| (p.2, p.3)).unwrap_or((0, 0));
         let feat = self.fast.head.out;
         let mut nchw = Vec::with_capacity(batch * feat * fh * fw);
@@ -275,7 +361,13 @@ impl EfficientNetLite {
     }
 
     /// The fast forward pass on `batch` images: (NCHW feature map, logits, map height, map width).
-    fn forward_nhwc(&self, pixels: &[f32], batch: usize, h: usize, w: usize) -> (Vec<f32>, Vec<f32>, usize, usize) {
+    fn forward_nhwc(
+        &self,
+        pixels: &[f32],
+        batch: usize,
+        h: usize,
+        w: usize,
+    ) -> (Vec<f32>, Vec<f32>, usize, usize) {
         let f = &self.fast;
         // Stem: im2col in the weight's (channel, ky, kx) order, stride 2, "same" padding.
         let (k, s) = (f.stem_k, 2usize);
@@ -293,14 +385,22 @@ impl EfficientNetLite {
                     for kx in 0..k {
                         let ix = (ox * s + kx) as isize - pad_w as isize;
                         if iy >= 0 && (iy as usize) < h && ix >= 0 && (ix as usize) < w {
-                            row[(c * k + ky) * k + kx] = pixels[((bi * 3 + c) * h + iy as usize) * w + ix as usize];
+                            row[(c * k + ky) * k + kx] =
+                                pixels[((bi * 3 + c) * h + iy as usize) * w + ix as usize];
                         }
                     }
                 }
             }
         });
         let mut x = vec![0f32; batch * ch * cw * f.stem.out];
-        dense(&cols, batch * ch * cw, &f.stem, &mut x, false, Some(Activation::Relu6));
+        dense(
+            &cols,
+            batch * ch * cw,
+            &f.stem,
+            &mut x,
+            false,
+            Some(Activation::Relu6),
+        );
         drop(cols);
         for b in &f.blocks {
             let rows = batch * ch * cw;
@@ -312,7 +412,9 @@ impl EfficientNetLite {
                 }
                 None => None,
             };
-            let (dw, oh, ow) = b.depthwise.forward(expanded.as_deref().unwrap_or(&x), batch, ch, cw);
+            let (dw, oh, ow) =
+                b.depthwise
+                    .forward(expanded.as_deref().unwrap_or(&x), batch, ch, cw);
             let orows = batch * oh * ow;
             if b.residual {
                 dense(&dw, orows, &b.project, &mut x, true, None);
@@ -365,7 +467,10 @@ impl EfficientNetLite {
         let feature_map = relu6(&self.head.forward(&x)?)?;
         let pooled = feature_map.mean(D::Minus1)?.mean(D::Minus1)?;
         let logits = pooled.matmul(&self.fc_w.t()?)?.broadcast_add(&self.fc_b)?;
-        Ok(EfficientNetOutput { feature_map, logits })
+        Ok(EfficientNetOutput {
+            feature_map,
+            logits,
+        })
     }
 }
 
@@ -373,7 +478,12 @@ impl EfficientNetLite {
 /// `(mean(max(x, eps)^p))^(1/p)`, then L2-normalised.
 pub fn gem_pool(map: &Tensor, p: f64, eps: f64) -> Result<Vec<f32>> {
     let (b, c, _, _) = map.dims4()?;
-    let pooled = map.clamp(eps as f32, f32::MAX)?.powf(p)?.mean(D::Minus1)?.mean(D::Minus1)?.powf(1.0 / p)?;
+    let pooled = map
+        .clamp(eps as f32, f32::MAX)?
+        .powf(p)?
+        .mean(D::Minus1)?
+        .mean(D::Minus1)?
+        .powf(1.0 / p)?;
     let mut v = pooled.flatten_all()?.to_vec1::<f32>()?;
     for row in v.chunks_mut(c.max(1)) {
         let n = row.iter().map(|x| x * x).sum::<f32>().sqrt();

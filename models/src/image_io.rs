@@ -21,7 +21,10 @@ pub struct DecodeLimits {
 impl Default for DecodeLimits {
     fn default() -> Self {
         // 16384 px per side and 100 MP cover every camera; a 30000×30000 header is refused.
-        DecodeLimits { max_side: 16_384, max_pixels: 100_000_000 }
+        DecodeLimits {
+            max_side: 16_384,
+            max_pixels: 100_000_000,
+        }
     }
 }
 
@@ -43,7 +46,10 @@ pub fn decode_rgb(bytes: &[u8], origin: &Path) -> Result<RgbImage> {
 
 /// Like [`decode_rgb`] with explicit limits.
 pub fn decode_rgb_with(bytes: &[u8], origin: &Path, limits: DecodeLimits) -> Result<RgbImage> {
-    let err = |message: String| ModelError::Image { path: origin.to_path_buf(), message };
+    let err = |message: String| ModelError::Image {
+        path: origin.to_path_buf(),
+        message,
+    };
     if bytes.is_empty() {
         return Err(err("file is empty (0 bytes)".into()));
     }
@@ -60,18 +66,26 @@ pub fn decode_rgb_with(bytes: &[u8], origin: &Path, limits: DecodeLimits) -> Res
         return Err(err("not a recognised image format".into()));
     }
     let is_jpeg = reader.format() == Some(image::ImageFormat::Jpeg);
-    let mut decoder = reader.into_decoder().map_err(|e| err(format!("cannot decode: {e}")))?;
+    let mut decoder = reader
+        .into_decoder()
+        .map_err(|e| err(format!("cannot decode: {e}")))?;
     let (w, h) = decoder.dimensions();
     check_size(w, h, limits).map_err(err)?;
     let mut alloc = image::Limits::default();
     alloc.max_image_width = Some(limits.max_side);
     alloc.max_image_height = Some(limits.max_side);
     alloc.max_alloc = Some(limits.max_pixels.saturating_mul(8));
-    decoder.set_limits(alloc).map_err(|e| err(format!("limits: {e}")))?;
-    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    decoder
+        .set_limits(alloc)
+        .map_err(|e| err(format!("limits: {e}")))?;
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut img = if is_jpeg {
         drop(decoder);
-        DynamicImage::ImageRgb8(decode_jpeg_like_pillow(bytes).map_err(|m| err(format!("cannot decode JPEG: {m}")))?)
+        DynamicImage::ImageRgb8(
+            decode_jpeg_like_pillow(bytes).map_err(|m| err(format!("cannot decode JPEG: {m}")))?,
+        )
     } else {
         DynamicImage::from_decoder(decoder).map_err(|e| err(format!("cannot decode: {e}")))?
     };

@@ -76,30 +76,53 @@ struct Bert {
 impl Bert {
     fn load(w: &CheckedWeights, cfg: BertConfig) -> Result<Self> {
         let d = cfg.hidden_size;
-        let bad = |m: String| ModelError::Safetensors { path: w.path().to_path_buf(), message: m };
+        let bad = |m: String| ModelError::Safetensors {
+            path: w.path().to_path_buf(),
+            message: m,
+        };
         if cfg.num_attention_heads == 0 || d % cfg.num_attention_heads != 0 {
-            return Err(bad(format!("hidden_size {d} is not a multiple of num_attention_heads {}", cfg.num_attention_heads)));
+            return Err(bad(format!(
+                "hidden_size {d} is not a multiple of num_attention_heads {}",
+                cfg.num_attention_heads
+            )));
         }
         let act = match cfg.hidden_act.as_str() {
             "gelu" => Activation::Gelu,
             "gelu_new" | "gelu_pytorch_tanh" => Activation::GeluTanh,
-            other => return Err(bad(format!("hidden_act {other:?} is not supported (gelu, gelu_new)"))),
+            other => {
+                return Err(bad(format!(
+                    "hidden_act {other:?} is not supported (gelu, gelu_new)"
+                )))
+            }
         };
         // Checkpoints name tensors with or without a `bert.` prefix.
-        let prefix = if w.contains("bert.embeddings.word_embeddings.weight") { "bert." } else { "" };
+        let prefix = if w.contains("bert.embeddings.word_embeddings.weight") {
+            "bert."
+        } else {
+            ""
+        };
         let norm = |name: &str| -> Result<Norm> {
-            Ok(Norm { gamma: w.get_f32(&format!("{prefix}{name}.weight"), &[d])?, beta: w.get_f32(&format!("{prefix}{name}.bias"), &[d])? })
+            Ok(Norm {
+                gamma: w.get_f32(&format!("{prefix}{name}.weight"), &[d])?,
+                beta: w.get_f32(&format!("{prefix}{name}.bias"), &[d])?,
+            })
         };
         let linear = |name: &str, out: usize, inp: usize| -> Result<DenseT> {
             let weight = w.get_f32(&format!("{prefix}{name}.weight"), &[out, inp])?;
-            Ok(DenseT::from_torch(&weight, Some(w.get_f32(&format!("{prefix}{name}.bias"), &[out])?), out, inp))
+            Ok(DenseT::from_torch(
+                &weight,
+                Some(w.get_f32(&format!("{prefix}{name}.bias"), &[out])?),
+                out,
+                inp,
+            ))
         };
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let a = format!("encoder.layer.{i}");
             let (mut qkv_w, mut qkv_b) = (Vec::with_capacity(3 * d * d), Vec::with_capacity(3 * d));
             for n in ["query", "key", "value"] {
-                qkv_w.extend(w.get_f32(&format!("{prefix}{a}.attention.self.{n}.weight"), &[d, d])?);
+                qkv_w
+                    .extend(w.get_f32(&format!("{prefix}{a}.attention.self.{n}.weight"), &[d, d])?);
                 qkv_b.extend(w.get_f32(&format!("{prefix}{a}.attention.self.{n}.bias"), &[d])?);
             }
             layers.push(Layer {
@@ -112,9 +135,18 @@ impl Bert {
             });
         }
         Ok(Bert {
-            word: w.get_f32(&format!("{prefix}embeddings.word_embeddings.weight"), &[cfg.vocab_size, d])?,
-            position: w.get_f32(&format!("{prefix}embeddings.position_embeddings.weight"), &[cfg.max_position_embeddings, d])?,
-            token_type: w.get_f32(&format!("{prefix}embeddings.token_type_embeddings.weight"), &[cfg.type_vocab_size, d])?,
+            word: w.get_f32(
+                &format!("{prefix}embeddings.word_embeddings.weight"),
+                &[cfg.vocab_size, d],
+            )?,
+            position: w.get_f32(
+                &format!("{prefix}embeddings.position_embeddings.weight"),
+                &[cfg.max_position_embeddings, d],
+            )?,
+            token_type: w.get_f32(
+                &format!("{prefix}embeddings.token_type_embeddings.weight"),
+                &[cfg.type_vocab_size, d],
+            )?,
             emb_norm: norm("embeddings.LayerNorm")?,
             layers,
             act,
@@ -136,7 +168,14 @@ impl Bert {
             }
         }
         let mut h = vec![0f32; n * d];
-        layer_norm(&x, d, &self.emb_norm.gamma, &self.emb_norm.beta, eps, &mut h);
+        layer_norm(
+            &x,
+            d,
+            &self.emb_norm.gamma,
+            &self.emb_norm.beta,
+            eps,
+            &mut h,
+        );
         let mut qkv = vec![0f32; n * 3 * d];
         let mut ctx = vec![0f32; n * d];
         let mut inter = vec![0f32; n * self.cfg.intermediate_size];
@@ -171,7 +210,10 @@ pub struct SentenceEncoder {
 
 impl std::fmt::Debug for SentenceEncoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SentenceEncoder").field("dir", &self.dir).field("dim", &self.dim).finish()
+        f.debug_struct("SentenceEncoder")
+            .field("dir", &self.dir)
+            .field("dim", &self.dim)
+            .finish()
     }
 }
 
@@ -181,18 +223,24 @@ impl SentenceEncoder {
     pub fn load(dir: &Path) -> Result<Self> {
         let cfg_path = dir.join("config.json");
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| ModelError::io(&cfg_path, e))?;
-        let config: BertConfig = serde_json::from_str(&text)
-            .map_err(|e| ModelError::Json { path: cfg_path.clone(), message: e.to_string() })?;
+        let config: BertConfig = serde_json::from_str(&text).map_err(|e| ModelError::Json {
+            path: cfg_path.clone(),
+            message: e.to_string(),
+        })?;
         let weights = dir.join("model.safetensors");
         let checked = CheckedWeights::open(&weights)?;
         let dim = config.hidden_size;
         let model = Bert::load(&checked, config)?;
         let tok_path = dir.join("tokenizer.json");
-        let terr = |message: String| ModelError::Tokenizer { path: tok_path.clone(), message };
+        let terr = |message: String| ModelError::Tokenizer {
+            path: tok_path.clone(),
+            message,
+        };
         if !tok_path.is_file() {
             return Err(terr("file not found".into()));
         }
-        let mut tokenizer = Tokenizer::from_file(&tok_path).map_err(|e| terr(format!("cannot load: {e}")))?;
+        let mut tokenizer =
+            Tokenizer::from_file(&tok_path).map_err(|e| terr(format!("cannot load: {e}")))?;
         // sentence-transformers truncates at max_seq_length (256 for MiniLM), not the tokenizer's own limit.
         let max_len = std::fs::read_to_string(dir.join("sentence_bert_config.json"))
             .ok()
@@ -201,11 +249,19 @@ impl SentenceEncoder {
             .unwrap_or(256) as usize;
         let max_len = max_len.min(model.cfg.max_position_embeddings);
         tokenizer
-            .with_truncation(Some(TruncationParams { max_length: max_len, ..Default::default() }))
+            .with_truncation(Some(TruncationParams {
+                max_length: max_len,
+                ..Default::default()
+            }))
             .map_err(|e| terr(format!("truncation: {e}")))?;
         // Texts run one by one, unpadded.
         tokenizer.with_padding(None);
-        Ok(SentenceEncoder { model, tokenizer, dim, dir: dir.to_path_buf() })
+        Ok(SentenceEncoder {
+            model,
+            tokenizer,
+            dim,
+            dir: dir.to_path_buf(),
+        })
     }
 }
 
@@ -218,22 +274,34 @@ impl TextEncoder for SentenceEncoder {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
-        let enc = self.tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| ModelError::Tokenizer {
-            path: self.dir.join("tokenizer.json"),
-            message: format!("cannot encode: {e}"),
-        })?;
+        let enc = self
+            .tokenizer
+            .encode_batch(texts.to_vec(), true)
+            .map_err(|e| ModelError::Tokenizer {
+                path: self.dir.join("tokenizer.json"),
+                message: format!("cannot encode: {e}"),
+            })?;
         let (vocab, types) = (self.model.cfg.vocab_size, self.model.cfg.type_vocab_size);
-        if let Some(e) = enc.iter().find(|e| e.get_ids().iter().any(|&i| i as usize >= vocab) || e.get_type_ids().iter().any(|&t| t as usize >= types)) {
+        if let Some(e) = enc.iter().find(|e| {
+            e.get_ids().iter().any(|&i| i as usize >= vocab)
+                || e.get_type_ids().iter().any(|&t| t as usize >= types)
+        }) {
             return Err(ModelError::Tokenizer {
                 path: self.dir.join("tokenizer.json"),
-                message: format!("token ids {:?} fall outside the model's vocabulary of {vocab}", e.get_ids()),
+                message: format!(
+                    "token ids {:?} fall outside the model's vocabulary of {vocab}",
+                    e.get_ids()
+                ),
             });
         }
         // Short queries run best on one core each; a batch spreads texts over cores.
         let mut v: Vec<f32> = if enc.len() == 1 {
-            self.model.mean_hidden(enc[0].get_ids(), enc[0].get_type_ids())
+            self.model
+                .mean_hidden(enc[0].get_ids(), enc[0].get_type_ids())
         } else {
-            enc.par_iter().flat_map_iter(|e| self.model.mean_hidden(e.get_ids(), e.get_type_ids())).collect()
+            enc.par_iter()
+                .flat_map_iter(|e| self.model.mean_hidden(e.get_ids(), e.get_type_ids()))
+                .collect()
         };
         l2_normalize_rows(&mut v, self.dim.max(1));
         Ok(v)

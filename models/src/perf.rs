@@ -17,7 +17,13 @@ pub fn clip_image_flops(c: &ClipConfig, pooled_last_layer: bool) -> f64 {
     let g = v.image_size / v.patch_size;
     let np = (g * g) as f64;
     let patch = 2.0 * np * (3 * v.patch_size * v.patch_size) as f64 * v.hidden_size as f64;
-    let layers = encoder_flops(v.num_hidden_layers, np + 1.0, v.hidden_size, v.intermediate_size, pooled_last_layer);
+    let layers = encoder_flops(
+        v.num_hidden_layers,
+        np + 1.0,
+        v.hidden_size,
+        v.intermediate_size,
+        pooled_last_layer,
+    );
     patch + layers + 2.0 * v.hidden_size as f64 * c.projection_dim as f64
 }
 
@@ -26,7 +32,13 @@ pub fn clip_image_flops(c: &ClipConfig, pooled_last_layer: bool) -> f64 {
 /// subtracted).
 pub fn clip_text_flops(c: &ClipConfig, tokens: usize, pooled_last_layer: bool) -> f64 {
     let t = &c.text_config;
-    let layers = encoder_flops(t.num_hidden_layers, tokens as f64, t.hidden_size, t.intermediate_size, pooled_last_layer);
+    let layers = encoder_flops(
+        t.num_hidden_layers,
+        tokens as f64,
+        t.hidden_size,
+        t.intermediate_size,
+        pooled_last_layer,
+    );
     layers + 2.0 * t.hidden_size as f64 * c.projection_dim as f64
 }
 
@@ -53,8 +65,12 @@ pub fn matmul_peak_gflops(seconds: f64) -> f64 {
 
 /// Measures f32 `m×k · k×n` throughput (GFLOP/s) of the encoders' dense kernel.
 pub fn matmul_gflops(m: usize, k: usize, n: usize, seconds: f64) -> f64 {
-    let x: Vec<f32> = (0..m * k).map(|i| ((i % 97) as f32 - 48.0) * 0.01).collect();
-    let w: Vec<f32> = (0..n * k).map(|i| ((i % 89) as f32 - 44.0) * 0.01).collect();
+    let x: Vec<f32> = (0..m * k)
+        .map(|i| ((i % 97) as f32 - 48.0) * 0.01)
+        .collect();
+    let w: Vec<f32> = (0..n * k)
+        .map(|i| ((i % 89) as f32 - 44.0) * 0.01)
+        .collect();
     let layer = DenseT::from_torch(&w, None, n, k);
     let mut out = vec![0f32; m * n];
     dense(&x, m, &layer, &mut out, false, None);

@@ -32,7 +32,12 @@ pub enum Pooling {
 
 impl Pooling {
     /// Every pipeline, in the order of the ablation.
-    pub const ALL: [Pooling; 4] = [Pooling::Gem, Pooling::GemPlus, Pooling::GemPlusRegional, Pooling::GemPlusRegionalScale];
+    pub const ALL: [Pooling; 4] = [
+        Pooling::Gem,
+        Pooling::GemPlus,
+        Pooling::GemPlusRegional,
+        Pooling::GemPlusRegionalScale,
+    ];
 
     /// Image scales the network runs at.
     pub fn scales(&self) -> &'static [f64] {
@@ -50,12 +55,23 @@ impl Pooling {
     }
 
     fn regional(&self) -> bool {
-        matches!(self, Pooling::GemPlusRegional | Pooling::GemPlusRegionalScale)
+        matches!(
+            self,
+            Pooling::GemPlusRegional | Pooling::GemPlusRegionalScale
+        )
     }
 
     /// Pools one scale's `batch × c × h × w` map into L2-normalised `batch × c`.
-    pub fn pool_scale(&self, map: &[f32], batch: usize, c: usize, h: usize, w: usize) -> Result<Vec<f32>> {
-        let err = |e: squire_kernels::KernelError| ModelError::InvalidRequest(format!("pooling: {e}"));
+    pub fn pool_scale(
+        &self,
+        map: &[f32],
+        batch: usize,
+        c: usize,
+        h: usize,
+        w: usize,
+    ) -> Result<Vec<f32>> {
+        let err =
+            |e: squire_kernels::KernelError| ModelError::InvalidRequest(format!("pooling: {e}"));
         let maps = FeatureMaps::new(map, batch, c, h, w).map_err(err)?;
         let regional;
         let maps = if self.regional() {
@@ -75,7 +91,8 @@ impl Pooling {
             [one] => Ok(one.clone()),
             _ => {
                 let refs: Vec<&[f32]> = scales.iter().map(|s| s.as_slice()).collect();
-                cpu::scale_gem(&refs, c, ScaleGemMode::Max).map_err(|e| ModelError::InvalidRequest(format!("Scale-GeM: {e}")))
+                cpu::scale_gem(&refs, c, ScaleGemMode::Max)
+                    .map_err(|e| ModelError::InvalidRequest(format!("Scale-GeM: {e}")))
             }
         }
     }
@@ -90,7 +107,9 @@ impl FromStr for Pooling {
             "gem+" => Ok(Pooling::GemPlus),
             "gem+rgem" => Ok(Pooling::GemPlusRegional),
             "gem+rgem+sgem" => Ok(Pooling::GemPlusRegionalScale),
-            other => Err(format!("unknown pooling {other:?} (expected gem, gem+, gem+rgem or gem+rgem+sgem)")),
+            other => Err(format!(
+                "unknown pooling {other:?} (expected gem, gem+, gem+rgem or gem+rgem+sgem)"
+            )),
         }
     }
 }
@@ -108,7 +127,13 @@ impl fmt::Display for Pooling {
 
 /// Bilinear resize of `batch × channels × h × w` to `oh × ow` with
 /// half-pixel centres and edge clamping (PyTorch's `align_corners=False`).
-pub fn resize_bilinear(src: &[f32], batch: usize, channels: usize, (h, w): (usize, usize), (oh, ow): (usize, usize)) -> Vec<f32> {
+pub fn resize_bilinear(
+    src: &[f32],
+    batch: usize,
+    channels: usize,
+    (h, w): (usize, usize),
+    (oh, ow): (usize, usize),
+) -> Vec<f32> {
     let mut out = vec![0f32; batch * channels * oh * ow];
     let coords = |n: usize, on: usize| -> Vec<(usize, usize, f32)> {
         let scale = n as f32 / on as f32;
@@ -151,7 +176,9 @@ mod tests {
         // size=(4, 4), mode="bilinear", align_corners=False) gives rows
         // [0, .25, .75, 1], [.5, .75, 1.25, 1.5], [1.5, 1.75, 2.25, 2.5], [2, 2.25, 2.75, 3].
         let got = resize_bilinear(&[0.0, 1.0, 2.0, 3.0], 1, 1, (2, 2), (4, 4));
-        let want = [0.0, 0.25, 0.75, 1.0, 0.5, 0.75, 1.25, 1.5, 1.5, 1.75, 2.25, 2.5, 2.0, 2.25, 2.75, 3.0];
+        let want = [
+            0.0, 0.25, 0.75, 1.0, 0.5, 0.75, 1.25, 1.5, 1.5, 1.75, 2.25, 2.5, 2.0, 2.25, 2.75, 3.0,
+        ];
         assert_eq!(got, want);
         // The same size is the identity.
         let x: Vec<f32> = (0..2 * 3 * 5 * 4).map(|i| i as f32).collect();
@@ -161,20 +188,34 @@ mod tests {
     #[test]
     fn pipelines_pool_as_their_parts() {
         let (b, c, h, w) = (2, 3, 4, 4);
-        let map: Vec<f32> = (0..b * c * h * w).map(|i| ((i * 7) % 11) as f32 / 10.0).collect();
+        let map: Vec<f32> = (0..b * c * h * w)
+            .map(|i| ((i * 7) % 11) as f32 / 10.0)
+            .collect();
         let gem = Pooling::Gem.pool_scale(&map, b, c, h, w).unwrap();
         let plus = Pooling::GemPlus.pool_scale(&map, b, c, h, w).unwrap();
         assert_eq!(gem.len(), b * c);
         assert_ne!(gem, plus);
-        let mut want = cpu::gem(FeatureMaps::new(&map, b, c, h, w).unwrap(), GemParams::GEM).unwrap();
+        let mut want =
+            cpu::gem(FeatureMaps::new(&map, b, c, h, w).unwrap(), GemParams::GEM).unwrap();
         want.chunks_exact_mut(c).for_each(cpu::l2_normalize);
         assert_eq!(gem, want);
-        for row in Pooling::GemPlusRegional.pool_scale(&map, b, c, h, w).unwrap().chunks(c) {
+        for row in Pooling::GemPlusRegional
+            .pool_scale(&map, b, c, h, w)
+            .unwrap()
+            .chunks(c)
+        {
             assert!((row.iter().map(|x| x * x).sum::<f32>() - 1.0).abs() < 1e-5);
         }
         // Merging one scale is the identity; several take the element-wise max.
-        let merged = Pooling::GemPlusRegionalScale.merge_scales(&[gem.clone(), plus.clone()], c).unwrap();
+        let merged = Pooling::GemPlusRegionalScale
+            .merge_scales(&[gem.clone(), plus.clone()], c)
+            .unwrap();
         assert_eq!(merged.len(), b * c);
-        assert_eq!(Pooling::Gem.merge_scales(std::slice::from_ref(&gem), c).unwrap(), gem);
+        assert_eq!(
+            Pooling::Gem
+                .merge_scales(std::slice::from_ref(&gem), c)
+                .unwrap(),
+            gem
+        );
     }
 }

@@ -65,8 +65,10 @@ impl ImagePreprocessor {
     /// absent fields take `fallback`'s values.
     pub fn from_file(path: &Path, fallback: &ImagePreprocessor) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
-        let raw: RawPreprocessor = serde_json::from_str(&text)
-            .map_err(|e| ModelError::Json { path: path.to_path_buf(), message: e.to_string() })?;
+        let raw: RawPreprocessor = serde_json::from_str(&text).map_err(|e| ModelError::Json {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
         let cfg_err = |field: &str, message: String| ModelError::Config {
             path: path.to_path_buf(),
             field: field.into(),
@@ -78,22 +80,36 @@ impl ImagePreprocessor {
         }
         match raw.size {
             Some(SizeSpec::Int(s)) => p.shortest_edge = s,
-            Some(SizeSpec::Map { shortest_edge: Some(s), .. }) => p.shortest_edge = s,
-            Some(SizeSpec::Map { height: Some(h), width: Some(w), .. }) if h == w => p.shortest_edge = h,
+            Some(SizeSpec::Map {
+                shortest_edge: Some(s),
+                ..
+            }) => p.shortest_edge = s,
+            Some(SizeSpec::Map {
+                height: Some(h),
+                width: Some(w),
+                ..
+            }) if h == w => p.shortest_edge = h,
             Some(other) => return Err(cfg_err("size", format!("unsupported value {other:?}"))),
             None => {}
         }
         if let Some(code) = raw.resample {
-            p.filter = Filter::from_pil_code(code)
-                .ok_or_else(|| cfg_err("resample", format!("unsupported Pillow filter code {code}")))?;
+            p.filter = Filter::from_pil_code(code).ok_or_else(|| {
+                cfg_err("resample", format!("unsupported Pillow filter code {code}"))
+            })?;
         }
         if let Some(v) = raw.do_center_crop {
             p.do_center_crop = v;
         }
         match raw.crop_size {
             Some(SizeSpec::Int(s)) => (p.crop_height, p.crop_width) = (s, s),
-            Some(SizeSpec::Map { height: Some(h), width: Some(w), .. }) => (p.crop_height, p.crop_width) = (h, w),
-            Some(other) => return Err(cfg_err("crop_size", format!("unsupported value {other:?}"))),
+            Some(SizeSpec::Map {
+                height: Some(h),
+                width: Some(w),
+                ..
+            }) => (p.crop_height, p.crop_width) = (h, w),
+            Some(other) => {
+                return Err(cfg_err("crop_size", format!("unsupported value {other:?}")))
+            }
             None => {}
         }
         if let Some(v) = raw.do_rescale {
@@ -106,10 +122,14 @@ impl ImagePreprocessor {
             p.do_normalize = v;
         }
         if let Some(m) = raw.image_mean {
-            p.mean = three(&m).ok_or_else(|| cfg_err("image_mean", format!("expected 3 values, got {}", m.len())))?;
+            p.mean = three(&m).ok_or_else(|| {
+                cfg_err("image_mean", format!("expected 3 values, got {}", m.len()))
+            })?;
         }
         if let Some(s) = raw.image_std {
-            p.std = three(&s).ok_or_else(|| cfg_err("image_std", format!("expected 3 values, got {}", s.len())))?;
+            p.std = three(&s).ok_or_else(|| {
+                cfg_err("image_std", format!("expected 3 values, got {}", s.len()))
+            })?;
             if p.std.iter().any(|&v| v == 0.0) {
                 return Err(cfg_err("image_std", "a standard deviation is zero".into()));
             }
@@ -147,8 +167,16 @@ impl ImagePreprocessor {
     /// (length `3 × out_h × out_w`, see [`Self::output_size`]).
     pub fn preprocess_into(&self, img: &RgbImage, out: &mut [f32]) -> Result<()> {
         let (w, h) = img.dimensions();
-        let (rw, rh) = if self.do_resize { self.resized_size(w, h) } else { (w, h) };
-        let (oh, ow) = if self.do_center_crop { (self.crop_height, self.crop_width) } else { (rh, rw) };
+        let (rw, rh) = if self.do_resize {
+            self.resized_size(w, h)
+        } else {
+            (w, h)
+        };
+        let (oh, ow) = if self.do_center_crop {
+            (self.crop_height, self.crop_width)
+        } else {
+            (rh, rw)
+        };
         if out.len() != 3 * (oh * ow) as usize {
             return Err(ModelError::InvalidRequest(format!(
                 "preprocess buffer holds {} values, {} needed",
@@ -164,11 +192,28 @@ impl ImagePreprocessor {
         let cur: &[u8] = if inside && self.do_resize {
             // Resize only the pixels the crop keeps.
             let region = (left as usize, top as usize, ow as usize, oh as usize);
-            pixels = resize_u8_region(img.as_raw(), w as usize, h as usize, 3, rw as usize, rh as usize, self.filter, region);
+            pixels = resize_u8_region(
+                img.as_raw(),
+                w as usize,
+                h as usize,
+                3,
+                rw as usize,
+                rh as usize,
+                self.filter,
+                region,
+            );
             &pixels
         } else {
             let resized = if self.do_resize {
-                std::borrow::Cow::Owned(resize_u8(img.as_raw(), w as usize, h as usize, 3, rw as usize, rh as usize, self.filter))
+                std::borrow::Cow::Owned(resize_u8(
+                    img.as_raw(),
+                    w as usize,
+                    h as usize,
+                    3,
+                    rw as usize,
+                    rh as usize,
+                    self.filter,
+                ))
             } else {
                 std::borrow::Cow::Borrowed(img.as_raw().as_slice())
             };
@@ -203,7 +248,11 @@ impl ImagePreprocessor {
             let lut: Vec<f32> = (0..256)
                 .map(|v| {
                     let v = v as f64;
-                    let mut x = if self.do_rescale { (v * self.rescale_factor) as f32 } else { v as f32 };
+                    let mut x = if self.do_rescale {
+                        (v * self.rescale_factor) as f32
+                    } else {
+                        v as f32
+                    };
                     if self.do_normalize {
                         x = (x - mean) / std;
                     }
@@ -239,7 +288,11 @@ fn three(v: &[f32]) -> Option<[f32; 3]> {
 #[serde(untagged)]
 enum SizeSpec {
     Int(u32),
-    Map { shortest_edge: Option<u32>, height: Option<u32>, width: Option<u32> },
+    Map {
+        shortest_edge: Option<u32>,
+        height: Option<u32>,
+        width: Option<u32>,
+    },
 }
 
 #[derive(Debug, Deserialize)]

@@ -85,7 +85,9 @@ pub fn squire_home() -> PathBuf {
     if let Some(h) = std::env::var_os("SQUIRE_HOME").filter(|v| !v.is_empty()) {
         return PathBuf::from(h);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".squire")
 }
 
@@ -97,15 +99,19 @@ pub fn hf_cache_dir() -> PathBuf {
     if let Some(p) = std::env::var_os("HF_HOME").filter(|v| !v.is_empty()) {
         return PathBuf::from(p).join("hub");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".cache").join("huggingface").join("hub")
 }
 
 /// Whether the user asked for no network access.
 pub fn offline() -> bool {
-    ["SQUIRE_OFFLINE", "HF_HUB_OFFLINE"]
-        .iter()
-        .any(|v| std::env::var(v).map(|s| !s.is_empty() && s != "0").unwrap_or(false))
+    ["SQUIRE_OFFLINE", "HF_HUB_OFFLINE"].iter().any(|v| {
+        std::env::var(v)
+            .map(|s| !s.is_empty() && s != "0")
+            .unwrap_or(false)
+    })
 }
 
 /// Where a model was found.
@@ -137,7 +143,11 @@ fn has_all(dir: &Path, files: &[&str]) -> bool {
 }
 
 fn missing_in(dir: &Path, files: &[&str]) -> Vec<String> {
-    files.iter().filter(|f| !dir.join(f).is_file()).map(|f| f.to_string()).collect()
+    files
+        .iter()
+        .filter(|f| !dir.join(f).is_file())
+        .map(|f| f.to_string())
+        .collect()
 }
 
 /// The snapshot directory of `repo` in the Hugging Face cache, if its `main` ref exists.
@@ -155,7 +165,9 @@ pub fn local_candidates(name: &str) -> Vec<(Source, PathBuf)> {
     let mut out = vec![(Source::SquireHome, squire_home().join("models").join(name))];
     if let Some(k) = known(name).filter(|k| !k.hf_repo.is_empty()) {
         let snapshot = hf_cache_snapshot(k.hf_repo).unwrap_or_else(|| {
-            hf_cache_dir().join(format!("models--{}", k.hf_repo.replace('/', "--"))).join("snapshots/<main>")
+            hf_cache_dir()
+                .join(format!("models--{}", k.hf_repo.replace('/', "--")))
+                .join("snapshots/<main>")
         });
         out.push((Source::HfCache, snapshot));
     }
@@ -191,7 +203,11 @@ fn resolve_inner(spec: &str, allow_download: bool) -> Result<Resolved> {
     let as_path = Path::new(spec);
     if as_path.is_dir() {
         if has_all(as_path, &CLIP_FILES) {
-            return Ok(Resolved { dir: as_path.to_path_buf(), source: Source::Directory, known: None });
+            return Ok(Resolved {
+                dir: as_path.to_path_buf(),
+                source: Source::Directory,
+                known: None,
+            });
         }
         return Err(ModelError::NotFound(format!(
             "model directory {} is missing {}",
@@ -210,15 +226,32 @@ fn resolve_inner(spec: &str, allow_download: bool) -> Result<Resolved> {
     let mut tried = Vec::new();
     for (source, dir) in local_candidates(spec) {
         if has_all(&dir, &CLIP_FILES) {
-            return Ok(Resolved { dir, source, known: k });
+            return Ok(Resolved {
+                dir,
+                source,
+                known: k,
+            });
         }
-        tried.push(format!("  - {} ({})", dir.display(), describe_missing(&dir)));
+        tried.push(format!(
+            "  - {} ({})",
+            dir.display(),
+            describe_missing(&dir)
+        ));
     }
     let k = k.ok_or_else(|| ModelError::NotFound(format!("unknown model {spec}")))?;
     if allow_download && !offline() {
         match download(k) {
-            Ok(dir) => return Ok(Resolved { dir, source: Source::Downloaded, known: Some(k) }),
-            Err(e) => tried.push(format!("  - download from the Hugging Face hub ({}): {e}", k.hf_repo)),
+            Ok(dir) => {
+                return Ok(Resolved {
+                    dir,
+                    source: Source::Downloaded,
+                    known: Some(k),
+                })
+            }
+            Err(e) => tried.push(format!(
+                "  - download from the Hugging Face hub ({}): {e}",
+                k.hf_repo
+            )),
         }
     } else if allow_download {
         tried.push("  - download skipped: SQUIRE_OFFLINE or HF_HUB_OFFLINE is set".into());
@@ -288,7 +321,10 @@ mod tests {
         std::fs::write(dir.join("config.json"), "{}").expect("write");
         let e = resolve_local(dir.to_str().expect("utf8")).expect_err("incomplete");
         let msg = e.to_string();
-        assert!(msg.contains("model.safetensors") && msg.contains("tokenizer.json"), "{msg}");
+        assert!(
+            msg.contains("model.safetensors") && msg.contains("tokenizer.json"),
+            "{msg}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

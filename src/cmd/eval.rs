@@ -2,9 +2,9 @@
 
 use std::path::PathBuf;
 
+use clap::{Args, Subcommand};
 use squire_indexer::Collection;
 use squire_models::clip::LoadOptions;
-use clap::{Args, Subcommand};
 
 /// Evaluations.
 #[derive(Subcommand)]
@@ -133,7 +133,12 @@ fn copies(a: CopiesArgs) -> anyhow::Result<()> {
     use squire_engine::pipeline::{Pipeline, Stage};
     use squire_indexer::{IndexOptions, StoreConfig, StoreKind};
 
-    let spec = CopiesSpec { sources: a.sources, variants: a.variants, others: a.others, seed: a.seed };
+    let spec = CopiesSpec {
+        sources: a.sources,
+        variants: a.variants,
+        others: a.others,
+        seed: a.seed,
+    };
     let bar = super::progress_bar(a.json);
     bar.set_message("generating copies");
     let set = copies::build(&a.images, &a.cache, &spec, &mut |done, total| {
@@ -142,20 +147,39 @@ fn copies(a: CopiesArgs) -> anyhow::Result<()> {
     })?;
     let model = super::with_pooling(&a.model, a.pool)?;
     let encoder = super::load_encoder(&model, LoadOptions::default())?;
-    let model_tag: String = model.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    let model_tag: String = model
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
     let index_dir = set.gallery.with_file_name(format!("index-{model_tag}"));
-    let exact = StoreConfig { kind: StoreKind::Exact, ..StoreConfig::default() };
-    let mut col = Collection::open_or_create(&index_dir, &model, encoder.as_ref(), &set.gallery, exact)?;
+    let exact = StoreConfig {
+        kind: StoreKind::Exact,
+        ..StoreConfig::default()
+    };
+    let mut col =
+        Collection::open_or_create(&index_dir, &model, encoder.as_ref(), &set.gallery, exact)?;
     bar.set_message("indexing the gallery");
-    col.index(&set.gallery, encoder.as_ref(), IndexOptions::default(), &mut |done, total| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-    })?;
+    col.index(
+        &set.gallery,
+        encoder.as_ref(),
+        IndexOptions::default(),
+        &mut |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        },
+    )?;
     // With --whiten: fit on the gallery and store it in the collection; the pipeline searches the whitened vectors.
     let vector_name = col.manifest().image_query_vector.clone();
     let whitening = if a.whiten {
-        let vector = a.whitening.whiten_vector.clone().unwrap_or_else(|| vector_name.clone());
-        anyhow::ensure!(vector == vector_name, "--whiten-vector {vector}: image queries search `{vector_name}`");
+        let vector = a
+            .whitening
+            .whiten_vector
+            .clone()
+            .unwrap_or_else(|| vector_name.clone());
+        anyhow::ensure!(
+            vector == vector_name,
+            "--whiten-vector {vector}: image queries search `{vector_name}`"
+        );
         let (w, secs) = super::whiten::fit_and_save(&col, &vector, &a.whitening)?;
         Some((w.dim_out, w.params.power, secs))
     } else {
@@ -165,18 +189,45 @@ fn copies(a: CopiesArgs) -> anyhow::Result<()> {
     let col = Collection::open_with(&index_dir, squire_indexer::OpenOptions { view: true })?;
     let bench = squire_engine::benchmarks::copies(&col, &set, a.k)?;
     let superglobal = a.rerank == "superglobal";
-    let options = squire_engine::pipeline::PipelineOptions { superglobal: a.sg.params(), ..Default::default() };
+    let options = squire_engine::pipeline::PipelineOptions {
+        superglobal: a.sg.params(),
+        ..Default::default()
+    };
     let compute = squire_kernels::Compute::new(a.device)?;
     let device = compute.describe();
     let pipeline = Pipeline::new(col, encoder, compute, None, options)?;
     let pool_tag = a.pool.to_string().replace('+', "_");
     let out = a.out.clone().unwrap_or_else(|| {
-        let whiten = if a.whiten { format!("-whiten-d{}-p{}", a.whitening.whiten_dims, a.whitening.whiten_power) } else { String::new() };
-        let sg = if superglobal { format!("-m{}-k{}-b{}-q{}", a.sg.sg_m, a.sg.sg_k, a.sg.sg_beta, a.sg.params().query_top) } else { String::new() };
-        a.cache.join(format!("eval-{model_tag}-{pool_tag}-{}{sg}{whiten}-k{}", a.rerank, a.k))
+        let whiten = if a.whiten {
+            format!(
+                "-whiten-d{}-p{}",
+                a.whitening.whiten_dims, a.whitening.whiten_power
+            )
+        } else {
+            String::new()
+        };
+        let sg = if superglobal {
+            format!(
+                "-m{}-k{}-b{}-q{}",
+                a.sg.sg_m,
+                a.sg.sg_k,
+                a.sg.sg_beta,
+                a.sg.params().query_top
+            )
+        } else {
+            String::new()
+        };
+        a.cache.join(format!(
+            "eval-{model_tag}-{pool_tag}-{}{sg}{whiten}-k{}",
+            a.rerank, a.k
+        ))
     });
     let opts = RunOptions {
-        stages: if superglobal { vec![Stage::SuperGlobal] } else { Vec::new() },
+        stages: if superglobal {
+            vec![Stage::SuperGlobal]
+        } else {
+            Vec::new()
+        },
         keep: a.k,
         ef: None,
         whiten: a.whiten,
@@ -191,11 +242,19 @@ fn copies(a: CopiesArgs) -> anyhow::Result<()> {
     })?;
     bar.finish_and_clear();
     let map = format!("mAP@{}", a.k);
-    let ap = |q: &squire_engine::harness::QueryOutcome, stage: &str| q.stages.iter().find(|s| s.stage == stage).and_then(|s| s.metrics.get(&map)).copied().unwrap_or(0.0);
+    let ap = |q: &squire_engine::harness::QueryOutcome, stage: &str| {
+        q.stages
+            .iter()
+            .find(|s| s.stage == stage)
+            .and_then(|s| s.metrics.get(&map))
+            .copied()
+            .unwrap_or(0.0)
+    };
     let (mut wins, mut losses, mut ties) = (0usize, 0usize, 0usize);
     let mut rerank_ms: Vec<f64> = Vec::new();
     let mut per_query = Vec::new();
-    let edits: std::collections::HashMap<&str, &squire_engine::copies::CopyQuery> = set.queries.iter().map(|q| (q.query.as_str(), q)).collect();
+    let edits: std::collections::HashMap<&str, &squire_engine::copies::CopyQuery> =
+        set.queries.iter().map(|q| (q.query.as_str(), q)).collect();
     for q in &run.outcomes {
         let src = edits.get(q.qid.as_str());
         let mut entry = serde_json::json!({
@@ -209,7 +268,12 @@ fn copies(a: CopiesArgs) -> anyhow::Result<()> {
                 _ => ties += 1,
             }
             entry["ap_superglobal"] = serde_json::json!(s);
-            rerank_ms.extend(q.stages.iter().find(|s| s.stage == "superglobal").map(|s| s.ms));
+            rerank_ms.extend(
+                q.stages
+                    .iter()
+                    .find(|s| s.stage == "superglobal")
+                    .map(|s| s.ms),
+            );
         }
         per_query.push(entry);
     }
@@ -240,7 +304,9 @@ fn copies(a: CopiesArgs) -> anyhow::Result<()> {
         pipeline.collection().records().len(),
         model,
         vector_name,
-        whitening.map_or(String::new(), |(dims, power, _)| format!(", whitened to {dims} dims, power {power}")),
+        whitening.map_or(String::new(), |(dims, power, _)| format!(
+            ", whitened to {dims} dims, power {power}"
+        )),
         a.seed
     );
     println!("{}", run.summary.markdown());
@@ -253,6 +319,13 @@ fn copies(a: CopiesArgs) -> anyhow::Result<()> {
             sg.beta
         );
     }
-    println!("written: {}", run.files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+    println!(
+        "written: {}",
+        run.files
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     Ok(())
 }

@@ -8,7 +8,9 @@ use anyhow::Context;
 use clap::Args;
 use serde_json::json;
 use squire_engine::benchmarks;
-use squire_engine::harness::{report_json, run_benchmark, Benchmark, ListScorer, RunOptions, RunResult};
+use squire_engine::harness::{
+    report_json, run_benchmark, Benchmark, ListScorer, RunOptions, RunResult,
+};
 use squire_engine::pipeline::{ListEncoder, Pipeline, Rerankers, Stage};
 use squire_indexer::{Collection, OpenOptions};
 use squire_kernels::{Compute, DeviceChoice};
@@ -75,15 +77,30 @@ fn share(s: &str) -> Result<f64, String> {
 fn check_fallbacks(result: &RunResult, max_share: f64) -> anyhow::Result<()> {
     let s = &result.summary;
     if result.retried > 0 {
-        eprintln!("retried: {} queries whose MLLM stage had fallen back in the earlier run", result.retried);
+        eprintln!(
+            "retried: {} queries whose MLLM stage had fallen back in the earlier run",
+            result.retried
+        );
     }
     for (stage, classes) in &s.answers_read {
-        let parts: Vec<String> = classes.iter().map(|(class, n)| format!("{class} {n}")).collect();
-        eprintln!("{stage}: answers read as {} (of {} queries)", parts.join(", "), s.queries);
+        let parts: Vec<String> = classes
+            .iter()
+            .map(|(class, n)| format!("{class} {n}"))
+            .collect();
+        eprintln!(
+            "{stage}: answers read as {} (of {} queries)",
+            parts.join(", "),
+            s.queries
+        );
     }
     let worst = s.worst_fallback_share();
     if worst > max_share {
-        let fell: Vec<String> = s.answers_read.keys().filter(|st| s.fallbacks(st) > 0).map(|st| format!("{st} on {} of {} queries", s.fallbacks(st), s.queries)).collect();
+        let fell: Vec<String> = s
+            .answers_read
+            .keys()
+            .filter(|st| s.fallbacks(st) > 0)
+            .map(|st| format!("{st} on {} of {} queries", s.fallbacks(st), s.queries))
+            .collect();
         anyhow::bail!(
             "incomplete evaluation: the prior order was kept where no usable answer came ({}), above --max-fallback-share {max_share}; \
              the outputs are written and say so; rerun to retry those queries, or pass --accept-fallbacks to keep them",
@@ -99,25 +116,46 @@ impl BenchmarkArgs {
         let Some(index) = &self.index else {
             anyhow::bail!("--index DIR is required: the collection built over the benchmark's images (`squire index IMAGES --index DIR`)");
         };
-        Collection::open_with(index, OpenOptions { view: true }).with_context(|| format!("opening the collection in {}", index.display()))
+        Collection::open_with(index, OpenOptions { view: true })
+            .with_context(|| format!("opening the collection in {}", index.display()))
     }
 }
 
 /// Runs `bench` (built over `col`) with the options in `a`, prints the
 /// table or JSON, and returns the run's outcomes and output folder.
-pub fn run(a: &BenchmarkArgs, col: Collection, build: impl FnOnce(&Collection) -> anyhow::Result<Benchmark>) -> anyhow::Result<(RunResult, PathBuf)> {
+pub fn run(
+    a: &BenchmarkArgs,
+    col: Collection,
+    build: impl FnOnce(&Collection) -> anyhow::Result<Benchmark>,
+) -> anyhow::Result<(RunResult, PathBuf)> {
     let stages = Stage::parse_list(&a.rerank)?;
     let mut bench = build(&col)?;
     if let Some(n) = a.limit {
         bench.queries.truncate(n);
     }
-    anyhow::ensure!(!bench.queries.is_empty(), "{}: no query to evaluate ({} dropped)", bench.name, bench.dropped.len());
+    anyhow::ensure!(
+        !bench.queries.is_empty(),
+        "{}: no query to evaluate ({} dropped)",
+        bench.name,
+        bench.dropped.len()
+    );
     let options = a.stages.options()?;
     let mllm = a.stages.mllm.open()?;
     let encoder = super::load_encoder(&col.manifest().model, LoadOptions::default())?;
     let pipeline = Pipeline::new(col, encoder, Compute::new(a.device)?, mllm, options)?;
-    let out = a.out.clone().unwrap_or_else(|| PathBuf::from("squire-eval").join(&bench.name));
-    let opts = RunOptions { stages, keep: a.keep, ef: a.ef, whiten: false, sqaf: a.stages.sqaf.sqaf, out: out.clone(), accept_fallbacks: a.accept_fallbacks };
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("squire-eval").join(&bench.name));
+    let opts = RunOptions {
+        stages,
+        keep: a.keep,
+        ef: a.ef,
+        whiten: false,
+        sqaf: a.stages.sqaf.sqaf,
+        out: out.clone(),
+        accept_fallbacks: a.accept_fallbacks,
+    };
     let bar = super::progress_bar(a.json);
     bar.set_message(bench.name.clone());
     let t0 = std::time::Instant::now();
@@ -129,24 +167,52 @@ pub fn run(a: &BenchmarkArgs, col: Collection, build: impl FnOnce(&Collection) -
     let secs = t0.elapsed().as_secs_f64();
     let col = pipeline.collection();
     let fiq = bench.name.starts_with("fashioniq");
-    print_run(a.json, &result, &out, secs, &format!("{} images, model {}", col.records().len(), col.manifest().model), |v| {
-        v["images"] = json!(col.records().len());
-        v["model"] = json!(col.manifest().model);
-        if fiq {
-            let last = result.summary.stages.last().cloned().unwrap_or_default();
-            v["category_average"] = json!(benchmarks::group_average(&result.summary, &last));
-        }
-    })?;
+    print_run(
+        a.json,
+        &result,
+        &out,
+        secs,
+        &format!(
+            "{} images, model {}",
+            col.records().len(),
+            col.manifest().model
+        ),
+        |v| {
+            v["images"] = json!(col.records().len());
+            v["model"] = json!(col.manifest().model);
+            if fiq {
+                let last = result.summary.stages.last().cloned().unwrap_or_default();
+                v["category_average"] = json!(benchmarks::group_average(&result.summary, &last));
+            }
+        },
+    )?;
     if !bench.dropped.is_empty() {
-        let sample: Vec<String> = bench.dropped.iter().take(5).map(|(id, why)| format!("{id} ({why})")).collect();
-        eprintln!("warning: {} queries dropped: {}{}", bench.dropped.len(), sample.join("; "), if bench.dropped.len() > 5 { "; …" } else { "" });
+        let sample: Vec<String> = bench
+            .dropped
+            .iter()
+            .take(5)
+            .map(|(id, why)| format!("{id} ({why})"))
+            .collect();
+        eprintln!(
+            "warning: {} queries dropped: {}{}",
+            bench.dropped.len(),
+            sample.join("; "),
+            if bench.dropped.len() > 5 { "; …" } else { "" }
+        );
     }
     Ok((result, out))
 }
 
 /// Prints a run: JSON (`report_json` plus `out`, `resumed`, `seconds` and
 /// what `extra` adds) or the Markdown table with `what` and the files written.
-fn print_run(json_out: bool, result: &RunResult, out: &std::path::Path, secs: f64, what: &str, extra: impl FnOnce(&mut serde_json::Value)) -> anyhow::Result<()> {
+fn print_run(
+    json_out: bool,
+    result: &RunResult,
+    out: &std::path::Path,
+    secs: f64,
+    what: &str,
+    extra: impl FnOnce(&mut serde_json::Value),
+) -> anyhow::Result<()> {
     if json_out {
         let mut v = report_json(&result.summary, &result.outcomes);
         v["out"] = json!(out.display().to_string());
@@ -157,11 +223,23 @@ fn print_run(json_out: bool, result: &RunResult, out: &std::path::Path, secs: f6
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         if result.resumed > 0 {
-            println!("(resumed: {} queries from an earlier run in {})", result.resumed, out.display());
+            println!(
+                "(resumed: {} queries from an earlier run in {})",
+                result.resumed,
+                out.display()
+            );
         }
         println!("{}", result.summary.markdown());
         println!("{what}; {secs:.1} s");
-        println!("written: {}", result.files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+        println!(
+            "written: {}",
+            result
+                .files
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     Ok(())
 }
@@ -182,7 +260,9 @@ pub struct T2iArgs {
 /// Runs `squire eval t2i`.
 pub fn t2i(a: T2iArgs) -> anyhow::Result<()> {
     let col = a.common.collection()?;
-    let (result, _) = run(&a.common, col, |col| Ok(benchmarks::t2i(col, &a.queries, a.k)?))?;
+    let (result, _) = run(&a.common, col, |col| {
+        Ok(benchmarks::t2i(col, &a.queries, a.k)?)
+    })?;
     check_fallbacks(&result, a.common.max_fallback_share)?;
     Ok(())
 }
@@ -212,9 +292,21 @@ pub fn composed(a: ComposedArgs, which: &str) -> anyhow::Result<()> {
     if result.summary.metric_names.is_empty() {
         let mut files = Vec::new();
         for stage in &result.summary.stages {
-            files.extend(benchmarks::write_submissions(&result.summary.benchmark, &result.outcomes, stage, &out)?);
+            files.extend(benchmarks::write_submissions(
+                &result.summary.benchmark,
+                &result.outcomes,
+                stage,
+                &out,
+            )?);
         }
-        eprintln!("submission files: {}", files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+        eprintln!(
+            "submission files: {}",
+            files
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     check_fallbacks(&result, a.common.max_fallback_share)
 }
@@ -238,11 +330,25 @@ pub struct FashionIqArgs {
 /// Runs `squire eval fashioniq`.
 pub fn fashioniq(a: FashionIqArgs) -> anyhow::Result<()> {
     let col = a.common.collection()?;
-    let (result, _) = run(&a.common, col, |col| Ok(benchmarks::fashioniq(col, &a.data, &a.categories, &a.split, a.common.skip_missing)?))?;
+    let (result, _) = run(&a.common, col, |col| {
+        Ok(benchmarks::fashioniq(
+            col,
+            &a.data,
+            &a.categories,
+            &a.split,
+            a.common.skip_missing,
+        )?)
+    })?;
     if !a.common.json {
         let last = result.summary.stages.last().cloned().unwrap_or_default();
         let avg = benchmarks::group_average(&result.summary, &last);
-        println!("average over categories ({last}): {}", avg.iter().map(|(k, v)| format!("{k} {:.2}", v * 100.0)).collect::<Vec<_>>().join(", "));
+        println!(
+            "average over categories ({last}): {}",
+            avg.iter()
+                .map(|(k, v)| format!("{k} {:.2}", v * 100.0))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     check_fallbacks(&result, a.common.max_fallback_share)
 }
@@ -263,7 +369,14 @@ pub struct InquireArgs {
 /// Runs `squire eval inquire-fullrank`.
 pub fn inquire_fullrank(a: InquireArgs) -> anyhow::Result<()> {
     let col = a.common.collection()?;
-    let (result, _) = run(&a.common, col, |col| Ok(benchmarks::inquire_fullrank(col, &a.queries, &a.annotations, a.common.skip_missing)?))?;
+    let (result, _) = run(&a.common, col, |col| {
+        Ok(benchmarks::inquire_fullrank(
+            col,
+            &a.queries,
+            &a.annotations,
+            a.common.skip_missing,
+        )?)
+    })?;
     check_fallbacks(&result, a.common.max_fallback_share)?;
     Ok(())
 }
@@ -299,29 +412,70 @@ pub fn inquire_rerank(a: InquireRerankArgs) -> anyhow::Result<()> {
         eprintln!("note: --index is not used (the published first stage is kept; pass --rescore to re-score with the collection's encoder)");
     }
     let scorer = if needs_encoder {
-        let col = a.common.collection().context(if a.rescore { "--rescore" } else { "--rerank superglobal" })?;
+        let col = a.common.collection().context(if a.rescore {
+            "--rescore"
+        } else {
+            "--rerank superglobal"
+        })?;
         let encoder = super::load_encoder(&col.manifest().model, LoadOptions::default())?;
-        Some((col.manifest().model.clone(), col.manifest().text_query_vector.clone(), encoder))
+        Some((
+            col.manifest().model.clone(),
+            col.manifest().text_query_vector.clone(),
+            encoder,
+        ))
     } else {
         None
     };
     let options = a.common.stages.options()?;
     let mllm = a.common.stages.mllm.open()?;
     let rerankers = Rerankers::new(Compute::new(a.common.device)?, mllm, options)?;
-    let out = a.common.out.clone().unwrap_or_else(|| PathBuf::from("squire-eval").join("inquire-rerank"));
-    let opts = RunOptions { stages, keep: a.common.keep, ef: None, whiten: false, sqaf: false, out: out.clone(), accept_fallbacks: a.common.accept_fallbacks };
+    let out = a
+        .common
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("squire-eval").join("inquire-rerank"));
+    let opts = RunOptions {
+        stages,
+        keep: a.common.keep,
+        ef: None,
+        whiten: false,
+        sqaf: false,
+        out: out.clone(),
+        accept_fallbacks: a.common.accept_fallbacks,
+    };
     let describe = json!({"shards": shards.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(), "queries": queries.len()});
     let bar = super::progress_bar(a.common.json);
     bar.set_message("inquire-rerank");
     let t0 = std::time::Instant::now();
-    let encoder = scorer.as_ref().map(|(model, vector, enc)| ListScorer { model, encoder: ListEncoder { encoder: enc.as_ref(), vector } });
-    let result = squire_engine::harness::run_inquire_rerank(&rerankers, encoder, &queries, describe, a.rescore, &opts, &mut |done, total| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-    })?;
+    let encoder = scorer.as_ref().map(|(model, vector, enc)| ListScorer {
+        model,
+        encoder: ListEncoder {
+            encoder: enc.as_ref(),
+            vector,
+        },
+    });
+    let result = squire_engine::harness::run_inquire_rerank(
+        &rerankers,
+        encoder,
+        &queries,
+        describe,
+        a.rescore,
+        &opts,
+        &mut |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        },
+    )?;
     bar.finish_and_clear();
     let secs = t0.elapsed().as_secs_f64();
     let candidates = queries.iter().map(|q| q.candidates.len()).sum::<usize>();
-    print_run(a.common.json, &result, &out, secs, &format!("{} queries, {candidates} candidates", queries.len()), |v| v["candidates"] = json!(candidates))?;
+    print_run(
+        a.common.json,
+        &result,
+        &out,
+        secs,
+        &format!("{} queries, {candidates} candidates", queries.len()),
+        |v| v["candidates"] = json!(candidates),
+    )?;
     check_fallbacks(&result, a.common.max_fallback_share)
 }

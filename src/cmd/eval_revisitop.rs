@@ -59,8 +59,18 @@ struct Indexed {
     data: Vec<f32>,
 }
 
-fn index_folder(dir: &Path, cache: &Path, model: &str, encoder: &dyn DualEncoder, bar: &indicatif::ProgressBar, what: &str) -> anyhow::Result<Collection> {
-    let exact = StoreConfig { kind: StoreKind::Exact, ..StoreConfig::default() };
+fn index_folder(
+    dir: &Path,
+    cache: &Path,
+    model: &str,
+    encoder: &dyn DualEncoder,
+    bar: &indicatif::ProgressBar,
+    what: &str,
+) -> anyhow::Result<Collection> {
+    let exact = StoreConfig {
+        kind: StoreKind::Exact,
+        ..StoreConfig::default()
+    };
     let mut col = Collection::open_or_create(cache, model, encoder, dir, exact)?;
     bar.set_message(format!("indexing the {what}"));
     let report = col.index(dir, encoder, IndexOptions::default(), &mut |done, total| {
@@ -68,7 +78,10 @@ fn index_folder(dir: &Path, cache: &Path, model: &str, encoder: &dyn DualEncoder
         bar.set_position(done as u64);
     })?;
     if !report.skipped.is_empty() {
-        eprintln!("warning: {} {what} image(s) could not be read and are left out", report.skipped.len());
+        eprintln!(
+            "warning: {} {what} image(s) could not be read and are left out",
+            report.skipped.len()
+        );
     }
     Ok(col)
 }
@@ -86,25 +99,61 @@ fn crop(img: &image::RgbImage, bbx: [f64; 4]) -> image::RgbImage {
 
 /// Runs `squire eval roxford` / `rparis` (`default_dataset` names the folder).
 pub fn run(a: RevisitopArgs, default_dataset: &str) -> anyhow::Result<()> {
-    let name = a.dataset.clone().unwrap_or_else(|| default_dataset.to_string());
+    let name = a
+        .dataset
+        .clone()
+        .unwrap_or_else(|| default_dataset.to_string());
     let gnd_path = revisitop::gnd_path(&a.data, &name);
     let ds = revisitop::load(&gnd_path)?;
     let jpg = a.data.join(&name).join("jpg");
-    anyhow::ensure!(jpg.is_dir(), "{} is missing: the images go there as <name>.jpg", jpg.display());
+    anyhow::ensure!(
+        jpg.is_dir(),
+        "{} is missing: the images go there as <name>.jpg",
+        jpg.display()
+    );
     let model = super::with_pooling(&a.model, a.pool)?;
     let encoder = super::load_encoder(&model, LoadOptions::default())?;
-    let tag: String = model.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    let tag: String = model
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
     let bar = super::progress_bar(a.json);
-    let db_col = index_folder(&jpg, &a.cache.join(format!("{name}-{tag}")), &model, encoder.as_ref(), &bar, "database")?;
-    let row_of: std::collections::HashMap<&str, usize> = db_col.records().iter().enumerate().map(|(i, r)| (r.path.as_str(), i)).collect();
+    let db_col = index_folder(
+        &jpg,
+        &a.cache.join(format!("{name}-{tag}")),
+        &model,
+        encoder.as_ref(),
+        &bar,
+        "database",
+    )?;
+    let row_of: std::collections::HashMap<&str, usize> = db_col
+        .records()
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.path.as_str(), i))
+        .collect();
     // Database position i (the ground truth's numbering) → collection row.
     let rows: Vec<usize> = ds
         .images
         .iter()
-        .map(|n| row_of.get(format!("{n}.jpg").as_str()).copied().with_context(|| format!("database image {n}.jpg is not in {} (or could not be read)", jpg.display())))
+        .map(|n| {
+            row_of
+                .get(format!("{n}.jpg").as_str())
+                .copied()
+                .with_context(|| {
+                    format!(
+                        "database image {n}.jpg is not in {} (or could not be read)",
+                        jpg.display()
+                    )
+                })
+        })
         .collect::<anyhow::Result<_>>()?;
     let vector = db_col.manifest().image_query_vector.clone();
-    let whitening = if a.whiten { Some(super::whiten::fit_and_save(&db_col, &vector, &a.whitening)?.0) } else { None };
+    let whitening = if a.whiten {
+        Some(super::whiten::fit_and_save(&db_col, &vector, &a.whitening)?.0)
+    } else {
+        None
+    };
     let prepare = |col: Collection| -> anyhow::Result<Indexed> {
         let raw = col.vectors(&vector)?.data();
         let data = match &whitening {
@@ -115,10 +164,23 @@ pub fn run(a: RevisitopArgs, default_dataset: &str) -> anyhow::Result<()> {
     };
     // Database vectors in ground-truth order.
     let db = prepare(db_col)?;
-    let dim = whitening.as_ref().map_or_else(|| db.col.vectors(&vector).map(|s| s.dim()).unwrap_or(0), |w| w.dim_out);
-    let db_data: Vec<f32> = rows.iter().flat_map(|&r| db.data[r * dim..(r + 1) * dim].iter().copied()).collect();
+    let dim = whitening.as_ref().map_or_else(
+        || db.col.vectors(&vector).map(|s| s.dim()).unwrap_or(0),
+        |w| w.dim_out,
+    );
+    let db_data: Vec<f32> = rows
+        .iter()
+        .flat_map(|&r| db.data[r * dim..(r + 1) * dim].iter().copied())
+        .collect();
     let distractors = match &a.distractors {
-        Some(dir) => Some(prepare(index_folder(dir, &a.cache.join(format!("distractors-{tag}")), &model, encoder.as_ref(), &bar, "distractors")?)?),
+        Some(dir) => Some(prepare(index_folder(
+            dir,
+            &a.cache.join(format!("distractors-{tag}")),
+            &model,
+            encoder.as_ref(),
+            &bar,
+            "distractors",
+        )?)?),
         None => None,
     };
     bar.finish_and_clear();
@@ -136,15 +198,30 @@ pub fn run(a: RevisitopArgs, default_dataset: &str) -> anyhow::Result<()> {
     let t = Instant::now();
     for (qi, qname) in ds.queries.iter().enumerate() {
         let path = jpg.join(format!("{qname}.jpg"));
-        let img = image_io::load_rgb(&path).with_context(|| format!("query image {}", path.display()))?;
-        let mut q = squire_engine::pipeline::embed_rgb(encoder.as_ref(), &crop(&img, ds.gnd[qi].bbx), &vector)?;
+        let img =
+            image_io::load_rgb(&path).with_context(|| format!("query image {}", path.display()))?;
+        let mut q = squire_engine::pipeline::embed_rgb(
+            encoder.as_ref(),
+            &crop(&img, ds.gnd[qi].bbx),
+            &vector,
+        )?;
         if let Some(w) = &whitening {
             q = w.apply(&q)?;
         }
         // Full ranking: database positions 0..n, distractors as n + j.
-        let mut scored: Vec<(usize, f32)> = compute.scores(&db_gpu, &q, Metric::InnerProduct)?.into_iter().enumerate().collect();
+        let mut scored: Vec<(usize, f32)> = compute
+            .scores(&db_gpu, &q, Metric::InnerProduct)?
+            .into_iter()
+            .enumerate()
+            .collect();
         if let Some(d) = &dis_gpu {
-            scored.extend(compute.scores(d, &q, Metric::InnerProduct)?.into_iter().enumerate().map(|(j, s)| (n + j, s)));
+            scored.extend(
+                compute
+                    .scores(d, &q, Metric::InnerProduct)?
+                    .into_iter()
+                    .enumerate()
+                    .map(|(j, s)| (n + j, s)),
+            );
         }
         scored.sort_by(|x, y| y.1.total_cmp(&x.1).then(x.0.cmp(&y.0)));
         first.push(scored.iter().map(|x| x.0).collect::<Vec<_>>());
@@ -153,10 +230,20 @@ pub fn run(a: RevisitopArgs, default_dataset: &str) -> anyhow::Result<()> {
             let m = sg.m.min(scored.len());
             let mut cand = Vec::with_capacity(m * dim);
             for &(id, _) in &scored[..m] {
-                let v = if id < n { &db_data[id * dim..(id + 1) * dim] } else { &distractors.as_ref().map_or(&[][..], |d| &d.data[..])[(id - n) * dim..(id - n + 1) * dim] };
+                let v = if id < n {
+                    &db_data[id * dim..(id + 1) * dim]
+                } else {
+                    &distractors.as_ref().map_or(&[][..], |d| &d.data[..])
+                        [(id - n) * dim..(id - n + 1) * dim]
+                };
                 cand.extend_from_slice(v);
             }
-            let ranking: Vec<Ranked> = (0..m).map(|i| Ranked { row: i, score: scored[i].1 }).collect();
+            let ranking: Vec<Ranked> = (0..m)
+                .map(|i| Ranked {
+                    row: i,
+                    score: scored[i].1,
+                })
+                .collect();
             let t = Instant::now();
             let rr = superglobal::rerank(&compute, &q, &cand, dim, &ranking, &sg)?;
             rerank_ms.push(t.elapsed().as_secs_f64() * 1e3);
@@ -213,13 +300,24 @@ pub fn run(a: RevisitopArgs, default_dataset: &str) -> anyhow::Result<()> {
     println!(
         "{name}: {} queries, {n} database images{} (model {model}{})",
         ds.queries.len(),
-        report["distractors"].as_u64().filter(|&d| d > 0).map_or(String::new(), |d| format!(" + {d} distractors")),
-        whitening.as_ref().map_or(String::new(), |w| format!(", whitened to {} dims", w.dim_out))
+        report["distractors"]
+            .as_u64()
+            .filter(|&d| d > 0)
+            .map_or(String::new(), |d| format!(" + {d} distractors")),
+        whitening.as_ref().map_or(String::new(), |w| format!(
+            ", whitened to {} dims",
+            w.dim_out
+        ))
     );
     println!("| stage | mAP Easy | mAP Medium | mAP Hard |");
     println!("|---|---|---|---|");
     let row = |label: &str, m: &serde_json::Value| {
-        println!("| {label} | {:.2} | {:.2} | {:.2} |", m["easy"].as_f64().unwrap_or(0.0), m["medium"].as_f64().unwrap_or(0.0), m["hard"].as_f64().unwrap_or(0.0))
+        println!(
+            "| {label} | {:.2} | {:.2} | {:.2} |",
+            m["easy"].as_f64().unwrap_or(0.0),
+            m["medium"].as_f64().unwrap_or(0.0),
+            m["hard"].as_f64().unwrap_or(0.0)
+        )
     };
     row("first stage", &report["metrics"]["first_stage"]);
     if superglobal {

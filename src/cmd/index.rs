@@ -85,7 +85,10 @@ impl IndexArgs {
             expansion_search: self.ef.or(base.expansion_search),
         };
         if !(2..=255).contains(&c.connectivity) {
-            anyhow::bail!("--connectivity {} is out of range (2 to 255)", c.connectivity);
+            anyhow::bail!(
+                "--connectivity {} is out of range (2 to 255)",
+                c.connectivity
+            );
         }
         if c.expansion_add == 0 || c.expansion_search == Some(0) {
             anyhow::bail!("--ef-construction and --ef must be at least 1");
@@ -100,27 +103,47 @@ impl IndexArgs {
 /// Runs `squire index`.
 pub fn run(a: IndexArgs) -> anyhow::Result<()> {
     if let Some(t) = a.threads {
-        rayon::ThreadPoolBuilder::new().num_threads(t.max(1)).build_global().context("setting --threads")?;
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(t.max(1))
+            .build_global()
+            .context("setting --threads")?;
     }
     if !a.images.is_dir() {
         anyhow::bail!("{} is not a directory", a.images.display());
     }
-    let root = a.images.canonicalize().with_context(|| format!("resolving {}", a.images.display()))?;
+    let root = a
+        .images
+        .canonicalize()
+        .with_context(|| format!("resolving {}", a.images.display()))?;
     let model = super::with_pooling(&a.model, a.pool)?;
     let encoder = super::load_encoder(&model, LoadOptions::default())?;
-    let mut col = Collection::open_or_create(&a.index, &model, encoder.as_ref(), &root, a.store_config(StoreConfig::default())?)?;
+    let mut col = Collection::open_or_create(
+        &a.index,
+        &model,
+        encoder.as_ref(),
+        &root,
+        a.store_config(StoreConfig::default())?,
+    )?;
     let wanted = a.store_config(col.manifest().store)?;
     if wanted != col.manifest().store {
-        eprintln!("rebuilding the vector store as {} ({wanted:?})", wanted.kind.name());
+        eprintln!(
+            "rebuilding the vector store as {} ({wanted:?})",
+            wanted.kind.name()
+        );
         col.change_store(wanted)?;
     }
     let bar = ProgressBar::new(0);
     bar.set_style(
-        ProgressStyle::with_template("{spinner} indexing [{bar:30}] {pos}/{len} images, {per_sec}, ETA {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{spinner} indexing [{bar:30}] {pos}/{len} images, {per_sec}, ETA {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
     );
-    let opts = IndexOptions { batch: a.batch.max(1), checkpoint_every: a.checkpoint.max(1) };
+    let opts = IndexOptions {
+        batch: a.batch.max(1),
+        checkpoint_every: a.checkpoint.max(1),
+    };
     let report = col.index(&root, encoder.as_ref(), opts, &mut |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
@@ -134,14 +157,21 @@ pub fn run(a: IndexArgs) -> anyhow::Result<()> {
         }
     }
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({
-            "index": col.dir().display().to_string(), "images": col.records().len(), "report": report,
-            "images_per_second": if report.seconds > 0.0 { embedded as f64 / report.seconds } else { 0.0 },
-        }))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "index": col.dir().display().to_string(), "images": col.records().len(), "report": report,
+                "images_per_second": if report.seconds > 0.0 { embedded as f64 / report.seconds } else { 0.0 },
+            }))?
+        );
         return Ok(());
     }
     if embedded == 0 && report.removed == 0 {
-        println!("up to date: {} images, nothing to embed ({} unchanged)", col.records().len(), report.unchanged);
+        println!(
+            "up to date: {} images, nothing to embed ({} unchanged)",
+            col.records().len(),
+            report.unchanged
+        );
     } else {
         println!(
             "indexed {} new, {} changed, removed {}, kept {} unchanged → {} images in {}",

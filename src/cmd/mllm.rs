@@ -8,9 +8,9 @@ use anyhow::Context;
 use clap::Args;
 use squire_engine::cotrr::{CotrrInput, CotrrOptions, CotrrReasoning};
 use squire_engine::ebr::EbrOptions;
+use squire_engine::grid::GridOptions;
 use squire_engine::pipeline::{PipelineMllm, PipelineOptions};
 use squire_engine::pointwise::PointwiseOptions;
-use squire_engine::grid::GridOptions;
 use squire_engine::sqaf::{SqafOptions, SqafWeights};
 use squire_models::mllm::{Cached, Mllm, OpenAiChat, OpenAiOptions, ResponseCache, API_KEY_ENV};
 
@@ -26,7 +26,11 @@ pub struct MllmArgs {
     #[arg(long, value_parser = ["openai", "local"])]
     pub mllm: Option<String>,
     /// Server base URL, e.g. http://localhost:8000/v1 (vLLM), http://localhost:11434/v1 (Ollama).
-    #[arg(long, env = "SQUIRE_MLLM_URL", default_value = "http://localhost:8000/v1")]
+    #[arg(
+        long,
+        env = "SQUIRE_MLLM_URL",
+        default_value = "http://localhost:8000/v1"
+    )]
     pub mllm_url: String,
     /// The served model name, e.g. Qwen/Qwen3-VL-8B-Instruct; with --mllm
     /// local, a checkpoint directory or a known name (qwen3-vl-2b, -4b, -8b).
@@ -83,12 +87,20 @@ fn default_cache() -> PathBuf {
 impl MllmArgs {
     /// Opens the backend; `None` without --mllm.
     pub fn open(&self) -> anyhow::Result<Option<PipelineMllm>> {
-        let Some(backend) = self.mllm.as_deref() else { return Ok(None) };
-        anyhow::ensure!(backend == "openai" || backend == "local", "--mllm {backend}: expected openai or local");
+        let Some(backend) = self.mllm.as_deref() else {
+            return Ok(None);
+        };
+        anyhow::ensure!(
+            backend == "openai" || backend == "local",
+            "--mllm {backend}: expected openai or local"
+        );
         if backend == "local" {
             return self.open_local();
         }
-        let model = self.mllm_model.clone().context("--mllm openai needs --mllm-model (the served model name)")?;
+        let model = self
+            .mllm_model
+            .clone()
+            .context("--mllm openai needs --mllm-model (the served model name)")?;
         anyhow::ensure!(
             self.mllm_timeout.is_finite() && self.mllm_timeout > 0.0,
             "--mllm-timeout {}: expected a positive number of seconds",
@@ -111,10 +123,16 @@ impl MllmArgs {
             "cache": cache.as_ref().map(|p| p.display().to_string()), "cache_scope": self.mllm_cache_scope,
         });
         let model: Box<dyn Mllm> = match cache {
-            Some(dir) if self.mllm_cache_scope == CacheScope::Model => Box::new(Cached::new(client, ResponseCache::new(dir))),
+            Some(dir) if self.mllm_cache_scope == CacheScope::Model => {
+                Box::new(Cached::new(client, ResponseCache::new(dir)))
+            }
             Some(dir) => {
                 let endpoint = client.endpoint().to_string();
-                Box::new(Cached::for_endpoint(client, ResponseCache::new(dir), &endpoint))
+                Box::new(Cached::for_endpoint(
+                    client,
+                    ResponseCache::new(dir),
+                    &endpoint,
+                ))
             }
             None => Box::new(client),
         };
@@ -138,8 +156,13 @@ impl MllmArgs {
         let dir = squire_models::qwen3vl::resolve_vlm(&spec)?;
         let t0 = std::time::Instant::now();
         let dtype = squire_models::qwen3vl::parse_dtype(&self.mllm_dtype)?;
-        let model = squire_models::qwen3vl::Qwen3Vl::load_as(&dir, dtype).with_context(|| format!("--mllm-model {}", dir.display()))?;
-        tracing::info!("loaded {} in {:.1} s", dir.display(), t0.elapsed().as_secs_f64());
+        let model = squire_models::qwen3vl::Qwen3Vl::load_as(&dir, dtype)
+            .with_context(|| format!("--mllm-model {}", dir.display()))?;
+        tracing::info!(
+            "loaded {} in {:.1} s",
+            dir.display(),
+            t0.elapsed().as_secs_f64()
+        );
         let cache = self.cache_dir();
         let describe = serde_json::json!({
             "backend": "local", "model": model.model_id(), "dir": dir.display().to_string(), "dtype": self.mllm_dtype,
@@ -174,12 +197,29 @@ pub struct SqafArgs {
 impl SqafArgs {
     /// The engine's options (weights checked).
     pub fn options(&self) -> anyhow::Result<SqafOptions> {
-        let w = SqafWeights { image: self.sqaf_image_weight, text: self.sqaf_text_weight, caption: self.sqaf_caption_weight };
-        for (name, v) in [("--sqaf-image-weight", w.image), ("--sqaf-text-weight", w.text), ("--sqaf-caption-weight", w.caption)] {
-            anyhow::ensure!(v.is_finite() && v >= 0.0, "{name} {v}: expected a finite weight ≥ 0");
+        let w = SqafWeights {
+            image: self.sqaf_image_weight,
+            text: self.sqaf_text_weight,
+            caption: self.sqaf_caption_weight,
+        };
+        for (name, v) in [
+            ("--sqaf-image-weight", w.image),
+            ("--sqaf-text-weight", w.text),
+            ("--sqaf-caption-weight", w.caption),
+        ] {
+            anyhow::ensure!(
+                v.is_finite() && v >= 0.0,
+                "{name} {v}: expected a finite weight ≥ 0"
+            );
         }
-        anyhow::ensure!(w.image + w.text + w.caption > 0.0, "the SQAF weights are all zero");
-        Ok(SqafOptions { weights: w, ..SqafOptions::default() })
+        anyhow::ensure!(
+            w.image + w.text + w.caption > 0.0,
+            "the SQAF weights are all zero"
+        );
+        Ok(SqafOptions {
+            weights: w,
+            ..SqafOptions::default()
+        })
     }
 }
 
@@ -208,7 +248,11 @@ impl EbrArgs {
     pub fn options(&self) -> anyhow::Result<EbrOptions> {
         let o = EbrOptions {
             k: self.ebr_k,
-            grid: GridOptions { cells: self.ebr_cells, cell: self.ebr_cell_size, ..GridOptions::default() },
+            grid: GridOptions {
+                cells: self.ebr_cells,
+                cell: self.ebr_cell_size,
+                ..GridOptions::default()
+            },
             retries: self.ebr_retries,
             ..EbrOptions::default()
         };
@@ -218,17 +262,26 @@ impl EbrArgs {
 
     /// Writes `grids` to --save-grid, if given.
     pub fn save(&self, grids: &[image::RgbImage]) -> anyhow::Result<Vec<PathBuf>> {
-        let Some(path) = &self.save_grid else { return Ok(Vec::new()) };
+        let Some(path) = &self.save_grid else {
+            return Ok(Vec::new());
+        };
         let mut written = Vec::new();
         for (i, g) in grids.iter().enumerate() {
             let p = if i == 0 {
                 path.clone()
             } else {
-                let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "grid".into());
-                let ext = path.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_else(|| "png".into());
+                let stem = path
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "grid".into());
+                let ext = path
+                    .extension()
+                    .map(|e| e.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "png".into());
                 path.with_file_name(format!("{stem}-{}.{ext}", i + 1))
             };
-            g.save(&p).with_context(|| format!("writing the grid to {}", p.display()))?;
+            g.save(&p)
+                .with_context(|| format!("writing the grid to {}", p.display()))?;
             written.push(p);
         }
         Ok(written)
@@ -267,8 +320,15 @@ impl CotrrArgs {
             k: self.cotrr_k,
             window: self.cotrr_window,
             step: self.cotrr_step,
-            input: if self.cotrr_input == "grid" { CotrrInput::Grid } else { CotrrInput::Images },
-            reasoning: self.cotrr_reasoning.parse::<CotrrReasoning>().map_err(anyhow::Error::msg)?,
+            input: if self.cotrr_input == "grid" {
+                CotrrInput::Grid
+            } else {
+                CotrrInput::Images
+            },
+            reasoning: self
+                .cotrr_reasoning
+                .parse::<CotrrReasoning>()
+                .map_err(anyhow::Error::msg)?,
             retries: self.cotrr_retries,
             ..CotrrOptions::default()
         };
@@ -310,13 +370,26 @@ pub struct StageArgs {
 impl StageArgs {
     /// The pipeline's options (each checked, the offending option named).
     pub fn options(&self) -> anyhow::Result<PipelineOptions> {
-        anyhow::ensure!(self.pointwise.pointwise_k > 0, "--pointwise-k must be at least 1");
+        anyhow::ensure!(
+            self.pointwise.pointwise_k > 0,
+            "--pointwise-k must be at least 1"
+        );
         Ok(PipelineOptions {
             superglobal: self.sg.params(),
             sqaf: self.sqaf.options()?,
-            ebr: EbrOptions { parse: self.parse, ..self.ebr.options()? },
-            cotrr: CotrrOptions { parse: self.parse, ..self.cotrr.options()? },
-            pointwise: PointwiseOptions { k: self.pointwise.pointwise_k, parallel: self.mllm.mllm_concurrency.max(1), ..PointwiseOptions::default() },
+            ebr: EbrOptions {
+                parse: self.parse,
+                ..self.ebr.options()?
+            },
+            cotrr: CotrrOptions {
+                parse: self.parse,
+                ..self.cotrr.options()?
+            },
+            pointwise: PointwiseOptions {
+                k: self.pointwise.pointwise_k,
+                parallel: self.mllm.mllm_concurrency.max(1),
+                ..PointwiseOptions::default()
+            },
         })
     }
 }

@@ -24,7 +24,8 @@ use squire_models::{registry, DualEncoder};
 pub fn load_clip(spec: &str, opts: LoadOptions) -> anyhow::Result<ClipModel> {
     let resolved = registry::resolve(spec)?;
     tracing::info!(dir = %resolved.dir.display(), source = ?resolved.source, "model resolved");
-    ClipModel::load(&resolved.dir, opts).with_context(|| format!("loading model `{spec}` from {}", resolved.dir.display()))
+    ClipModel::load(&resolved.dir, opts)
+        .with_context(|| format!("loading model `{spec}` from {}", resolved.dir.display()))
 }
 
 /// Resolves `--model` and loads whichever family it names.
@@ -36,19 +37,32 @@ pub fn load_clip(spec: &str, opts: LoadOptions) -> anyhow::Result<ClipModel> {
 /// built with one pooling refuses another.
 pub fn load_encoder(spec: &str, opts: LoadOptions) -> anyhow::Result<Box<dyn DualEncoder>> {
     let (name, pool) = match spec.split_once('@') {
-        Some((name, pool)) => (name, pool.parse::<Pooling>().map_err(|e| anyhow::anyhow!("model `{spec}`: {e}"))?),
+        Some((name, pool)) => (
+            name,
+            pool.parse::<Pooling>()
+                .map_err(|e| anyhow::anyhow!("model `{spec}`: {e}"))?,
+        ),
         None => (spec, Pooling::Gem),
     };
     if name == "lite" {
         let resolved = registry::resolve(name)?;
-        let pack = LitePack::load(&resolved.dir, LiteOptions { pool, ..LiteOptions::default() })
-            .with_context(|| format!("loading the lite pack from {}", resolved.dir.display()))?;
+        let pack = LitePack::load(
+            &resolved.dir,
+            LiteOptions {
+                pool,
+                ..LiteOptions::default()
+            },
+        )
+        .with_context(|| format!("loading the lite pack from {}", resolved.dir.display()))?;
         return Ok(Box::new(pack));
     }
     if spec != name {
         // CLIP with its patch tokens pooled into a second vector, `gem`.
         let clip = load_clip(name, opts)?;
-        return Ok(Box::new(squire_models::clip::PooledClip::new(clip, pool).map_err(|e| anyhow::anyhow!("model `{spec}`: {e}"))?));
+        return Ok(Box::new(
+            squire_models::clip::PooledClip::new(clip, pool)
+                .map_err(|e| anyhow::anyhow!("model `{spec}`: {e}"))?,
+        ));
     }
     Ok(Box::new(load_clip(spec, opts)?))
 }
@@ -71,9 +85,11 @@ pub fn progress_bar(hidden: bool) -> indicatif::ProgressBar {
     }
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len}, {per_sec}, ETA {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {msg} [{bar:30}] {pos}/{len}, {per_sec}, ETA {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
     );
     bar
 }

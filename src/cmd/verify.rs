@@ -34,19 +34,35 @@ pub fn run(a: VerifyArgs) -> anyhow::Result<()> {
     bar.finish_and_clear();
     let secs = t0.elapsed().as_secs_f64();
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&json!({
-            "schema": "squire.verify/1", "index": a.index.display().to_string(), "ok": report.problems.is_empty(),
-            "generation": report.generation, "files": report.files, "bytes": report.bytes, "seconds": secs, "problems": report.problems,
-        }))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "schema": "squire.verify/1", "index": a.index.display().to_string(), "ok": report.problems.is_empty(),
+                "generation": report.generation, "files": report.files, "bytes": report.bytes, "seconds": secs, "problems": report.problems,
+            }))?
+        );
     } else {
         for p in &report.problems {
             println!("{}: {} — holds {}", p.path.display(), p.problem, p.holds);
         }
-        println!("{} files, {:.1} MB of generation {} read in {secs:.2} s: {}", report.files, report.bytes as f64 / 1e6, report.generation,
-            if report.problems.is_empty() { "all match the manifest".to_string() } else { format!("{} damaged", report.problems.len()) });
+        println!(
+            "{} files, {:.1} MB of generation {} read in {secs:.2} s: {}",
+            report.files,
+            report.bytes as f64 / 1e6,
+            report.generation,
+            if report.problems.is_empty() {
+                "all match the manifest".to_string()
+            } else {
+                format!("{} damaged", report.problems.len())
+            }
+        );
     }
     if !report.problems.is_empty() {
-        anyhow::bail!("{}: {} file(s) missing or damaged", a.index.display(), report.problems.len());
+        anyhow::bail!(
+            "{}: {} file(s) missing or damaged",
+            a.index.display(),
+            report.problems.len()
+        );
     }
     Ok(())
 }

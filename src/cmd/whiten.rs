@@ -47,12 +47,20 @@ pub struct WhitenParamsArgs {
 
 impl WhitenParamsArgs {
     fn params(&self) -> WhiteningParams {
-        WhiteningParams { dims: self.whiten_dims, power: self.whiten_power, ..WhiteningParams::default() }
+        WhiteningParams {
+            dims: self.whiten_dims,
+            power: self.whiten_power,
+            ..WhiteningParams::default()
+        }
     }
 }
 
 /// Fits and stores a whitening for `vector` of `col`.
-pub fn fit_and_save(col: &Collection, vector: &str, args: &WhitenParamsArgs) -> anyhow::Result<(Whitening, f64)> {
+pub fn fit_and_save(
+    col: &Collection,
+    vector: &str,
+    args: &WhitenParamsArgs,
+) -> anyhow::Result<(Whitening, f64)> {
     let on = squire_engine::whitening::fitted_on(col, vector)?;
     let store = col.vectors(vector)?;
     let t = Instant::now();
@@ -64,8 +72,13 @@ pub fn fit_and_save(col: &Collection, vector: &str, args: &WhitenParamsArgs) -> 
 
 /// Runs `squire whiten`.
 pub fn run(a: WhitenArgs) -> anyhow::Result<()> {
-    let col = Collection::open_with(&a.index, OpenOptions { view: true }).with_context(|| format!("opening the collection in {}", a.index.display()))?;
-    let vector = a.params.whiten_vector.clone().unwrap_or_else(|| col.manifest().image_query_vector.clone());
+    let col = Collection::open_with(&a.index, OpenOptions { view: true })
+        .with_context(|| format!("opening the collection in {}", a.index.display()))?;
+    let vector = a
+        .params
+        .whiten_vector
+        .clone()
+        .unwrap_or_else(|| col.manifest().image_query_vector.clone());
     let (w, secs) = fit_and_save(&col, &vector, &a.params)?;
     let total: f64 = w.eigenvalues.iter().map(|&l| l as f64).sum();
     if a.json {

@@ -12,8 +12,29 @@ fn copies_benchmark_is_deterministic_and_counts_every_query() {
     let images = fixtures().join("images").display().to_string();
     let model = fixtures().join("tiny-clip").display().to_string();
     let args = [
-        "eval", "copies", "--images", &images, "--cache", &cache, "--model", &model, "--sources", "3", "--variants", "3",
-        "--others", "4", "--seed", "5", "--rerank", "superglobal", "--sg-k", "2", "--device", "cpu", "--json",
+        "eval",
+        "copies",
+        "--images",
+        &images,
+        "--cache",
+        &cache,
+        "--model",
+        &model,
+        "--sources",
+        "3",
+        "--variants",
+        "3",
+        "--others",
+        "4",
+        "--seed",
+        "5",
+        "--rerank",
+        "superglobal",
+        "--sg-k",
+        "2",
+        "--device",
+        "cpu",
+        "--json",
     ];
     let o = squire(&home, &args);
     assert!(o.status.success(), "{}", text(&o));
@@ -28,11 +49,15 @@ fn copies_benchmark_is_deterministic_and_counts_every_query() {
         }
     }
     let sg = &v["superglobal"];
-    let counted = sg["wins"].as_u64().unwrap() + sg["losses"].as_u64().unwrap() + sg["ties"].as_u64().unwrap();
+    let counted = sg["wins"].as_u64().unwrap()
+        + sg["losses"].as_u64().unwrap()
+        + sg["ties"].as_u64().unwrap();
     assert_eq!(counted, 3);
     let per_query = v["per_query"].as_array().expect("per_query");
     assert_eq!(per_query.len(), 3);
-    assert!(per_query.iter().all(|q| q["edits"].as_array().is_some_and(|e| e.len() >= 3)));
+    assert!(per_query
+        .iter()
+        .all(|q| q["edits"].as_array().is_some_and(|e| e.len() >= 3)));
     // The same seed gives the same benchmark and the same numbers (cached or not).
     let again = squire(&home, &args);
     let w: serde_json::Value = serde_json::from_slice(&again.stdout).expect("json");
@@ -41,6 +66,22 @@ fn copies_benchmark_is_deterministic_and_counts_every_query() {
     // A folder with too few photos is a clear error.
     let empty = root.join("empty");
     std::fs::create_dir_all(&empty).expect("mkdir");
-    let o = squire(&home, &["eval", "copies", "--images", &empty.display().to_string(), "--cache", &cache, "--model", &model]);
-    assert!(!o.status.success() && text(&o).contains("needs at least"), "{}", text(&o));
+    let o = squire(
+        &home,
+        &[
+            "eval",
+            "copies",
+            "--images",
+            &empty.display().to_string(),
+            "--cache",
+            &cache,
+            "--model",
+            &model,
+        ],
+    );
+    assert!(
+        !o.status.success() && text(&o).contains("needs at least"),
+        "{}",
+        text(&o)
+    );
 }

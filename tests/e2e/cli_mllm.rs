@@ -5,7 +5,6 @@
 
 use std::process::Output;
 
-
 use crate::common::{squire, text, tiny_collection};
 use crate::scripted_openai::{Reply, ScriptedServer};
 use serde_json::Value;
@@ -16,7 +15,12 @@ fn json(o: &Output) -> Value {
 }
 
 fn paths(v: &Value) -> Vec<String> {
-    v["results"].as_array().expect("results").iter().map(|r| r["path"].as_str().expect("path").to_string()).collect()
+    v["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| r["path"].as_str().expect("path").to_string())
+        .collect()
 }
 
 #[test]
@@ -31,8 +35,28 @@ fn scripted_server_sqaf_and_ebr_through_the_cli() {
     let cache = root.join("mllm-cache").display().to_string();
     let grid = root.join("grid.png");
     let reference = images.join("astronaut.jpg").display().to_string();
-    let base = ["search", "--index", &idx, "--image", &reference, "--text", "make the suit blue", "-k", "5", "--exact", "--json",
-        "--sqaf", "--mllm", "openai", "--mllm-url", &server.url, "--mllm-model", "scripted", "--mllm-cache", &cache];
+    let base = [
+        "search",
+        "--index",
+        &idx,
+        "--image",
+        &reference,
+        "--text",
+        "make the suit blue",
+        "-k",
+        "5",
+        "--exact",
+        "--json",
+        "--sqaf",
+        "--mllm",
+        "openai",
+        "--mllm-url",
+        &server.url,
+        "--mllm-model",
+        "scripted",
+        "--mllm-cache",
+        &cache,
+    ];
     // 1. SQAF alone: one call, the caption fused into the query.
     let v = json(&squire(&home, &base));
     assert_eq!(v["sqaf"]["caption"], "An astronaut in a blue suit.");
@@ -47,8 +71,20 @@ fn scripted_server_sqaf_and_ebr_through_the_cli() {
     let grid_s = grid.display().to_string();
     args.extend(["--rerank", "ebr", "--ebr-k", "4", "--save-grid", &grid_s]);
     let v = json(&squire(&home, &args));
-    assert_eq!((v["cost"]["sqaf"]["cache_hits"].as_u64(), v["cost"]["sqaf"]["requests"].as_u64()), (Some(1), Some(0)));
-    assert_eq!((v["cost"]["ebr"]["calls"].as_u64(), v["cost"]["ebr"]["images"].as_u64()), (Some(1), Some(2)));
+    assert_eq!(
+        (
+            v["cost"]["sqaf"]["cache_hits"].as_u64(),
+            v["cost"]["sqaf"]["requests"].as_u64()
+        ),
+        (Some(1), Some(0))
+    );
+    assert_eq!(
+        (
+            v["cost"]["ebr"]["calls"].as_u64(),
+            v["cost"]["ebr"]["images"].as_u64()
+        ),
+        (Some(1), Some(2))
+    );
     assert_eq!(v["ebr"]["mentioned"], 2);
     assert!(v["ebr"]["fallback"].is_null());
     assert_eq!(v["ebr"]["read"], "json", "{}", v["ebr"]);
@@ -57,40 +93,123 @@ fn scripted_server_sqaf_and_ebr_through_the_cli() {
     let want: Vec<String> = [3, 2, 0, 1, 4].iter().map(|&i| before[i].clone()).collect();
     assert_eq!(after, want, "the order follows the scripted answer");
     assert_eq!(v["results"][0]["first_stage_rank"], 4);
-    assert_eq!(server.seen().len(), 2, "one SQAF request, then one EBR request");
+    assert_eq!(
+        server.seen().len(),
+        2,
+        "one SQAF request, then one EBR request"
+    );
     let g = image::open(&grid).expect("the saved grid").to_rgb8();
     assert_eq!(g.dimensions(), (6 + 2 * 342, 6 + 2 * 342));
     // The EBR request carried the caption.
     let ebr_req = server.seen()[1].body.to_string();
     assert!(ebr_req.contains("An astronaut in a blue suit.") && ebr_req.contains("marks 1 to 4"));
     // 3. Text output prints the caption.
-    let o = squire(&home, &base[..base.len()].iter().filter(|a| **a != "--json").copied().collect::<Vec<_>>());
+    let o = squire(
+        &home,
+        &base[..base.len()]
+            .iter()
+            .filter(|a| **a != "--json")
+            .copied()
+            .collect::<Vec<_>>(),
+    );
     assert!(o.status.success(), "{}", text(&o));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("caption (SQAF): An astronaut in a blue suit."), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("caption (SQAF): An astronaut in a blue suit."),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]
 fn an_unreachable_server_falls_back_and_bad_options_are_named() {
     let (home, idx, _) = tiny_collection("mllm-errors");
     // No MLLM given.
-    let o = squire(&home, &["search", "--index", &idx, "--text", "a cat", "--rerank", "ebr"]);
+    let o = squire(
+        &home,
+        &[
+            "search", "--index", &idx, "--text", "a cat", "--rerank", "ebr",
+        ],
+    );
     assert!(!o.status.success());
     assert!(text(&o).contains("--mllm"), "{}", text(&o));
     // SQAF needs a composed query.
-    let o = squire(&home, &["search", "--index", &idx, "--text", "a cat", "--sqaf", "--mllm", "openai", "--mllm-model", "m"]);
+    let o = squire(
+        &home,
+        &[
+            "search",
+            "--index",
+            &idx,
+            "--text",
+            "a cat",
+            "--sqaf",
+            "--mllm",
+            "openai",
+            "--mllm-model",
+            "m",
+        ],
+    );
     assert!(!o.status.success());
     assert!(text(&o).contains("composed"), "{}", text(&o));
     // K beyond the grids allowed.
-    let o = squire(&home, &["search", "--index", &idx, "--text", "a cat", "--rerank", "ebr", "--ebr-k", "100", "--mllm", "openai", "--mllm-model", "m"]);
+    let o = squire(
+        &home,
+        &[
+            "search",
+            "--index",
+            &idx,
+            "--text",
+            "a cat",
+            "--rerank",
+            "ebr",
+            "--ebr-k",
+            "100",
+            "--mllm",
+            "openai",
+            "--mllm-model",
+            "m",
+        ],
+    );
     assert!(!o.status.success());
     assert!(text(&o).contains("--ebr-k 100"), "{}", text(&o));
     // Nothing listens on port 9: EBR keeps the first-stage order and says why.
-    let first = json(&squire(&home, &["search", "--index", &idx, "--text", "a cat", "--exact", "--json"]));
-    let v = json(&squire(&home, &["search", "--index", &idx, "--text", "a cat", "--exact", "--json", "--rerank", "ebr",
-        "--mllm", "openai", "--mllm-url", "http://127.0.0.1:9/v1", "--mllm-model", "m", "--mllm-retries", "0", "--mllm-cache", "none"]));
+    let first = json(&squire(
+        &home,
+        &[
+            "search", "--index", &idx, "--text", "a cat", "--exact", "--json",
+        ],
+    ));
+    let v = json(&squire(
+        &home,
+        &[
+            "search",
+            "--index",
+            &idx,
+            "--text",
+            "a cat",
+            "--exact",
+            "--json",
+            "--rerank",
+            "ebr",
+            "--mllm",
+            "openai",
+            "--mllm-url",
+            "http://127.0.0.1:9/v1",
+            "--mllm-model",
+            "m",
+            "--mllm-retries",
+            "0",
+            "--mllm-cache",
+            "none",
+        ],
+    ));
     let why = v["ebr"]["fallback"].as_str().expect("fallback");
     // The URL once, the attempts counted.
-    assert!(why.contains("127.0.0.1:9") && why.matches("127.0.0.1:9").count() == 1 && why.contains("after 1 attempt(s)"), "{why}");
+    assert!(
+        why.contains("127.0.0.1:9")
+            && why.matches("127.0.0.1:9").count() == 1
+            && why.contains("after 1 attempt(s)"),
+        "{why}"
+    );
     assert_eq!(v["ebr"]["read"], "fallback");
     assert_eq!(paths(&v), paths(&first));
     assert_eq!(v["cost"]["ebr"]["requests"], 1);
@@ -99,9 +218,16 @@ fn an_unreachable_server_falls_back_and_bad_options_are_named() {
 #[test]
 fn scripted_server_cotrr_then_pointwise_through_the_cli() {
     let (home, idx, _) = tiny_collection("mllm-cotrr");
-    let first = json(&squire(&home, &["search", "--index", &idx, "--text", "a cat", "--exact", "--json", "-k", "6"]));
+    let first = json(&squire(
+        &home,
+        &[
+            "search", "--index", &idx, "--text", "a cat", "--exact", "--json", "-k", "6",
+        ],
+    ));
     let before = paths(&first);
-    let lp = |yes: f64| Reply::answer_with_logprobs("Yes", &[("Yes", yes.ln()), ("No", (1.0 - yes).ln())]);
+    let lp = |yes: f64| {
+        Reply::answer_with_logprobs("Yes", &[("Yes", yes.ln()), ("No", (1.0 - yes).ln())])
+    };
     let server = ScriptedServer::start(vec![
         Reply::answer(r#"{"reasoning": "a cat: subject. Image 3 shows one.", "ranking": [3, 2]}"#),
         // Pointwise over the new top 3, one call at a time.
@@ -109,21 +235,70 @@ fn scripted_server_cotrr_then_pointwise_through_the_cli() {
         lp(0.2),
         lp(0.9),
     ]);
-    let v = json(&squire(&home, &["search", "--index", &idx, "--text", "a cat", "--exact", "--json", "-k", "6",
-        "--rerank", "cotrr,pointwise", "--cotrr-k", "4", "--pointwise-k", "3", "--mllm", "openai", "--mllm-url", &server.url,
-        "--mllm-model", "scripted", "--mllm-cache", "none", "--mllm-concurrency", "1"]));
+    let v = json(&squire(
+        &home,
+        &[
+            "search",
+            "--index",
+            &idx,
+            "--text",
+            "a cat",
+            "--exact",
+            "--json",
+            "-k",
+            "6",
+            "--rerank",
+            "cotrr,pointwise",
+            "--cotrr-k",
+            "4",
+            "--pointwise-k",
+            "3",
+            "--mllm",
+            "openai",
+            "--mllm-url",
+            &server.url,
+            "--mllm-model",
+            "scripted",
+            "--mllm-cache",
+            "none",
+            "--mllm-concurrency",
+            "1",
+        ],
+    ));
     // CoTRR puts [2, 1, 0, 3] first; pointwise then scores its top 3 at 0.1, 0.2, 0.9 and reverses them.
     let after = paths(&v);
     let cotrr: Vec<usize> = vec![2, 1, 0, 3, 4, 5];
     let pointwise_top: Vec<usize> = vec![cotrr[2], cotrr[1], cotrr[0]];
-    let expected: Vec<String> = pointwise_top.iter().chain(&cotrr[3..]).map(|&i| before[i].clone()).collect();
+    let expected: Vec<String> = pointwise_top
+        .iter()
+        .chain(&cotrr[3..])
+        .map(|&i| before[i].clone())
+        .collect();
     assert_eq!(after, expected);
     assert_eq!(v["stages"], serde_json::json!(["cotrr", "pointwise"]));
-    assert_eq!(v["cotrr"]["reasoning"][0], "a cat: subject. Image 3 shows one.");
+    assert_eq!(
+        v["cotrr"]["reasoning"][0],
+        "a cat: subject. Image 3 shows one."
+    );
     assert_eq!(v["cotrr"]["windows"], 1);
-    assert_eq!((v["cost"]["cotrr"]["calls"].as_u64(), v["cost"]["cotrr"]["images"].as_u64()), (Some(1), Some(4)));
-    assert_eq!((v["cost"]["pointwise"]["calls"].as_u64(), v["cost"]["pointwise"]["completion_tokens"].as_u64()), (Some(3), Some(3)));
-    assert!(v["timings"]["cotrr_ms"].as_f64().is_some() && v["timings"]["pointwise_ms"].as_f64().is_some());
+    assert_eq!(
+        (
+            v["cost"]["cotrr"]["calls"].as_u64(),
+            v["cost"]["cotrr"]["images"].as_u64()
+        ),
+        (Some(1), Some(4))
+    );
+    assert_eq!(
+        (
+            v["cost"]["pointwise"]["calls"].as_u64(),
+            v["cost"]["pointwise"]["completion_tokens"].as_u64()
+        ),
+        (Some(3), Some(3))
+    );
+    assert!(
+        v["timings"]["cotrr_ms"].as_f64().is_some()
+            && v["timings"]["pointwise_ms"].as_f64().is_some()
+    );
     assert_eq!(server.seen().len(), 4);
 }
 
@@ -133,25 +308,74 @@ fn local_tiny_qwen3vl_sqaf_and_ebr_through_the_cli() {
     // answers are nonsense, so this checks the plumbing (a caption is fused,
     // one EBR call is made, the order stays a permutation of the first stage).
     let (home, idx, images) = tiny_collection("mllm-local");
-    let model = crate::common::fixtures().join("tiny-qwen3vl").display().to_string();
-    let reference = std::path::Path::new(&images).join("astronaut.jpg").display().to_string();
-    let base = ["search", "--index", &idx, "--image", &reference, "--text", "make the suit blue", "-k", "5", "--exact", "--json",
-        "--mllm", "local", "--mllm-model", &model, "--mllm-cache", "none"];
+    let model = crate::common::fixtures()
+        .join("tiny-qwen3vl")
+        .display()
+        .to_string();
+    let reference = std::path::Path::new(&images)
+        .join("astronaut.jpg")
+        .display()
+        .to_string();
+    let base = [
+        "search",
+        "--index",
+        &idx,
+        "--image",
+        &reference,
+        "--text",
+        "make the suit blue",
+        "-k",
+        "5",
+        "--exact",
+        "--json",
+        "--mllm",
+        "local",
+        "--mllm-model",
+        &model,
+        "--mllm-cache",
+        "none",
+    ];
     let first = json(&squire(&home, &base));
     let mut args = base.to_vec();
     // No second ask: a nonsense answer (fewer than two marks) falls back at once.
-    args.extend(["--sqaf", "--rerank", "ebr", "--ebr-k", "4", "--ebr-retries", "0", "--mllm-dtype", "bf16"]);
+    args.extend([
+        "--sqaf",
+        "--rerank",
+        "ebr",
+        "--ebr-k",
+        "4",
+        "--ebr-retries",
+        "0",
+        "--mllm-dtype",
+        "bf16",
+    ]);
     let v = json(&squire(&home, &args));
     assert_eq!(v["mllm"]["backend"], "local");
     assert_eq!(v["mllm"]["dtype"], "bf16");
-    assert!(v["mllm"]["model"].as_str().expect("model id").starts_with("local:"));
+    assert!(v["mllm"]["model"]
+        .as_str()
+        .expect("model id")
+        .starts_with("local:"));
     assert!(v["sqaf"]["caption"].is_string(), "{}", v["sqaf"]);
     assert_eq!(v["cost"]["sqaf"]["calls"], 1);
     assert_eq!(v["cost"]["ebr"]["calls"], 1, "one call for 4 candidates");
     let read = v["ebr"]["read"].as_str().expect("read");
-    assert!(["json", "list", "prose", "fallback"].contains(&read), "{read}");
-    assert_eq!(v["ebr"]["fallback"].is_string(), read == "fallback", "{}", v["ebr"]);
-    assert!(v["cost"]["total"]["prompt_tokens"].as_u64().expect("tokens") > 0);
+    assert!(
+        ["json", "list", "prose", "fallback"].contains(&read),
+        "{read}"
+    );
+    assert_eq!(
+        v["ebr"]["fallback"].is_string(),
+        read == "fallback",
+        "{}",
+        v["ebr"]
+    );
+    assert!(
+        v["cost"]["total"]["prompt_tokens"]
+            .as_u64()
+            .expect("tokens")
+            > 0
+    );
     // SQAF moves the query, so the order may differ from `first`; every
     // result is still a gallery image, once.
     let gallery: Vec<String> = paths(&first);
@@ -160,10 +384,28 @@ fn local_tiny_qwen3vl_sqaf_and_ebr_through_the_cli() {
     got.sort();
     got.dedup();
     assert_eq!(got.len(), 5, "no result repeats");
-    assert!(gallery.iter().all(|p| std::path::Path::new(&images).join(p).is_file()));
-    assert!(got.iter().all(|p| std::path::Path::new(&images).join(p).is_file()));
+    assert!(gallery
+        .iter()
+        .all(|p| std::path::Path::new(&images).join(p).is_file()));
+    assert!(got
+        .iter()
+        .all(|p| std::path::Path::new(&images).join(p).is_file()));
     // A checkpoint that is not there is named.
-    let o = squire(&home, &["search", "--index", &idx, "--text", "a cat", "--sqaf", "--mllm", "local", "--mllm-model", "/nonexistent/qwen"]);
+    let o = squire(
+        &home,
+        &[
+            "search",
+            "--index",
+            &idx,
+            "--text",
+            "a cat",
+            "--sqaf",
+            "--mllm",
+            "local",
+            "--mllm-model",
+            "/nonexistent/qwen",
+        ],
+    );
     assert!(!o.status.success());
     assert!(text(&o).contains("/nonexistent/qwen"), "{}", text(&o));
 }

@@ -43,7 +43,11 @@ impl Drop for Env {
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 #[test]
@@ -53,7 +57,10 @@ fn models_list_runs_offline_and_marks_weights_absent() {
     assert!(o.status.success(), "{}", text(&o));
     let out = text(&o);
     for name in ["lite", "clip-vit-b32", "clip-vit-b16", "clip-vit-l14"] {
-        let line = out.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name} missing:\n{out}"));
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} missing:\n{out}"));
         assert!(line.contains("absent"), "{line}");
     }
     let o = env.squire(&["models", "list", "--json"]);
@@ -69,8 +76,19 @@ fn models_info_says_weights_are_absent_and_where_it_looked() {
     assert!(o.status.success(), "{}", text(&o));
     let out = text(&o);
     assert!(out.contains("NOT PRESENT"), "{out}");
-    assert!(out.contains(&env.dir.join("home/models/clip-vit-b32").display().to_string()), "{out}");
-    assert!(out.contains("models--openai--clip-vit-base-patch32"), "{out}");
+    assert!(
+        out.contains(
+            &env.dir
+                .join("home/models/clip-vit-b32")
+                .display()
+                .to_string()
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("models--openai--clip-vit-base-patch32"),
+        "{out}"
+    );
     assert!(out.contains("512"), "{out}");
 }
 
@@ -79,7 +97,12 @@ fn models_info_finds_weights_in_squire_home() {
     let env = Env::new("home");
     let dst = env.dir.join("home/models/clip-vit-b32");
     std::fs::create_dir_all(&dst).expect("mkdir");
-    for f in ["config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json"] {
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "preprocessor_config.json",
+    ] {
         std::fs::copy(fixtures().join("tiny-clip").join(f), dst.join(f)).expect("copy");
     }
     let o = env.squire(&["models", "info", "clip-vit-b32", "--json"]);
@@ -93,17 +116,43 @@ fn models_info_finds_weights_in_squire_home() {
 #[test]
 fn embed_json_prints_the_vectors_the_parity_test_checks() {
     let env = Env::new("embed");
-    let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures().join("clip-reference.json")).expect("read")).expect("json");
-    let images: Vec<String> = meta["images"].as_array().expect("images").iter().map(|v| v.as_str().expect("str").to_string()).collect();
-    let captions: Vec<String> = meta["captions"].as_array().expect("captions").iter().map(|v| v.as_str().expect("str").to_string()).collect();
-    let refs = candle_core::safetensors::load(fixtures().join("clip-reference.safetensors"), &candle_core::Device::Cpu).expect("reference");
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("clip-reference.json")).expect("read"),
+    )
+    .expect("json");
+    let images: Vec<String> = meta["images"]
+        .as_array()
+        .expect("images")
+        .iter()
+        .map(|v| v.as_str().expect("str").to_string())
+        .collect();
+    let captions: Vec<String> = meta["captions"]
+        .as_array()
+        .expect("captions")
+        .iter()
+        .map(|v| v.as_str().expect("str").to_string())
+        .collect();
+    let refs = candle_core::safetensors::load(
+        fixtures().join("clip-reference.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .expect("reference");
     let img_ref = refs["image_embeds"].to_vec2::<f32>().expect("image_embeds");
     let txt_ref = refs["text_embeds"].to_vec2::<f32>().expect("text_embeds");
 
     let model = fixtures().join("tiny-clip");
-    let mut args: Vec<String> = vec!["embed".into(), "--model".into(), model.display().to_string(), "--json".into(), "--image".into()];
-    args.extend(images.iter().map(|n| fixtures().join("images").join(n).display().to_string()));
+    let mut args: Vec<String> = vec![
+        "embed".into(),
+        "--model".into(),
+        model.display().to_string(),
+        "--json".into(),
+        "--image".into(),
+    ];
+    args.extend(
+        images
+            .iter()
+            .map(|n| fixtures().join("images").join(n).display().to_string()),
+    );
     args.push("--text".into());
     args.extend(captions.iter().filter(|c| !c.starts_with('-')).cloned());
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -115,22 +164,38 @@ fn embed_json_prints_the_vectors_the_parity_test_checks() {
     let mut n_img = 0;
     let mut n_txt = 0;
     for row in rows {
-        let v: Vec<f32> = row["vector"].as_array().expect("vector").iter().map(|x| x.as_f64().expect("num") as f32).collect();
+        let v: Vec<f32> = row["vector"]
+            .as_array()
+            .expect("vector")
+            .iter()
+            .map(|x| x.as_f64().expect("num") as f32)
+            .collect();
         assert_eq!(row["dim"], serde_json::json!(32));
         let want = if row["kind"] == "image" {
             n_img += 1;
-            let name = Path::new(row["input"].as_str().expect("input")).file_name().expect("name").to_string_lossy().to_string();
+            let name = Path::new(row["input"].as_str().expect("input"))
+                .file_name()
+                .expect("name")
+                .to_string_lossy()
+                .to_string();
             &img_ref[images.iter().position(|n| *n == name).expect("known image")]
         } else {
             n_txt += 1;
             let t = row["input"].as_str().expect("input");
             &txt_ref[captions.iter().position(|c| c == t).expect("known caption")]
         };
-        worst = v.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(worst, f32::max);
+        worst = v
+            .iter()
+            .zip(want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(worst, f32::max);
     }
     assert_eq!(n_img, images.len());
     assert!(n_txt >= 20);
-    assert!(worst <= 1e-4, "squire embed differs from the reference by {worst}");
+    assert!(
+        worst <= 1e-4,
+        "squire embed differs from the reference by {worst}"
+    );
 }
 
 #[test]
@@ -139,13 +204,22 @@ fn embed_errors_are_clear_and_name_the_culprit() {
     let o = env.squire(&["embed", "--model", "clip-vit-b32", "--text", "hello"]);
     assert!(!o.status.success());
     let out = text(&o);
-    assert!(out.contains("not present") && out.contains("Looked in"), "{out}");
+    assert!(
+        out.contains("not present") && out.contains("Looked in"),
+        "{out}"
+    );
     assert!(!out.contains("panicked"), "{out}");
 
     let bad = env.dir.join("not-an-image.jpg");
     std::fs::write(&bad, "plain text").expect("write");
     let model = fixtures().join("tiny-clip").display().to_string();
-    let o = env.squire(&["embed", "--model", &model, "--image", bad.to_str().expect("utf8")]);
+    let o = env.squire(&[
+        "embed",
+        "--model",
+        &model,
+        "--image",
+        bad.to_str().expect("utf8"),
+    ]);
     assert!(!o.status.success());
     let out = text(&o);
     assert!(out.contains("not-an-image.jpg"), "{out}");

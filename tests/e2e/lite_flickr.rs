@@ -18,15 +18,22 @@ fn shared() -> PathBuf {
 
 fn pack() -> Option<LitePack> {
     let why = if fetch::verify(&fetch::lite_dir(), false).is_err() {
-        Some(format!("the lite pack is not installed in {}", fetch::lite_dir().display()))
+        Some(format!(
+            "the lite pack is not installed in {}",
+            fetch::lite_dir().display()
+        ))
     } else if !shared().join("images").is_dir() {
         Some(format!("no Flickr8k-1k photos at {}", shared().display()))
     } else {
         None
     };
     match why {
-        None => Some(LitePack::load(&fetch::lite_dir(), LiteOptions::default()).expect("lite pack loads")),
-        Some(w) if std::env::var("SQUIRE_REQUIRE_LITE").is_ok_and(|v| v == "1") => panic!("SQUIRE_REQUIRE_LITE=1 but {w}"),
+        None => Some(
+            LitePack::load(&fetch::lite_dir(), LiteOptions::default()).expect("lite pack loads"),
+        ),
+        Some(w) if std::env::var("SQUIRE_REQUIRE_LITE").is_ok_and(|v| v == "1") => {
+            panic!("SQUIRE_REQUIRE_LITE=1 but {w}")
+        }
         Some(w) => {
             println!("skipped: {w}");
             None
@@ -46,9 +53,15 @@ fn flickr_index_self_retrieval_and_text_queries() {
     let Some(pack) = pack() else { return };
     let images = shared().join("images");
     let dir = scratch("full");
-    let mut col = Collection::open_or_create(&dir, "lite", &pack, &images, Default::default()).expect("create");
-    let r = col.index(&images, &pack, IndexOptions::default(), &mut |_, _| {}).expect("index");
-    println!("indexed {} in {:.1} s (decode {:.1} s, model {:.1} s)", r.added, r.seconds, r.decode_seconds, r.model_seconds);
+    let mut col = Collection::open_or_create(&dir, "lite", &pack, &images, Default::default())
+        .expect("create");
+    let r = col
+        .index(&images, &pack, IndexOptions::default(), &mut |_, _| {})
+        .expect("index");
+    println!(
+        "indexed {} in {:.1} s (decode {:.1} s, model {:.1} s)",
+        r.added, r.seconds, r.decode_seconds, r.model_seconds
+    );
     assert_eq!(r.added, 1000);
     assert!(r.skipped.is_empty(), "{:?}", r.skipped);
     let col = Collection::open(&dir).expect("reopen");
@@ -64,14 +77,22 @@ fn flickr_index_self_retrieval_and_text_queries() {
         let mut lost = Vec::new();
         for (key, v) in raw.keys().iter().zip(raw.data().chunks(dim)) {
             let row = view.row_of(*key).expect("a row per key");
-            let hits = view.search(name, v, 3, &Default::default()).expect("search");
+            let hits = view
+                .search(name, v, 3, &Default::default())
+                .expect("search");
             let top = hits.first().map_or(f32::NAN, |h| h.score);
             if !hits.iter().any(|h| h.row == row && h.score >= top - 1e-5) {
                 lost.push(view.records()[row].path.clone());
             }
         }
-        println!("{name}: {} of 1000 photos not found first by their own vector", lost.len());
-        assert!(lost.is_empty(), "{name}: not found first by their own vector: {lost:?}");
+        println!(
+            "{name}: {} of 1000 photos not found first by their own vector",
+            lost.len()
+        );
+        assert!(
+            lost.is_empty(),
+            "{name}: not found first by their own vector: {lost:?}"
+        );
     }
 
     // Image-to-image: each photo re-encoded as JPEG quality 50 must find itself first.
@@ -82,7 +103,9 @@ fn flickr_index_self_retrieval_and_text_queries() {
         for rec in chunk {
             let img = image_io::load_rgb(&images.join(&rec.path)).expect("photo");
             let mut jpg = Vec::new();
-            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpg, 50).encode_image(&img).expect("encode");
+            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpg, 50)
+                .encode_image(&img)
+                .expect("encode");
             let copy = image_io::decode_rgb(&jpg, Path::new("copy.jpg")).expect("decode copy");
             let mut p = vec![0f32; 3 * 224 * 224];
             pack.preprocess_into(&copy, &mut p).expect("preprocess");
@@ -90,20 +113,38 @@ fn flickr_index_self_retrieval_and_text_queries() {
         }
         let v = pack.embed_pixels(&px, chunk.len()).expect("embed");
         for (i, rec) in chunk.iter().enumerate() {
-            let hits = col.search("gem", &v.gem[i * 1280..(i + 1) * 1280], 1, &Default::default()).expect("search");
+            let hits = col
+                .search(
+                    "gem",
+                    &v.gem[i * 1280..(i + 1) * 1280],
+                    1,
+                    &Default::default(),
+                )
+                .expect("search");
             if col.records()[hits[0].row].path == rec.path {
                 first += 1;
             }
         }
     }
     println!("JPEG-q50 copies that find their original at rank 1: {first}/1000");
-    assert!(first >= 990, "only {first}/1000 copies found themselves first");
+    assert!(
+        first >= 990,
+        "only {first}/1000 copies found themselves first"
+    );
 
     // Text-to-image on the dev captions through the pipeline and the harness:
     // far above random (R@10 = 0.01), and SuperGlobal reported beside it.
-    let bench = squire_engine::benchmarks::t2i(&col, &shared().join("queries-dev.tsv"), None).expect("queries");
+    let bench = squire_engine::benchmarks::t2i(&col, &shared().join("queries-dev.tsv"), None)
+        .expect("queries");
     assert_eq!((bench.queries.len(), bench.dropped.len()), (2000, 0));
-    let pipeline = squire_engine::pipeline::Pipeline::new(col, Box::new(pack), squire_kernels::Compute::cpu(), None, Default::default()).expect("pipeline");
+    let pipeline = squire_engine::pipeline::Pipeline::new(
+        col,
+        Box::new(pack),
+        squire_kernels::Compute::cpu(),
+        None,
+        Default::default(),
+    )
+    .expect("pipeline");
     let opts = squire_engine::harness::RunOptions {
         stages: vec![squire_engine::pipeline::Stage::SuperGlobal],
         keep: 10,
@@ -113,7 +154,8 @@ fn flickr_index_self_retrieval_and_text_queries() {
         out: dir.join("eval"),
         accept_fallbacks: false,
     };
-    let run = squire_engine::harness::run_benchmark(&pipeline, &bench, &opts, &mut |_, _| {}).expect("eval");
+    let run = squire_engine::harness::run_benchmark(&pipeline, &bench, &opts, &mut |_, _| {})
+        .expect("eval");
     println!("{}", run.summary.markdown());
     let first = &run.summary.per_stage["first"];
     assert_eq!(run.summary.queries, 2000);
@@ -128,15 +170,32 @@ fn reindexing_reports_exactly_the_changes() {
     let src = shared().join("images");
     let folder = scratch("inc-images");
     let dir = scratch("inc-index");
-    let mut names: Vec<_> = std::fs::read_dir(&src).expect("ls").flatten().map(|e| e.file_name()).collect();
+    let mut names: Vec<_> = std::fs::read_dir(&src)
+        .expect("ls")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
     names.sort();
     for n in names.iter().take(30) {
         std::fs::copy(src.join(n), folder.join(n)).expect("copy");
     }
-    let mut col = Collection::open_or_create(&dir, "lite", &pack, &folder, Default::default()).expect("create");
-    let r = col.index(&folder, &pack, IndexOptions { batch: 8, checkpoint_every: 8 }, &mut |_, _| {}).expect("index");
+    let mut col = Collection::open_or_create(&dir, "lite", &pack, &folder, Default::default())
+        .expect("create");
+    let r = col
+        .index(
+            &folder,
+            &pack,
+            IndexOptions {
+                batch: 8,
+                checkpoint_every: 8,
+            },
+            &mut |_, _| {},
+        )
+        .expect("index");
     assert_eq!((r.added, r.removed, r.unchanged), (30, 0, 0));
-    let r = col.index(&folder, &pack, IndexOptions::default(), &mut |_, _| {}).expect("reindex");
+    let r = col
+        .index(&folder, &pack, IndexOptions::default(), &mut |_, _| {})
+        .expect("reindex");
     assert_eq!((r.added, r.updated, r.removed, r.unchanged), (0, 0, 0, 30));
     for n in names.iter().take(3) {
         std::fs::remove_file(folder.join(n)).expect("rm");
@@ -145,7 +204,9 @@ fn reindexing_reports_exactly_the_changes() {
         std::fs::copy(src.join(n), folder.join(format!("copy-{i}.jpg"))).expect("copy");
     }
     std::fs::write(folder.join("broken.jpg"), b"not a jpeg").expect("write");
-    let r = col.index(&folder, &pack, IndexOptions::default(), &mut |_, _| {}).expect("reindex");
+    let r = col
+        .index(&folder, &pack, IndexOptions::default(), &mut |_, _| {})
+        .expect("reindex");
     assert_eq!((r.added, r.updated, r.removed, r.unchanged), (2, 0, 3, 27));
     assert_eq!(r.skipped.len(), 1);
     assert!(r.skipped[0].0 == "broken.jpg" && !r.skipped[0].1.is_empty());

@@ -1,7 +1,6 @@
 //! The web demo's JSON API, served in process over the tiny CLIP collection
 //! and called over real HTTP on loopback.
 
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,22 +23,42 @@ struct Running {
 
 fn start(tag: &str, config: ServerConfig, mllm_url: Option<&str>) -> Running {
     let (_home, idx, images) = tiny_collection(tag);
-    let col = Collection::open_with(std::path::Path::new(&idx), OpenOptions { view: true }).expect("open");
-    let encoder = ClipModel::load(&fixtures().join("tiny-clip"), LoadOptions::default()).expect("tiny clip");
+    let col = Collection::open_with(std::path::Path::new(&idx), OpenOptions { view: true })
+        .expect("open");
+    let encoder =
+        ClipModel::load(&fixtures().join("tiny-clip"), LoadOptions::default()).expect("tiny clip");
     let mllm = mllm_url.map(|url| {
         let mut o = OpenAiOptions::new(url, "scripted");
         o.retries = 0;
-        PipelineMllm { model: Box::new(OpenAiChat::new(o).expect("client")), describe: json!({"model": "scripted"}) }
+        PipelineMllm {
+            model: Box::new(OpenAiChat::new(o).expect("client")),
+            describe: json!({"model": "scripted"}),
+        }
     });
     let mut options = PipelineOptions::default();
     options.ebr.k = 2;
-    let pipeline = Pipeline::new(col, Box::new(encoder), Compute::cpu(), mllm, options).expect("pipeline");
+    let pipeline =
+        Pipeline::new(col, Box::new(encoder), Compute::cpu(), mllm, options).expect("pipeline");
     let state = Arc::new(AppState::new(Arc::new(pipeline), config).expect("state"));
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    rt.spawn(squire_demo_ui::serve(listener, state, std::future::pending()));
-    Running { base: format!("http://{addr}"), images: images.into(), _rt: rt }
+    rt.spawn(squire_demo_ui::serve(
+        listener,
+        state,
+        std::future::pending(),
+    ));
+    Running {
+        base: format!("http://{addr}"),
+        images: images.into(),
+        _rt: rt,
+    }
 }
 
 /// (status, headers of interest, body) of a request, whatever the status.
@@ -69,13 +88,23 @@ fn raw_headers_only(base: &str, content_type: &str, len: usize) -> (u16, String)
     write!(s, "POST /api/search HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n").unwrap();
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
-    let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
     (status, out)
 }
 
 fn post_json(base: &str, v: &Value) -> (u16, Value) {
-    let (s, _, b) = call(ureq::post(&format!("{base}/api/search")), Some(("application/json", v.to_string().into_bytes())));
-    (s, serde_json::from_slice(&b).unwrap_or_else(|_| json!({"raw": String::from_utf8_lossy(&b)})))
+    let (s, _, b) = call(
+        ureq::post(&format!("{base}/api/search")),
+        Some(("application/json", v.to_string().into_bytes())),
+    );
+    (
+        s,
+        serde_json::from_slice(&b).unwrap_or_else(|_| json!({"raw": String::from_utf8_lossy(&b)})),
+    )
 }
 
 /// A multipart body with text fields and an optional file field `image`.
@@ -83,7 +112,10 @@ fn multipart(fields: &[(&str, &str)], image: Option<(&str, &[u8])>) -> (String, 
     let boundary = "squire-test-boundary-7d1f";
     let mut b = Vec::new();
     for (k, v) in fields {
-        b.extend(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n").as_bytes());
+        b.extend(
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n")
+                .as_bytes(),
+        );
     }
     if let Some((name, bytes)) = image {
         b.extend(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n").as_bytes());
@@ -97,11 +129,19 @@ fn multipart(fields: &[(&str, &str)], image: Option<(&str, &[u8])>) -> (String, 
 fn post_form(base: &str, fields: &[(&str, &str)], image: Option<(&str, &[u8])>) -> (u16, Value) {
     let (ct, body) = multipart(fields, image);
     let (s, _, b) = call(ureq::post(&format!("{base}/api/search")), Some((&ct, body)));
-    (s, serde_json::from_slice(&b).unwrap_or_else(|_| json!({"raw": String::from_utf8_lossy(&b)})))
+    (
+        s,
+        serde_json::from_slice(&b).unwrap_or_else(|_| json!({"raw": String::from_utf8_lossy(&b)})),
+    )
 }
 
 fn paths(v: &Value) -> Vec<String> {
-    v["results"].as_array().expect("results").iter().map(|r| r["path"].as_str().unwrap_or("").to_string()).collect()
+    v["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| r["path"].as_str().unwrap_or("").to_string())
+        .collect()
 }
 
 #[test]
@@ -135,32 +175,60 @@ fn search_by_text_upload_and_composed_with_the_search_schema() {
     assert_eq!(paths(&by_id), paths(&v));
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD.encode(&bytes);
-    let (s, inline) = post_json(&srv.base, &json!({"image_base64": format!("data:image/jpeg;base64,{b64}"), "k": 3}));
+    let (s, inline) = post_json(
+        &srv.base,
+        &json!({"image_base64": format!("data:image/jpeg;base64,{b64}"), "k": 3}),
+    );
     assert_eq!(s, 200, "{inline}");
     assert_eq!(paths(&inline), paths(&v));
     // Composed: reference image + modification text; SuperGlobal reranks it and reports both stages.
-    let (s, v) = post_form(&srv.base, &[("text", "make it a dog"), ("k", "3"), ("rerank", "superglobal")], Some(("chelsea-420.jpg", &bytes)));
+    let (s, v) = post_form(
+        &srv.base,
+        &[
+            ("text", "make it a dog"),
+            ("k", "3"),
+            ("rerank", "superglobal"),
+        ],
+        Some(("chelsea-420.jpg", &bytes)),
+    );
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["query"]["kind"], "composed");
     assert_eq!(v["stages"], json!(["superglobal"]));
-    let stages: Vec<&str> = v["per_stage"].as_array().unwrap().iter().map(|s| s["stage"].as_str().unwrap()).collect();
+    let stages: Vec<&str> = v["per_stage"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["stage"].as_str().unwrap())
+        .collect();
     assert_eq!(stages, ["first", "superglobal"]);
-    assert!(v["per_stage"][1]["results"][0]["previous_rank"].as_u64().is_some());
+    assert!(v["per_stage"][1]["results"][0]["previous_rank"]
+        .as_u64()
+        .is_some());
 }
 
 #[test]
 fn bad_requests_get_clear_errors() {
-    let config = ServerConfig { max_upload_bytes: 64 * 1024, ..ServerConfig::default() };
+    let config = ServerConfig {
+        max_upload_bytes: 64 * 1024,
+        ..ServerConfig::default()
+    };
     let srv = start("serve-errors", config, None);
     // Oversize upload → 413, answered from the declared size before the body
     // is read (a client still sending would otherwise race the closed connection).
-    for (ct, len) in [("multipart/form-data; boundary=b", 200 * 1024), ("application/json", 100 * 1024)] {
+    for (ct, len) in [
+        ("multipart/form-data; boundary=b", 200 * 1024),
+        ("application/json", 100 * 1024),
+    ] {
         let (s, body) = raw_headers_only(&srv.base, ct, len);
         assert_eq!(s, 413, "{body}");
         assert!(body.contains("limit"), "{body}");
     }
     // Not an image → 400 naming the field and the problem.
-    let (s, v) = post_form(&srv.base, &[], Some(("notes.jpg", b"this is not a picture")));
+    let (s, v) = post_form(
+        &srv.base,
+        &[],
+        Some(("notes.jpg", b"this is not a picture")),
+    );
     assert_eq!(s, 400, "{v}");
     let msg = v["error"].as_str().unwrap();
     assert!(msg.contains("image") && msg.contains("notes.jpg"), "{msg}");
@@ -177,11 +245,20 @@ fn bad_requests_get_clear_errors() {
     ] {
         let (s, v) = post_json(&srv.base, &body);
         assert_eq!(s, 400, "{body} → {v}");
-        assert!(v["error"].as_str().unwrap_or("").contains(needle), "{body} → {v}");
+        assert!(
+            v["error"].as_str().unwrap_or("").contains(needle),
+            "{body} → {v}"
+        );
     }
-    let (s, _, b) = call(ureq::post(&format!("{}/api/search", srv.base)), Some(("application/json", b"{not json".to_vec())));
+    let (s, _, b) = call(
+        ureq::post(&format!("{}/api/search", srv.base)),
+        Some(("application/json", b"{not json".to_vec())),
+    );
     assert_eq!(s, 400, "{}", String::from_utf8_lossy(&b));
-    let (s, _, _) = call(ureq::post(&format!("{}/api/search", srv.base)), Some(("text/plain", b"a cat".to_vec())));
+    let (s, _, _) = call(
+        ureq::post(&format!("{}/api/search", srv.base)),
+        Some(("text/plain", b"a cat".to_vec())),
+    );
     assert_eq!(s, 415);
     // Unknown ids → 404.
     for id in ["0123456789abcdef", "zz", "0123456789ABCDEF0"] {
@@ -201,7 +278,11 @@ fn images_are_served_by_id_only_and_traversal_never_reads_outside() {
     let path = first["path"].as_str().unwrap();
     let (s, _, body) = call(ureq::get(&format!("{}/api/images/{id}", srv.base)), None);
     assert_eq!(s, 200);
-    assert_eq!(body, std::fs::read(srv.images.join(path)).unwrap(), "the file as stored");
+    assert_eq!(
+        body,
+        std::fs::read(srv.images.join(path)).unwrap(),
+        "the file as stored"
+    );
     let (s, _, thumb) = call(ureq::get(&format!("{}/api/thumbs/{id}", srv.base)), None);
     assert_eq!(s, 200);
     let t = image::load_from_memory(&thumb).expect("a JPEG thumbnail");
@@ -222,7 +303,10 @@ fn images_are_served_by_id_only_and_traversal_never_reads_outside() {
         let (s, _, body) = call(ureq::get(&format!("{}{attempt}", srv.base)), None);
         let text = String::from_utf8_lossy(&body);
         assert!(s == 404 || s == 400, "{attempt} → {s}");
-        assert!(!text.contains("root:") && !text.contains("TOP-SECRET"), "{attempt} leaked: {text}");
+        assert!(
+            !text.contains("root:") && !text.contains("TOP-SECRET"),
+            "{attempt} leaked: {text}"
+        );
     }
     let (s, v) = post_json(&srv.base, &json!({"image_id": "../../secret.txt"}));
     assert_eq!(s, 400, "{v}");
@@ -235,28 +319,49 @@ fn images_are_served_by_id_only_and_traversal_never_reads_outside() {
     let (s, _, b) = call(ureq::get(&format!("{}/metrics", srv.base)), None);
     assert_eq!(s, 200);
     let m = String::from_utf8(b).unwrap();
-    assert!(m.contains("squire_http_requests_total{route=\"/api/search\",status=\"200\"} 1"), "{m}");
+    assert!(
+        m.contains("squire_http_requests_total{route=\"/api/search\",status=\"200\"} 1"),
+        "{m}"
+    );
     assert!(m.contains("squire_search_duration_seconds_count 1"), "{m}");
     assert!(m.contains("squire_collection_images 10"), "{m}");
     // CORS is off by default: no cross-origin header, preflight refused.
-    let r = ureq::get(&format!("{}/api/health", srv.base)).set("Origin", "https://elsewhere.example").call().unwrap();
+    let r = ureq::get(&format!("{}/api/health", srv.base))
+        .set("Origin", "https://elsewhere.example")
+        .call()
+        .unwrap();
     assert!(r.header("Access-Control-Allow-Origin").is_none());
-    let (s, _, _) = call(ureq::request("OPTIONS", &format!("{}/api/search", srv.base)), None);
+    let (s, _, _) = call(
+        ureq::request("OPTIONS", &format!("{}/api/search", srv.base)),
+        None,
+    );
     assert_eq!(s, 405);
 }
 
 #[test]
 fn scripted_mllm_server_ebr_grid_and_saturation_503() {
     // Every EBR answer takes 600 ms: one worker, no waiting line.
-    let script: Vec<Reply> = (0..20).map(|_| Reply::answer("{\"ranking\": [2, 1]}").after(Duration::from_millis(600))).collect();
+    let script: Vec<Reply> = (0..20)
+        .map(|_| Reply::answer("{\"ranking\": [2, 1]}").after(Duration::from_millis(600)))
+        .collect();
     let mllm = ScriptedServer::start(script);
-    let config = ServerConfig { workers: 1, queue: 0, ..ServerConfig::default() };
+    let config = ServerConfig {
+        workers: 1,
+        queue: 0,
+        ..ServerConfig::default()
+    };
     let srv = start("serve-busy", config, Some(&mllm.url));
-    let (s, v) = post_json(&srv.base, &json!({"text": "a cat", "k": 3, "rerank": "ebr"}));
+    let (s, v) = post_json(
+        &srv.base,
+        &json!({"text": "a cat", "k": 3, "rerank": "ebr"}),
+    );
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["ebr"]["mentioned"], 2);
     let first = &v["per_stage"][0]["results"];
-    assert_eq!(v["results"][0]["id"], first[1]["id"], "the scripted answer put candidate 2 first");
+    assert_eq!(
+        v["results"][0]["id"], first[1]["id"],
+        "the scripted answer put candidate 2 first"
+    );
     let grid = v["ebr"]["grid_images"][0].as_str().unwrap();
     assert!(grid.starts_with("data:image/jpeg;base64,"));
     // Four at once: one runs, the rest are turned away with 503 + Retry-After.
@@ -266,15 +371,26 @@ fn scripted_mllm_server_ebr_grid_and_saturation_503() {
             let base = base.clone();
             std::thread::spawn(move || {
                 std::thread::sleep(Duration::from_millis(50 * i));
-                let body = json!({"text": "a cat", "k": 3, "rerank": "ebr"}).to_string().into_bytes();
-                call(ureq::post(&format!("{base}/api/search")), Some(("application/json", body)))
+                let body = json!({"text": "a cat", "k": 3, "rerank": "ebr"})
+                    .to_string()
+                    .into_bytes();
+                call(
+                    ureq::post(&format!("{base}/api/search")),
+                    Some(("application/json", body)),
+                )
             })
         })
         .collect();
-    let outcomes: Vec<(u16, Option<String>, Vec<u8>)> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let outcomes: Vec<(u16, Option<String>, Vec<u8>)> =
+        handles.into_iter().map(|h| h.join().unwrap()).collect();
     let ok = outcomes.iter().filter(|o| o.0 == 200).count();
     let busy: Vec<_> = outcomes.iter().filter(|o| o.0 == 503).collect();
-    assert_eq!(ok + busy.len(), 4, "only 200 and 503: {:?}", outcomes.iter().map(|o| o.0).collect::<Vec<_>>());
+    assert_eq!(
+        ok + busy.len(),
+        4,
+        "only 200 and 503: {:?}",
+        outcomes.iter().map(|o| o.0).collect::<Vec<_>>()
+    );
     assert!(ok >= 1 && !busy.is_empty(), "ok {ok}, busy {}", busy.len());
     assert_eq!(busy[0].1.as_deref(), Some("1"), "Retry-After");
     assert!(String::from_utf8_lossy(&busy[0].2).contains("busy"));

@@ -30,19 +30,32 @@ impl Reply {
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": 100, "completion_tokens": 7, "total_tokens": 107},
         });
-        Reply { status: 200, body: body.to_string(), delay: Duration::ZERO, headers: Vec::new() }
+        Reply {
+            status: 200,
+            body: body.to_string(),
+            delay: Duration::ZERO,
+            headers: Vec::new(),
+        }
     }
 
     /// A 200 answer whose first token carries `top` log-probabilities.
     pub fn answer_with_logprobs(text: &str, top: &[(&str, f64)]) -> Reply {
-        let top: Vec<Value> = top.iter().map(|(t, lp)| json!({"token": t, "logprob": lp})).collect();
+        let top: Vec<Value> = top
+            .iter()
+            .map(|(t, lp)| json!({"token": t, "logprob": lp}))
+            .collect();
         let body = json!({
             "id": "chatcmpl-scripted", "object": "chat.completion", "model": "scripted",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length",
                          "logprobs": {"content": [{"token": text, "logprob": -0.1, "top_logprobs": top}]}}],
             "usage": {"prompt_tokens": 50, "completion_tokens": 1, "total_tokens": 51},
         });
-        Reply { status: 200, body: body.to_string(), delay: Duration::ZERO, headers: Vec::new() }
+        Reply {
+            status: 200,
+            body: body.to_string(),
+            delay: Duration::ZERO,
+            headers: Vec::new(),
+        }
     }
 
     /// An error status with a small JSON error body.
@@ -78,7 +91,10 @@ pub struct Seen {
 
 impl Seen {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -98,7 +114,11 @@ impl ScriptedServer {
         let addr = listener.local_addr().expect("addr");
         let seen = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let script = Arc::new(Mutex::new(script.into_iter().collect::<std::collections::VecDeque<_>>()));
+        let script = Arc::new(Mutex::new(
+            script
+                .into_iter()
+                .collect::<std::collections::VecDeque<_>>(),
+        ));
         let (seen2, stop2) = (seen.clone(), stop.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming() {
@@ -110,7 +130,12 @@ impl ScriptedServer {
                 std::thread::spawn(move || serve(conn, &seen, &script));
             }
         });
-        ScriptedServer { url: format!("http://{addr}/v1"), seen, stop, addr }
+        ScriptedServer {
+            url: format!("http://{addr}/v1"),
+            seen,
+            stop,
+            addr,
+        }
     }
 
     /// Every request received so far.
@@ -126,7 +151,11 @@ impl Drop for ScriptedServer {
     }
 }
 
-fn serve(conn: TcpStream, seen: &Mutex<Vec<Seen>>, script: &Mutex<std::collections::VecDeque<Reply>>) {
+fn serve(
+    conn: TcpStream,
+    seen: &Mutex<Vec<Seen>>,
+    script: &Mutex<std::collections::VecDeque<Reply>>,
+) {
     let mut reader = BufReader::new(conn.try_clone().expect("clone"));
     let mut line = String::new();
     if reader.read_line(&mut line).unwrap_or(0) == 0 {
@@ -153,7 +182,11 @@ fn serve(conn: TcpStream, seen: &Mutex<Vec<Seen>>, script: &Mutex<std::collectio
         return;
     }
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    seen.lock().unwrap().push(Seen { path, headers, body });
+    seen.lock().unwrap().push(Seen {
+        path,
+        headers,
+        body,
+    });
     let reply = script.lock().unwrap().pop_front().unwrap_or_else(|| Reply {
         status: 500,
         body: "{\"error\": {\"message\": \"script exhausted\"}}".into(),

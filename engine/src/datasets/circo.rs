@@ -32,5 +32,9 @@ pub struct Query {
 
 /// Reads `val.json` or `test.json`.
 pub fn load_queries(path: &Path) -> Result<Vec<Query>, EvalError> {
-    read_json_records(path, |v| v.get("id").map(|p| format!(" (id {p})")).unwrap_or_default())
+    read_json_records(path, |v| {
+        v.get("id")
+            .map(|p| format!(" (id {p})"))
+            .unwrap_or_default()
+    })
 }

@@ -41,12 +41,19 @@ pub struct Triplet {
 
 /// Reads `cap.rc2.<split>.json`.
 pub fn load_triplets(path: &Path) -> Result<Vec<Triplet>, EvalError> {
-    read_json_records(path, |v| v.get("pairid").map(|p| format!(" (pairid {p})")).unwrap_or_default())
+    read_json_records(path, |v| {
+        v.get("pairid")
+            .map(|p| format!(" (pairid {p})"))
+            .unwrap_or_default()
+    })
 }
 
 /// Reads `split.rc2.<split>.json`: image name → path relative to the image root.
 pub fn load_split(path: &Path) -> Result<BTreeMap<String, String>, EvalError> {
-    let text = std::fs::read_to_string(path).map_err(|source| EvalError::Io { path: path.to_path_buf(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| EvalError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     serde_json::from_str(&text).map_err(|e| EvalError::Format {
         path: path.to_path_buf(),
         line: e.line(),

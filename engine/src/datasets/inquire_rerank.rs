@@ -41,7 +41,9 @@ pub struct RerankQuery {
 }
 
 fn field<'a>(row: &'a Row, name: &str) -> Option<&'a Field> {
-    row.get_column_iter().find(|(n, _)| n.as_str() == name).map(|(_, f)| f)
+    row.get_column_iter()
+        .find(|(n, _)| n.as_str() == name)
+        .map(|(_, f)| f)
 }
 
 fn text(f: Option<&Field>) -> Option<String> {
@@ -72,28 +74,59 @@ pub fn load(shards: &[PathBuf]) -> Result<Vec<RerankQuery>, EvalError> {
     let mut order: Vec<String> = Vec::new();
     let mut by_query: BTreeMap<String, RerankQuery> = BTreeMap::new();
     for path in shards {
-        let bad = |row: usize, message: String| EvalError::Record { path: path.clone(), record: row, what: String::new(), message };
-        let reader = SerializedFileReader::try_from(path.as_path()).map_err(|e| EvalError::Format { path: path.clone(), line: 0, message: format!("not a parquet file: {e}") })?;
+        let bad = |row: usize, message: String| EvalError::Record {
+            path: path.clone(),
+            record: row,
+            what: String::new(),
+            message,
+        };
+        let reader =
+            SerializedFileReader::try_from(path.as_path()).map_err(|e| EvalError::Format {
+                path: path.clone(),
+                line: 0,
+                message: format!("not a parquet file: {e}"),
+            })?;
         for (i, row) in reader.into_iter().enumerate() {
             let row = row.map_err(|e| bad(i, e.to_string()))?;
-            let get_text = |name: &str| text(field(&row, name)).ok_or_else(|| bad(i, format!("no text column `{name}`")));
+            let get_text = |name: &str| {
+                text(field(&row, name)).ok_or_else(|| bad(i, format!("no text column `{name}`")))
+            };
             let image = match field(&row, "image") {
                 Some(Field::Group(g)) => match field(g, "bytes") {
                     Some(Field::Bytes(b)) => b.data().to_vec(),
                     _ => return Err(bad(i, "`image.bytes` is missing or not binary".into())),
                 },
                 Some(Field::Bytes(b)) => b.data().to_vec(),
-                _ => return Err(bad(i, "no `image` column (a struct of bytes and path)".into())),
+                _ => {
+                    return Err(bad(
+                        i,
+                        "no `image` column (a struct of bytes and path)".into(),
+                    ))
+                }
             };
             let query = get_text("query")?;
-            let relevant = number(field(&row, "relevant")).ok_or_else(|| bad(i, "no `relevant` column".into()))? > 0.0;
-            let clip_score = number(field(&row, "clip_score")).ok_or_else(|| bad(i, "no numeric `clip_score` column".into()))?;
-            let candidate = Candidate { image, id: get_text("inat24_image_id")?, file_name: get_text("inat24_file_name")?, relevant, clip_score };
+            let relevant = number(field(&row, "relevant"))
+                .ok_or_else(|| bad(i, "no `relevant` column".into()))?
+                > 0.0;
+            let clip_score = number(field(&row, "clip_score"))
+                .ok_or_else(|| bad(i, "no numeric `clip_score` column".into()))?;
+            let candidate = Candidate {
+                image,
+                id: get_text("inat24_image_id")?,
+                file_name: get_text("inat24_file_name")?,
+                relevant,
+                clip_score,
+            };
             if !by_query.contains_key(&query) {
                 order.push(query.clone());
                 by_query.insert(
                     query.clone(),
-                    RerankQuery { query: query.clone(), supercategory: get_text("supercategory")?, category: get_text("category")?, candidates: Vec::new() },
+                    RerankQuery {
+                        query: query.clone(),
+                        supercategory: get_text("supercategory")?,
+                        category: get_text("category")?,
+                        candidates: Vec::new(),
+                    },
                 );
             }
             if let Some(q) = by_query.get_mut(&query) {
@@ -101,7 +134,10 @@ pub fn load(shards: &[PathBuf]) -> Result<Vec<RerankQuery>, EvalError> {
             }
         }
     }
-    Ok(order.into_iter().filter_map(|q| by_query.remove(&q)).collect())
+    Ok(order
+        .into_iter()
+        .filter_map(|q| by_query.remove(&q))
+        .collect())
 }
 
 /// The `*.parquet` files of `path` (a file, or a folder searched recursively), sorted.
@@ -112,7 +148,10 @@ pub fn shards(path: &Path) -> Result<Vec<PathBuf>, EvalError> {
     let mut out = Vec::new();
     let mut stack = vec![path.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        let entries = std::fs::read_dir(&dir).map_err(|source| EvalError::Io { path: dir.clone(), source })?;
+        let entries = std::fs::read_dir(&dir).map_err(|source| EvalError::Io {
+            path: dir.clone(),
+            source,
+        })?;
         for e in entries.flatten() {
             let p = e.path();
             if p.is_dir() {
@@ -124,7 +163,11 @@ pub fn shards(path: &Path) -> Result<Vec<PathBuf>, EvalError> {
     }
     out.sort();
     if out.is_empty() {
-        return Err(EvalError::Format { path: path.to_path_buf(), line: 0, message: "no .parquet files here".into() });
+        return Err(EvalError::Format {
+            path: path.to_path_buf(),
+            line: 0,
+            message: "no .parquet files here".into(),
+        });
     }
     Ok(out)
 }

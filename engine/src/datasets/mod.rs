@@ -22,12 +22,16 @@ pub(crate) fn read_json_records<T: DeserializeOwned>(
     path: &Path,
     id_of: impl Fn(&serde_json::Value) -> String,
 ) -> Result<Vec<T>, EvalError> {
-    let text = std::fs::read_to_string(path).map_err(|source| EvalError::Io { path: path.to_path_buf(), source })?;
-    let values: Vec<serde_json::Value> = serde_json::from_str(&text).map_err(|e| EvalError::Format {
+    let text = std::fs::read_to_string(path).map_err(|source| EvalError::Io {
         path: path.to_path_buf(),
-        line: e.line(),
-        message: format!("not a JSON array of records: {e}"),
+        source,
     })?;
+    let values: Vec<serde_json::Value> =
+        serde_json::from_str(&text).map_err(|e| EvalError::Format {
+            path: path.to_path_buf(),
+            line: e.line(),
+            message: format!("not a JSON array of records: {e}"),
+        })?;
     values
         .into_iter()
         .enumerate()

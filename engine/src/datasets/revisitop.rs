@@ -65,10 +65,19 @@ impl Setup {
 }
 
 fn bad(path: &Path, what: String) -> EvalError {
-    EvalError::Format { path: path.to_path_buf(), line: 0, message: what }
+    EvalError::Format {
+        path: path.to_path_buf(),
+        line: 0,
+        message: what,
+    }
 }
 
-fn field<'a>(path: &Path, dict: &'a std::collections::BTreeMap<HashableValue, Value>, key: &str, ctx: &str) -> Result<&'a Value, EvalError> {
+fn field<'a>(
+    path: &Path,
+    dict: &'a std::collections::BTreeMap<HashableValue, Value>,
+    key: &str,
+    ctx: &str,
+) -> Result<&'a Value, EvalError> {
     dict.get(&HashableValue::String(key.to_string()))
         .ok_or_else(|| bad(path, format!("{ctx}: missing key `{key}`")))
 }
@@ -76,7 +85,10 @@ fn field<'a>(path: &Path, dict: &'a std::collections::BTreeMap<HashableValue, Va
 fn list<'a>(path: &Path, v: &'a Value, ctx: &str) -> Result<&'a [Value], EvalError> {
     match v {
         Value::List(items) | Value::Tuple(items) => Ok(items),
-        other => Err(bad(path, format!("{ctx}: expected a list, found {}", kind(other)))),
+        other => Err(bad(
+            path,
+            format!("{ctx}: expected a list, found {}", kind(other)),
+        )),
     }
 }
 
@@ -101,8 +113,14 @@ fn indices(path: &Path, v: &Value, ctx: &str, n: usize) -> Result<Vec<usize>, Ev
         .enumerate()
         .map(|(i, x)| match x {
             Value::I64(k) if *k >= 0 && (*k as usize) < n => Ok(*k as usize),
-            Value::I64(k) => Err(bad(path, format!("{ctx}[{i}] = {k} is not an index into the {n} database images"))),
-            other => Err(bad(path, format!("{ctx}[{i}]: expected an int, found {}", kind(other)))),
+            Value::I64(k) => Err(bad(
+                path,
+                format!("{ctx}[{i}] = {k} is not an index into the {n} database images"),
+            )),
+            other => Err(bad(
+                path,
+                format!("{ctx}[{i}]: expected an int, found {}", kind(other)),
+            )),
         })
         .collect()
 }
@@ -114,24 +132,41 @@ fn names(path: &Path, v: &Value, ctx: &str) -> Result<Vec<String>, EvalError> {
         .map(|(i, x)| match x {
             Value::String(s) => Ok(s.clone()),
             Value::Bytes(b) => Ok(String::from_utf8_lossy(b).into_owned()),
-            other => Err(bad(path, format!("{ctx}[{i}]: expected a string, found {}", kind(other)))),
+            other => Err(bad(
+                path,
+                format!("{ctx}[{i}]: expected a string, found {}", kind(other)),
+            )),
         })
         .collect()
 }
 
 /// Reads a `gnd_*.pkl` file (any pickle protocol; Python 2 byte strings too).
 pub fn load(path: &Path) -> Result<Dataset, EvalError> {
-    let bytes = std::fs::read(path).map_err(|source| EvalError::Io { path: path.to_path_buf(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| EvalError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let opts = serde_pickle::DeOptions::new().decode_strings();
-    let value = serde_pickle::value_from_slice(&bytes, opts).map_err(|e| bad(path, format!("not a readable pickle: {e}")))?;
+    let value = serde_pickle::value_from_slice(&bytes, opts)
+        .map_err(|e| bad(path, format!("not a readable pickle: {e}")))?;
     let Value::Dict(top) = &value else {
-        return Err(bad(path, format!("expected a dict at the top, found {}", kind(&value))));
+        return Err(bad(
+            path,
+            format!("expected a dict at the top, found {}", kind(&value)),
+        ));
     };
     let images = names(path, field(path, top, "imlist", "file")?, "imlist")?;
     let queries = names(path, field(path, top, "qimlist", "file")?, "qimlist")?;
     let entries = list(path, field(path, top, "gnd", "file")?, "gnd")?;
     if entries.len() != queries.len() {
-        return Err(bad(path, format!("gnd has {} entries for {} query images", entries.len(), queries.len())));
+        return Err(bad(
+            path,
+            format!(
+                "gnd has {} entries for {} query images",
+                entries.len(),
+                queries.len()
+            ),
+        ));
     }
     let n = images.len();
     let gnd = entries
@@ -140,18 +175,29 @@ pub fn load(path: &Path) -> Result<Dataset, EvalError> {
         .map(|(q, e)| {
             let ctx = format!("gnd[{q}] ({})", queries[q]);
             let Value::Dict(d) = e else {
-                return Err(bad(path, format!("{ctx}: expected a dict, found {}", kind(e))));
+                return Err(bad(
+                    path,
+                    format!("{ctx}: expected a dict, found {}", kind(e)),
+                ));
             };
             let bbx_list = list(path, field(path, d, "bbx", &ctx)?, &format!("{ctx}.bbx"))?;
             let mut bbx = [0f64; 4];
             if bbx_list.len() != 4 {
-                return Err(bad(path, format!("{ctx}.bbx has {} values, expected 4", bbx_list.len())));
+                return Err(bad(
+                    path,
+                    format!("{ctx}.bbx has {} values, expected 4", bbx_list.len()),
+                ));
             }
             for (slot, v) in bbx.iter_mut().zip(bbx_list) {
                 *slot = match v {
                     Value::F64(f) => *f,
                     Value::I64(i) => *i as f64,
-                    other => return Err(bad(path, format!("{ctx}.bbx: expected numbers, found {}", kind(other)))),
+                    other => {
+                        return Err(bad(
+                            path,
+                            format!("{ctx}.bbx: expected numbers, found {}", kind(other)),
+                        ))
+                    }
                 };
             }
             let get = |key: &str| -> Result<Vec<usize>, EvalError> {
@@ -160,10 +206,19 @@ pub fn load(path: &Path) -> Result<Dataset, EvalError> {
                     None => Ok(Vec::new()),
                 }
             };
-            Ok(GroundTruth { bbx, easy: get("easy")?, hard: get("hard")?, junk: get("junk")? })
+            Ok(GroundTruth {
+                bbx,
+                easy: get("easy")?,
+                hard: get("hard")?,
+                junk: get("junk")?,
+            })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Dataset { images, queries, gnd })
+    Ok(Dataset {
+        images,
+        queries,
+        gnd,
+    })
 }
 
 /// The protocol's average precision of one ranking (database indices, best
@@ -175,14 +230,28 @@ pub fn average_precision(ranking: &[usize], positives: &[usize], junk: &[usize])
     if positives.is_empty() {
         return None;
     }
-    let (pos, ignore): (std::collections::HashSet<usize>, std::collections::HashSet<usize>) =
-        (positives.iter().copied().collect(), junk.iter().copied().collect());
-    let ranks: Vec<usize> =
-        ranking.iter().filter(|i| !ignore.contains(i)).enumerate().filter(|(_, i)| pos.contains(i)).map(|(r, _)| r).collect();
+    let (pos, ignore): (
+        std::collections::HashSet<usize>,
+        std::collections::HashSet<usize>,
+    ) = (
+        positives.iter().copied().collect(),
+        junk.iter().copied().collect(),
+    );
+    let ranks: Vec<usize> = ranking
+        .iter()
+        .filter(|i| !ignore.contains(i))
+        .enumerate()
+        .filter(|(_, i)| pos.contains(i))
+        .map(|(r, _)| r)
+        .collect();
     let step = 1.0 / pos.len() as f64;
     let mut ap = 0.0;
     for (j, &rank) in ranks.iter().enumerate() {
-        let p0 = if rank == 0 { 1.0 } else { j as f64 / rank as f64 };
+        let p0 = if rank == 0 {
+            1.0
+        } else {
+            j as f64 / rank as f64
+        };
         let p1 = (j + 1) as f64 / (rank + 1) as f64;
         ap += (p0 + p1) * step / 2.0;
     }
@@ -191,7 +260,11 @@ pub fn average_precision(ranking: &[usize], positives: &[usize], junk: &[usize])
 
 /// mAP over the queries with at least one positive (as the reference code
 /// averages), plus each query's AP (`None` = no positives, not averaged).
-pub fn mean_average_precision(rankings: &[Vec<usize>], gnd: &[GroundTruth], setup: Setup) -> (f64, Vec<Option<f64>>) {
+pub fn mean_average_precision(
+    rankings: &[Vec<usize>],
+    gnd: &[GroundTruth],
+    setup: Setup,
+) -> (f64, Vec<Option<f64>>) {
     let per: Vec<Option<f64>> = rankings
         .iter()
         .zip(gnd)
@@ -201,7 +274,11 @@ pub fn mean_average_precision(rankings: &[Vec<usize>], gnd: &[GroundTruth], setu
         })
         .collect();
     let scored: Vec<f64> = per.iter().flatten().copied().collect();
-    let map = if scored.is_empty() { 0.0 } else { scored.iter().sum::<f64>() / scored.len() as f64 };
+    let map = if scored.is_empty() {
+        0.0
+    } else {
+        scored.iter().sum::<f64>() / scored.len() as f64
+    };
     (map, per)
 }
 
@@ -216,7 +293,9 @@ mod tests {
     use super::*;
 
     fn fixture(name: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/revisitop").join(name)
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/revisitop")
+            .join(name)
     }
 
     #[test]
@@ -226,7 +305,15 @@ mod tests {
             assert_eq!(d.images.len(), 8, "{name}");
             assert_eq!(d.images[3], "db_03");
             assert_eq!(d.queries, vec!["query_a", "query_b", "query_c"]);
-            assert_eq!(d.gnd[0], GroundTruth { bbx: [10.5, 20.0, 110.25, 220.0], easy: vec![0, 1], hard: vec![2], junk: vec![5] });
+            assert_eq!(
+                d.gnd[0],
+                GroundTruth {
+                    bbx: [10.5, 20.0, 110.25, 220.0],
+                    easy: vec![0, 1],
+                    hard: vec![2],
+                    junk: vec![5]
+                }
+            );
             assert_eq!(d.gnd[1].easy, Vec::<usize>::new());
             assert_eq!(d.gnd[2].bbx, [1.0, 2.0, 3.0, 4.0]);
         }
@@ -238,19 +325,31 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let write = |name: &str, v: &Value| {
             let p = dir.join(name);
-            std::fs::write(&p, serde_pickle::value_to_vec(v, serde_pickle::SerOptions::new()).unwrap()).unwrap();
+            std::fs::write(
+                &p,
+                serde_pickle::value_to_vec(v, serde_pickle::SerOptions::new()).unwrap(),
+            )
+            .unwrap();
             p
         };
         let s = |x: &str| HashableValue::String(x.into());
         let entry = |easy: Vec<Value>| {
             Value::Dict(
-                [(s("bbx"), Value::List(vec![Value::F64(0.0); 4])), (s("easy"), Value::List(easy))].into_iter().collect(),
+                [
+                    (s("bbx"), Value::List(vec![Value::F64(0.0); 4])),
+                    (s("easy"), Value::List(easy)),
+                ]
+                .into_iter()
+                .collect(),
             )
         };
         let file = |gnd: Vec<Value>| {
             Value::Dict(
                 [
-                    (s("imlist"), Value::List(vec![Value::String("a".into()), Value::String("b".into())])),
+                    (
+                        s("imlist"),
+                        Value::List(vec![Value::String("a".into()), Value::String("b".into())]),
+                    ),
                     (s("qimlist"), Value::List(vec![Value::String("q".into())])),
                     (s("gnd"), Value::List(gnd)),
                 ]
@@ -269,7 +368,11 @@ mod tests {
         assert!(err(&p).contains("expected a dict"), "{}", err(&p));
         let p = dir.join("garbage.pkl");
         std::fs::write(&p, b"not a pickle").unwrap();
-        assert!(err(&p).contains("garbage.pkl") && err(&p).contains("pickle"), "{}", err(&p));
+        assert!(
+            err(&p).contains("garbage.pkl") && err(&p).contains("pickle"),
+            "{}",
+            err(&p)
+        );
         assert!(err(&dir.join("missing.pkl")).contains("missing.pkl"));
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -290,17 +393,32 @@ mod tests {
 
     #[test]
     fn setups_split_positives_and_junk_as_the_protocol_says() {
-        let g = GroundTruth { bbx: [0.0; 4], easy: vec![0], hard: vec![1], junk: vec![2] };
+        let g = GroundTruth {
+            bbx: [0.0; 4],
+            easy: vec![0],
+            hard: vec![1],
+            junk: vec![2],
+        };
         assert_eq!(Setup::Easy.split(&g), (vec![0], vec![2, 1]));
         assert_eq!(Setup::Medium.split(&g), (vec![0, 1], vec![2]));
         assert_eq!(Setup::Hard.split(&g), (vec![1], vec![2, 0]));
         // Ranking 1 2 0: Easy ignores 1 and 2 → 0 first (AP 1); Medium: 1 at
         // rank 0, 0 at rank 1 after dropping junk 2 → AP 1; Hard ignores 0, 2 → 1 first.
-        let (m, per) = mean_average_precision(&[vec![1, 2, 0]], std::slice::from_ref(&g), Setup::Medium);
+        let (m, per) =
+            mean_average_precision(&[vec![1, 2, 0]], std::slice::from_ref(&g), Setup::Medium);
         assert_eq!((m, per), (1.0, vec![Some(1.0)]));
         // A query without positives under a setup is left out of the mean.
-        let none = GroundTruth { bbx: [0.0; 4], easy: vec![], hard: vec![1], junk: vec![] };
-        let (m, per) = mean_average_precision(&[vec![0, 1, 2], vec![2, 1]], &[g.clone(), none], Setup::Easy);
+        let none = GroundTruth {
+            bbx: [0.0; 4],
+            easy: vec![],
+            hard: vec![1],
+            junk: vec![],
+        };
+        let (m, per) = mean_average_precision(
+            &[vec![0, 1, 2], vec![2, 1]],
+            &[g.clone(), none],
+            Setup::Easy,
+        );
         assert_eq!(per, vec![Some(1.0), None]);
         assert_eq!(m, 1.0);
     }

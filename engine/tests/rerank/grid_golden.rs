@@ -15,10 +15,20 @@ fn root() -> PathBuf {
 
 fn photos() -> Vec<RgbImage> {
     let dir = root().join("models/tests/fixtures/images");
-    ["astronaut.jpg", "chelsea-420.jpg", "coffee-progressive.jpg", "rocket-444.jpg", "rotated-exif6.jpg", "grey.jpg", "palette.gif", "alpha.png", "tiny-5x3.png"]
-        .iter()
-        .map(|f| squire_models::image_io::load_rgb(&dir.join(f)).unwrap_or_else(|e| panic!("{f}: {e}")))
-        .collect()
+    [
+        "astronaut.jpg",
+        "chelsea-420.jpg",
+        "coffee-progressive.jpg",
+        "rocket-444.jpg",
+        "rotated-exif6.jpg",
+        "grey.jpg",
+        "palette.gif",
+        "alpha.png",
+        "tiny-5x3.png",
+    ]
+    .iter()
+    .map(|f| squire_models::image_io::load_rgb(&dir.join(f)).unwrap_or_else(|e| panic!("{f}: {e}")))
+    .collect()
 }
 
 #[test]
@@ -28,7 +38,10 @@ fn layout_letterboxing_and_marks() {
     wide.put_pixel(0, 0, Rgb([0, 200, 0]));
     let mut images: Vec<&RgbImage> = photos.iter().take(4).collect();
     images.push(&wide);
-    let o = GridOptions { cell: 96, ..GridOptions::default() };
+    let o = GridOptions {
+        cell: 96,
+        ..GridOptions::default()
+    };
     // Marks 9..13: one and two digits.
     let grid = draw_grid(&images, 9, &o);
     assert_eq!(o.shape(5), (3, 2));
@@ -37,7 +50,11 @@ fn layout_letterboxing_and_marks() {
         let mark = 9 + i as usize;
         let b = o.mark_box(i % 3, i / 3, mark);
         let digits = mark.to_string().len() as u32;
-        assert_eq!(read_mark(&grid, b, digits), Some(mark), "mark {mark} does not read back");
+        assert_eq!(
+            read_mark(&grid, b, digits),
+            Some(mark),
+            "mark {mark} does not read back"
+        );
     }
     // The wide green image (cell 5: column 1, row 1) is letterboxed to
     // 96 × 24, centred: background above and below, green in the middle.
@@ -71,7 +88,10 @@ fn default_marks_are_large() {
 fn golden_grid() {
     let photos = photos();
     let images: Vec<&RgbImage> = photos.iter().collect();
-    let o = GridOptions { cell: 96, ..GridOptions::default() };
+    let o = GridOptions {
+        cell: 96,
+        ..GridOptions::default()
+    };
     let grid = draw_grid(&images, 1, &o);
     let golden = root().join("engine/tests/fixtures/grid/golden-3x3-96px.png");
     if std::env::var("SQUIRE_UPDATE_GOLDEN").as_deref() == Ok("1") {
@@ -79,12 +99,30 @@ fn golden_grid() {
         grid.save(&golden).expect("write golden");
         let docs = root().join("docs/ebr-grid.jpg");
         std::fs::create_dir_all(docs.parent().expect("parent")).expect("mkdir");
-        draw_grid(&images, 1, &GridOptions::default()).save(&docs).expect("write docs example");
+        draw_grid(&images, 1, &GridOptions::default())
+            .save(&docs)
+            .expect("write docs example");
     }
-    let want = image::open(&golden).unwrap_or_else(|e| panic!("{}: {e} (SQUIRE_UPDATE_GOLDEN=1 writes it)", golden.display())).to_rgb8();
+    let want = image::open(&golden)
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (SQUIRE_UPDATE_GOLDEN=1 writes it)",
+                golden.display()
+            )
+        })
+        .to_rgb8();
     assert_eq!(grid.dimensions(), want.dimensions());
-    let differing = grid.pixels().zip(want.pixels()).filter(|(a, b)| a != b).count();
-    assert_eq!(differing, 0, "{differing} pixels differ from {}", golden.display());
+    let differing = grid
+        .pixels()
+        .zip(want.pixels())
+        .filter(|(a, b)| a != b)
+        .count();
+    assert_eq!(
+        differing,
+        0,
+        "{differing} pixels differ from {}",
+        golden.display()
+    );
     for m in 1..=9usize {
         let i = (m - 1) as u32;
         assert_eq!(read_mark(&want, o.mark_box(i % 3, i / 3, m), 1), Some(m));

@@ -7,17 +7,31 @@ use squire_engine::ranking::parse_ranking;
 
 fn is_permutation(order: &[usize], n: usize) -> bool {
     let mut seen = vec![false; n];
-    order.len() == n && order.iter().all(|&i| i < n && !std::mem::replace(&mut seen[i], true))
+    order.len() == n
+        && order
+            .iter()
+            .all(|&i| i < n && !std::mem::replace(&mut seen[i], true))
 }
 
 /// Strings built from the pieces answers are made of: JSON punctuation,
 /// keys, numbers (negative, huge, decimal), words, unicode and whitespace.
 fn answerish() -> impl Strategy<Value = String> {
     let piece = prop_oneof![
-        Just("{".to_string()), Just("}".to_string()), Just("[".to_string()), Just("]".to_string()),
-        Just("\"".to_string()), Just(",".to_string()), Just(":".to_string()), Just("\\".to_string()),
-        Just("\"ranking\"".to_string()), Just("\"top_k_indices\"".to_string()), Just("Image ".to_string()),
-        Just("```json\n".to_string()), Just(" then ".to_string()), Just("é漢🙂".to_string()), Just("\n".to_string()),
+        Just("{".to_string()),
+        Just("}".to_string()),
+        Just("[".to_string()),
+        Just("]".to_string()),
+        Just("\"".to_string()),
+        Just(",".to_string()),
+        Just(":".to_string()),
+        Just("\\".to_string()),
+        Just("\"ranking\"".to_string()),
+        Just("\"top_k_indices\"".to_string()),
+        Just("Image ".to_string()),
+        Just("```json\n".to_string()),
+        Just(" then ".to_string()),
+        Just("é漢🙂".to_string()),
+        Just("\n".to_string()),
         (0u64..30).prop_map(|n| n.to_string()),
         any::<i64>().prop_map(|n| n.to_string()),
         any::<f64>().prop_map(|f| f.to_string()),

@@ -18,7 +18,15 @@ use squire_engine::simulate::SimulatedMllm;
 fn candidates(n: usize) -> Vec<Arc<RgbImage>> {
     (0..n)
         .map(|i| {
-            let mut img = RgbImage::from_pixel(120 + (i as u32 % 3) * 20, 90, Rgb([(i * 53 % 256) as u8, (i * 97 % 256) as u8, (255 - i * 31 % 256) as u8]));
+            let mut img = RgbImage::from_pixel(
+                120 + (i as u32 % 3) * 20,
+                90,
+                Rgb([
+                    (i * 53 % 256) as u8,
+                    (i * 97 % 256) as u8,
+                    (255 - i * 31 % 256) as u8,
+                ]),
+            );
             for x in 0..img.width() {
                 for y in 40..50 {
                     img.put_pixel(x, y, Rgb([(i * 11 % 256) as u8, 255, (i * 7 % 256) as u8]));
@@ -31,8 +39,24 @@ fn candidates(n: usize) -> Vec<Arc<RgbImage>> {
 
 fn rerankers(depth: usize, grid: &GridOptions) -> Vec<Box<dyn ListReranker>> {
     vec![
-        Box::new(GridReranker::new(EbrOptions { k: depth, grid: grid.clone(), max_grids: 4, ..EbrOptions::default() }).expect("ebr")),
-        Box::new(CotrrReranker::new(CotrrOptions { k: depth, window: 10, step: 5, ..CotrrOptions::default() }).expect("cotrr")),
+        Box::new(
+            GridReranker::new(EbrOptions {
+                k: depth,
+                grid: grid.clone(),
+                max_grids: 4,
+                ..EbrOptions::default()
+            })
+            .expect("ebr"),
+        ),
+        Box::new(
+            CotrrReranker::new(CotrrOptions {
+                k: depth,
+                window: 10,
+                step: 5,
+                ..CotrrOptions::default()
+            })
+            .expect("cotrr"),
+        ),
         Box::new(
             CotrrReranker::new(CotrrOptions {
                 k: depth,
@@ -44,14 +68,22 @@ fn rerankers(depth: usize, grid: &GridOptions) -> Vec<Box<dyn ListReranker>> {
             })
             .expect("cotrr grid"),
         ),
-        Box::new(PointwiseReranker { options: PointwiseOptions { k: depth, ..PointwiseOptions::default() } }),
+        Box::new(PointwiseReranker {
+            options: PointwiseOptions {
+                k: depth,
+                ..PointwiseOptions::default()
+            },
+        }),
     ]
 }
 
 #[test]
 fn simulated_mllm_with_p_1_brings_the_relevant_candidate_to_the_top() {
     let depth = 20;
-    let grid = GridOptions { cell: 96, ..GridOptions::default() };
+    let grid = GridOptions {
+        cell: 96,
+        ..GridOptions::default()
+    };
     let cands = candidates(depth + 3);
     let sim = SimulatedMllm::new(1.0, 7, grid.clone());
     for r in rerankers(depth, &grid) {
@@ -59,7 +91,13 @@ fn simulated_mllm_with_p_1_brings_the_relevant_candidate_to_the_top() {
             let relevant: Vec<bool> = (0..cands.len()).map(|i| i == target).collect();
             sim.set_query(&cands, &relevant);
             let out = r.rerank(&sim, &RerankQuery::Text("query".into()), &cands);
-            assert_eq!(out.order[0], target, "{} with the relevant candidate at {target}: {:?}", r.name(), out.order);
+            assert_eq!(
+                out.order[0],
+                target,
+                "{} with the relevant candidate at {target}: {:?}",
+                r.name(),
+                out.order
+            );
             assert!(out.fallback.is_none(), "{}: {:?}", r.name(), out.fallback);
             // Beyond the depth nothing moves.
             assert_eq!(&out.order[depth..], &[20, 21, 22], "{}", r.name());
@@ -78,7 +116,10 @@ fn simulated_mllm_with_p_1_brings_the_relevant_candidate_to_the_top() {
 #[test]
 fn calls_and_images_per_query() {
     let depth = 20;
-    let grid = GridOptions { cell: 96, ..GridOptions::default() };
+    let grid = GridOptions {
+        cell: 96,
+        ..GridOptions::default()
+    };
     let cands = candidates(depth);
     let sim = SimulatedMllm::new(1.0, 1, grid.clone());
     sim.set_query(&cands, &vec![false; depth]);
@@ -96,12 +137,23 @@ fn calls_and_images_per_query() {
 
 #[test]
 fn simulated_mllm_with_p_0_is_wrong() {
-    let grid = GridOptions { cell: 96, ..GridOptions::default() };
+    let grid = GridOptions {
+        cell: 96,
+        ..GridOptions::default()
+    };
     let cands = candidates(9);
     let sim = SimulatedMllm::new(0.0, 3, grid.clone());
     let relevant: Vec<bool> = (0..9).map(|i| i == 0).collect();
     sim.set_query(&cands, &relevant);
-    let pw = PointwiseReranker { options: PointwiseOptions { k: 9, ..PointwiseOptions::default() } };
+    let pw = PointwiseReranker {
+        options: PointwiseOptions {
+            k: 9,
+            ..PointwiseOptions::default()
+        },
+    };
     let out = pw.rerank(&sim, &RerankQuery::Text("q".into()), &cands);
-    assert_ne!(out.order[0], 0, "a wrong pointwise judge demotes the relevant image");
+    assert_ne!(
+        out.order[0], 0,
+        "a wrong pointwise judge demotes the relevant image"
+    );
 }

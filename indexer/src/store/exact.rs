@@ -35,7 +35,9 @@ impl Rows {
             // little-endian, as the file is; the file is never written in
             // place (a save writes a new generation), and the map lives as
             // long as the slice's borrow of `self`.
-            Rows::Mapped(m) => unsafe { std::slice::from_raw_parts(m.as_ptr().cast::<f32>(), m.len() / 4) },
+            Rows::Mapped(m) => unsafe {
+                std::slice::from_raw_parts(m.as_ptr().cast::<f32>(), m.len() / 4)
+            },
         }
     }
 
@@ -61,21 +63,36 @@ pub struct ExactStore {
 }
 
 fn corrupt(dir: &Path, file: &str, message: String) -> IndexError {
-    IndexError::Corrupt { path: dir.join(file), message }
+    IndexError::Corrupt {
+        path: dir.join(file),
+        message,
+    }
 }
 
 /// The u64 little-endian keys of a `.keys` file.
 fn decode_keys(dir: &Path, file: &str, bytes: &[u8]) -> Result<Vec<u64>> {
     if bytes.len() % 8 != 0 {
-        return Err(corrupt(dir, file, format!("{} bytes: not a whole number of u64 keys", bytes.len())));
+        return Err(corrupt(
+            dir,
+            file,
+            format!("{} bytes: not a whole number of u64 keys", bytes.len()),
+        ));
     }
-    Ok(bytes.chunks_exact(8).map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])).collect())
+    Ok(bytes
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+        .collect())
 }
 
 impl ExactStore {
     /// An empty store of `dim`-long vectors.
     pub fn new(dim: usize) -> Self {
-        ExactStore { dim, keys: Vec::new(), data: Rows::default(), present: HashSet::new() }
+        ExactStore {
+            dim,
+            keys: Vec::new(),
+            data: Rows::default(),
+            present: HashSet::new(),
+        }
     }
 
     /// Wraps `data` (`keys.len() × dim`, row-major).
@@ -88,35 +105,63 @@ impl ExactStore {
             )));
         }
         let present = keys.iter().copied().collect();
-        Ok(ExactStore { dim, keys, data: Rows::Owned(data), present })
+        Ok(ExactStore {
+            dim,
+            keys,
+            data: Rows::Owned(data),
+            present,
+        })
     }
 
     /// Memory-maps `<name>.f32` in `dir` read-only, with the keys from the
     /// bytes of `<name>.keys` (in `bytes`): opening reads no vector, and
     /// checks the file's size against the keys.
-    pub fn map(dim: usize, dir: &Path, name: &str, bytes: &mut HashMap<String, Vec<u8>>) -> Result<Self> {
+    pub fn map(
+        dim: usize,
+        dir: &Path,
+        name: &str,
+        bytes: &mut HashMap<String, Vec<u8>>,
+    ) -> Result<Self> {
         let (vf, kf) = (format!("{name}.f32"), format!("{name}.keys"));
-        let k = bytes.remove(&kf).ok_or_else(|| corrupt(dir, &kf, "missing".into()))?;
+        let k = bytes
+            .remove(&kf)
+            .ok_or_else(|| corrupt(dir, &kf, "missing".into()))?;
         let keys = decode_keys(dir, &kf, &k)?;
         let path = dir.join(&vf);
         let file = std::fs::File::open(&path).map_err(crate::error::io(&path))?;
         let want = keys.len() * dim * 4;
         let len = file.metadata().map_err(crate::error::io(&path))?.len();
         if len != want as u64 {
-            return Err(corrupt(dir, &vf, format!("{len} bytes for {} keys × {dim} dims", keys.len())));
+            return Err(corrupt(
+                dir,
+                &vf,
+                format!("{len} bytes for {} keys × {dim} dims", keys.len()),
+            ));
         }
         let present = keys.iter().copied().collect();
         if want == 0 || cfg!(target_endian = "big") {
-            let mut b = HashMap::from([(vf, std::fs::read(&path).map_err(crate::error::io(&path))?), (kf, k)]);
+            let mut b = HashMap::from([
+                (vf, std::fs::read(&path).map_err(crate::error::io(&path))?),
+                (kf, k),
+            ]);
             return Self::open(dim, dir, name, &mut b);
         }
         // SAFETY: a read-only map of a file that is never modified in place
         // (collections write new generations); see `Rows::as_slice`.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(crate::error::io(&path))?;
         if map.as_ptr().align_offset(std::mem::align_of::<f32>()) != 0 {
-            return Err(corrupt(dir, &vf, "the mapping is not aligned for f32".into()));
+            return Err(corrupt(
+                dir,
+                &vf,
+                "the mapping is not aligned for f32".into(),
+            ));
         }
-        Ok(ExactStore { dim, keys, data: Rows::Mapped(Arc::new(map)), present })
+        Ok(ExactStore {
+            dim,
+            keys,
+            data: Rows::Mapped(Arc::new(map)),
+            present,
+        })
     }
 
     /// Whether the matrix is a memory map of its file (not copied into the heap).
@@ -125,17 +170,38 @@ impl ExactStore {
     }
 
     /// Reads `<name>.f32` and `<name>.keys` from `bytes` (files of `dir`).
-    pub fn open(dim: usize, dir: &Path, name: &str, bytes: &mut HashMap<String, Vec<u8>>) -> Result<Self> {
+    pub fn open(
+        dim: usize,
+        dir: &Path,
+        name: &str,
+        bytes: &mut HashMap<String, Vec<u8>>,
+    ) -> Result<Self> {
         let (vf, kf) = (format!("{name}.f32"), format!("{name}.keys"));
-        let v = bytes.remove(&vf).ok_or_else(|| corrupt(dir, &vf, "missing".into()))?;
-        let k = bytes.remove(&kf).ok_or_else(|| corrupt(dir, &kf, "missing".into()))?;
+        let v = bytes
+            .remove(&vf)
+            .ok_or_else(|| corrupt(dir, &vf, "missing".into()))?;
+        let k = bytes
+            .remove(&kf)
+            .ok_or_else(|| corrupt(dir, &kf, "missing".into()))?;
         if k.len() % 8 != 0 || v.len() != k.len() / 8 * dim * 4 {
-            return Err(corrupt(dir, &vf, format!("{} bytes for {} keys × {dim} dims", v.len(), k.len() / 8)));
+            return Err(corrupt(
+                dir,
+                &vf,
+                format!("{} bytes for {} keys × {dim} dims", v.len(), k.len() / 8),
+            ));
         }
         let keys = decode_keys(dir, &kf, &k)?;
-        let data = v.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let data = v
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
         let present = keys.iter().copied().collect();
-        Ok(ExactStore { dim, keys, data: Rows::Owned(data), present })
+        Ok(ExactStore {
+            dim,
+            keys,
+            data: Rows::Owned(data),
+            present,
+        })
     }
 
     /// The vector in row `row` (rows are in insertion order).
@@ -163,10 +229,19 @@ impl ExactStore {
                 self.dim
             )));
         }
-        Ok(squire_kernels::cpu::inner_product_topk(self.data.as_slice(), queries, self.dim, k)
-            .into_iter()
-            .map(|hits| hits.into_iter().map(|s| Hit { key: self.keys[s.row], score: s.score }).collect())
-            .collect())
+        Ok(
+            squire_kernels::cpu::inner_product_topk(self.data.as_slice(), queries, self.dim, k)
+                .into_iter()
+                .map(|hits| {
+                    hits.into_iter()
+                        .map(|s| Hit {
+                            key: self.keys[s.row],
+                            score: s.score,
+                        })
+                        .collect()
+                })
+                .collect(),
+        )
     }
 
     /// Keeps the rows whose key is in `keep`, in their order.
@@ -209,7 +284,12 @@ impl VectorStore for ExactStore {
         check_batch(keys, vectors, self.dim)?;
         if keys.iter().any(|k| self.present.contains(k)) {
             let new: HashSet<u64> = keys.iter().copied().collect();
-            let keep: HashSet<u64> = self.keys.iter().copied().filter(|k| !new.contains(k)).collect();
+            let keep: HashSet<u64> = self
+                .keys
+                .iter()
+                .copied()
+                .filter(|k| !new.contains(k))
+                .collect();
             self.retain(&keep);
         }
         self.keys.extend_from_slice(keys);
@@ -220,7 +300,12 @@ impl VectorStore for ExactStore {
 
     fn remove(&mut self, keys: &[u64]) -> Result<bool> {
         let gone: HashSet<u64> = keys.iter().copied().collect();
-        let keep: HashSet<u64> = self.keys.iter().copied().filter(|k| !gone.contains(k)).collect();
+        let keep: HashSet<u64> = self
+            .keys
+            .iter()
+            .copied()
+            .filter(|k| !gone.contains(k))
+            .collect();
         self.retain(&keep);
         Ok(true)
     }
@@ -235,7 +320,10 @@ impl VectorStore for ExactStore {
             .as_slice()
             .par_chunks(self.dim)
             .zip(self.keys.par_iter())
-            .map(|(v, &key)| Hit { key, score: v.iter().zip(query).map(|(a, b)| a * b).sum() })
+            .map(|(v, &key)| Hit {
+                key,
+                score: v.iter().zip(query).map(|(a, b)| a * b).sum(),
+            })
             .collect();
         Ok(top_k(hits, k))
     }

@@ -27,7 +27,10 @@ pub struct HnswRsStore {
 
 impl std::fmt::Debug for HnswRsStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HnswRsStore").field("dim", &self.dim).field("len", &self.keys.len()).finish()
+        f.debug_struct("HnswRsStore")
+            .field("dim", &self.dim)
+            .field("len", &self.keys.len())
+            .finish()
     }
 }
 
@@ -39,8 +42,19 @@ fn connectivity(config: &StoreConfig) -> usize {
 impl HnswRsStore {
     /// An empty graph for `dim`-long vectors.
     pub fn new(config: &StoreConfig, dim: usize) -> Self {
-        let graph = Hnsw::new(connectivity(config), 10_000, MAX_LAYERS, config.expansion_add.max(1), DistDot);
-        HnswRsStore { graph, keys: HashSet::new(), dim, config: *config }
+        let graph = Hnsw::new(
+            connectivity(config),
+            10_000,
+            MAX_LAYERS,
+            config.expansion_add.max(1),
+            DistDot,
+        );
+        HnswRsStore {
+            graph,
+            keys: HashSet::new(),
+            dim,
+            config: *config,
+        }
     }
 
     /// Reloads the graph saved under `name` in `dir` (files already checksummed).
@@ -48,14 +62,28 @@ impl HnswRsStore {
         if !dir.join(format!("{name}.hnsw.graph")).is_file() {
             return Ok(Self::new(config, dim));
         }
-        let corrupt = |message: String| IndexError::Corrupt { path: dir.join(format!("{name}.hnsw.graph")), message };
+        let corrupt = |message: String| IndexError::Corrupt {
+            path: dir.join(format!("{name}.hnsw.graph")),
+            message,
+        };
         // hnsw_rs ties the loaded graph's lifetime to its loader; the loader is
         // a small struct (a path and options), so it is leaked to give the
         // graph a 'static lifetime. The graph's data is copied into memory.
         let io: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new(dir, name)));
-        let graph: Hnsw<'static, f32, DistDot> = io.load_hnsw::<f32, DistDot>().map_err(|e| corrupt(e.to_string()))?;
-        let keys: HashSet<u64> = graph.get_point_indexation().into_iter().map(|p| p.get_origin_id() as u64).collect();
-        Ok(HnswRsStore { graph, keys, dim, config: *config })
+        let graph: Hnsw<'static, f32, DistDot> = io
+            .load_hnsw::<f32, DistDot>()
+            .map_err(|e| corrupt(e.to_string()))?;
+        let keys: HashSet<u64> = graph
+            .get_point_indexation()
+            .into_iter()
+            .map(|p| p.get_origin_id() as u64)
+            .collect();
+        Ok(HnswRsStore {
+            graph,
+            keys,
+            dim,
+            config: *config,
+        })
     }
 }
 
@@ -75,9 +103,15 @@ impl VectorStore for HnswRsStore {
     fn add(&mut self, keys: &[u64], vectors: &[f32]) -> Result<()> {
         check_batch(keys, vectors, self.dim)?;
         if let Some(k) = keys.iter().find(|k| self.keys.contains(k)) {
-            return Err(IndexError::InvalidRequest(format!("hnsw_rs cannot replace the vector of key {k}; rebuild the store")));
+            return Err(IndexError::InvalidRequest(format!(
+                "hnsw_rs cannot replace the vector of key {k}; rebuild the store"
+            )));
         }
-        let items: Vec<(&[f32], usize)> = vectors.chunks_exact(self.dim).zip(keys).map(|(v, &k)| (v, k as usize)).collect();
+        let items: Vec<(&[f32], usize)> = vectors
+            .chunks_exact(self.dim)
+            .zip(keys)
+            .map(|(v, &k)| (v, k as usize))
+            .collect();
         self.graph.parallel_insert_slice(&items);
         self.keys.extend(keys);
         Ok(())
@@ -92,13 +126,25 @@ impl VectorStore for HnswRsStore {
         if k == 0 || self.keys.is_empty() {
             return Ok(Vec::new());
         }
-        let ef = params.ef.unwrap_or_else(|| self.config.search_breadth(self.keys.len())).max(k);
+        let ef = params
+            .ef
+            .unwrap_or_else(|| self.config.search_breadth(self.keys.len()))
+            .max(k);
         let found = self.graph.search(query, k, ef);
-        Ok(found.iter().map(|n| Hit { key: n.d_id as u64, score: 1.0 - n.distance }).collect())
+        Ok(found
+            .iter()
+            .map(|n| Hit {
+                key: n.d_id as u64,
+                score: 1.0 - n.distance,
+            })
+            .collect())
     }
 
     fn save(&self, dir: &Path, name: &str) -> Result<Vec<String>> {
-        let err = |e: String| IndexError::Store { backend: "hnsw_rs", message: e };
+        let err = |e: String| IndexError::Store {
+            backend: "hnsw_rs",
+            message: e,
+        };
         if self.keys.is_empty() {
             // hnsw_rs cannot dump an empty graph; an absent file reads back as empty.
             return Ok(Vec::new());
@@ -106,7 +152,10 @@ impl VectorStore for HnswRsStore {
         for ext in ["hnsw.graph", "hnsw.data"] {
             let _ = std::fs::remove_file(dir.join(format!("{name}.{ext}")));
         }
-        let base = self.graph.file_dump(dir, name).map_err(|e| err(e.to_string()))?;
+        let base = self
+            .graph
+            .file_dump(dir, name)
+            .map_err(|e| err(e.to_string()))?;
         if base != name {
             return Err(err(format!("wrote {base}.hnsw.* instead of {name}.hnsw.*")));
         }

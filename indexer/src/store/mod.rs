@@ -69,7 +69,9 @@ impl std::str::FromStr for StoreKind {
             "usearch" => Ok(StoreKind::Usearch),
             "hnsw_rs" | "hnsw-rs" | "hnsw" => Ok(StoreKind::HnswRs),
             "exact" => Ok(StoreKind::Exact),
-            _ => Err(format!("unknown store `{s}` (expected usearch, hnsw_rs or exact)")),
+            _ => Err(format!(
+                "unknown store `{s}` (expected usearch, hnsw_rs or exact)"
+            )),
         }
     }
 }
@@ -133,12 +135,20 @@ impl StoreConfig {
     /// falls as a graph grows; at 200,000 vectors 128 still gave 0.988 and
     /// 256 gave 0.996).
     pub fn search_breadth(&self, len: usize) -> usize {
-        self.expansion_search.unwrap_or(if len >= LARGE_STORE_VECTORS { LARGE_STORE_EF } else { SMALL_STORE_EF })
+        self.expansion_search
+            .unwrap_or(if len >= LARGE_STORE_VECTORS {
+                LARGE_STORE_EF
+            } else {
+                SMALL_STORE_EF
+            })
     }
 
     /// The brute-force configuration.
     pub fn exact() -> Self {
-        StoreConfig { kind: StoreKind::Exact, ..StoreConfig::default() }
+        StoreConfig {
+            kind: StoreKind::Exact,
+            ..StoreConfig::default()
+        }
     }
 }
 
@@ -219,7 +229,10 @@ pub(crate) fn check_batch(keys: &[u64], vectors: &[f32], dim: usize) -> Result<(
 /// Checks that a query has `dim` values.
 pub(crate) fn check_query(query: &[f32], dim: usize) -> Result<()> {
     if query.len() != dim {
-        return Err(crate::error::IndexError::InvalidRequest(format!("query has {} dims, the store {dim}", query.len())));
+        return Err(crate::error::IndexError::InvalidRequest(format!(
+            "query has {} dims, the store {dim}",
+            query.len()
+        )));
     }
     Ok(())
 }

@@ -41,7 +41,9 @@ pub fn gram_into(x: &[f32], dim: usize, out: &mut Vec<f32>, scratch: &mut Vec<f3
     // own first row on (the upper triangle and the diagonal block) in one
     // product, into disjoint parts of `scratch`; the bands' sizes fall with
     // their index, so rayon's halving pairs a large band with a small one.
-    let bands: Vec<(usize, usize)> = (0..m.div_ceil(GRAM_TILE)).map(|b| (b * GRAM_TILE, ((b + 1) * GRAM_TILE).min(m))).collect();
+    let bands: Vec<(usize, usize)> = (0..m.div_ceil(GRAM_TILE))
+        .map(|b| (b * GRAM_TILE, ((b + 1) * GRAM_TILE).min(m)))
+        .collect();
     let total: usize = bands.iter().map(|&(r0, r1)| (r1 - r0) * (m - r0)).sum();
     scratch.resize(total, 0.0);
     let mut parts = Vec::with_capacity(bands.len());
@@ -52,7 +54,15 @@ pub fn gram_into(x: &[f32], dim: usize, out: &mut Vec<f32>, scratch: &mut Vec<f3
         rest = tail;
     }
     parts.par_iter_mut().for_each(|(r0, r1, band)| {
-        super::matmul::a_bt(band, &x[*r0 * dim..*r1 * dim], &x[*r0 * dim..], *r1 - *r0, m - *r0, dim, false);
+        super::matmul::a_bt(
+            band,
+            &x[*r0 * dim..*r1 * dim],
+            &x[*r0 * dim..],
+            *r1 - *r0,
+            m - *r0,
+            dim,
+            false,
+        );
     });
     for (r0, _, band) in parts {
         let w = m - r0;
@@ -70,10 +80,14 @@ pub fn gram_into(x: &[f32], dim: usize, out: &mut Vec<f32>, scratch: &mut Vec<f3
 /// Checks the refinement parameters.
 pub(crate) fn check_refine(m: usize, k: usize, beta: f32) -> Result<()> {
     if !beta.is_finite() {
-        return Err(KernelError::Parameter(format!("refinement beta must be finite, got {beta}")));
+        return Err(KernelError::Parameter(format!(
+            "refinement beta must be finite, got {beta}"
+        )));
     }
     if k > 64 {
-        return Err(KernelError::Parameter(format!("refinement uses at most 64 neighbours, got K = {k} (M = {m})")));
+        return Err(KernelError::Parameter(format!(
+            "refinement uses at most 64 neighbours, got K = {k} (M = {m})"
+        )));
     }
     Ok(())
 }
@@ -115,8 +129,12 @@ pub(crate) fn neighbours(row: &[f32], i: usize, k: usize) -> Vec<Scored> {
         }
         return best;
     }
-    let mut others: Vec<Scored> =
-        row.iter().enumerate().filter(|&(j, _)| j != i).map(|(j, &s)| Scored { row: j, score: s }).collect();
+    let mut others: Vec<Scored> = row
+        .iter()
+        .enumerate()
+        .filter(|&(j, _)| j != i)
+        .map(|(j, &s)| Scored { row: j, score: s })
+        .collect();
     others.select_nth_unstable_by(k - 1, better);
     others.truncate(k);
     others.sort_by(better);
@@ -137,10 +155,20 @@ pub fn refine(x: &[f32], s: &[f32], dim: usize, k: usize, beta: f32) -> Result<V
 
 /// [`refine`] into `out` (resized to `m × dim`), so a caller can keep one
 /// buffer across queries.
-pub fn refine_into(x: &[f32], s: &[f32], dim: usize, k: usize, beta: f32, out: &mut Vec<f32>) -> Result<()> {
+pub fn refine_into(
+    x: &[f32],
+    s: &[f32],
+    dim: usize,
+    k: usize,
+    beta: f32,
+    out: &mut Vec<f32>,
+) -> Result<()> {
     let m = rows_of(x, dim, "refinement input")?;
     if s.len() != m * m {
-        return Err(KernelError::Shape(format!("Gram matrix has {} values for {m} rows", s.len())));
+        return Err(KernelError::Shape(format!(
+            "Gram matrix has {} values for {m} rows",
+            s.len()
+        )));
     }
     check_refine(m, k, beta)?;
     out.resize(m * dim, 0.0);
@@ -149,7 +177,12 @@ pub fn refine_into(x: &[f32], s: &[f32], dim: usize, k: usize, beta: f32, out: &
     }
     let lists: Vec<Vec<(usize, f32)>> = (0..m)
         .into_par_iter()
-        .map(|i| neighbours(&s[i * m..(i + 1) * m], i, k).into_iter().map(|nb| (nb.row, beta * nb.score)).collect())
+        .map(|i| {
+            neighbours(&s[i * m..(i + 1) * m], i, k)
+                .into_iter()
+                .map(|nb| (nb.row, beta * nb.score))
+                .collect()
+        })
         .collect();
     // Column blocks: a block of every row (m × REFINE_COLS values) stays in
     // L2 while each row sums its neighbours' slices, instead of K scattered
@@ -161,7 +194,8 @@ pub fn refine_into(x: &[f32], s: &[f32], dim: usize, k: usize, beta: f32, out: &
         for (i, list) in lists.iter().enumerate() {
             // SAFETY: row i's columns c0..c1 lie inside `out` (m × dim) and
             // belong to this block's task alone.
-            let row = unsafe { std::slice::from_raw_parts_mut(dst.get().add(i * dim + c0), c1 - c0) };
+            let row =
+                unsafe { std::slice::from_raw_parts_mut(dst.get().add(i * dim + c0), c1 - c0) };
             let inv = 1.0 / list.iter().fold(1.0f32, |t, &(_, w)| t + w);
             neighbour_sum(row, x, dim, i * dim + c0, c0, list, inv);
         }
@@ -173,7 +207,15 @@ pub fn refine_into(x: &[f32], s: &[f32], dim: usize, k: usize, beta: f32, out: &
 /// chunks of 32 columns held in registers across the neighbours (one pass
 /// over each neighbour slice, one store); the same additions in the same
 /// order per value on every CPU, 8 lanes wide where AVX2 is present.
-fn neighbour_sum(row: &mut [f32], x: &[f32], dim: usize, own: usize, c0: usize, list: &[(usize, f32)], inv: f32) {
+fn neighbour_sum(
+    row: &mut [f32],
+    x: &[f32],
+    dim: usize,
+    own: usize,
+    c0: usize,
+    list: &[(usize, f32)],
+    inv: f32,
+) {
     #[cfg(target_arch = "x86_64")]
     if super::packed_supported() {
         // SAFETY: the CPU has AVX2 (and FMA, unused: no contraction happens).
@@ -185,12 +227,28 @@ fn neighbour_sum(row: &mut [f32], x: &[f32], dim: usize, own: usize, c0: usize, 
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn neighbour_sum_avx2(row: &mut [f32], x: &[f32], dim: usize, own: usize, c0: usize, list: &[(usize, f32)], inv: f32) {
+unsafe fn neighbour_sum_avx2(
+    row: &mut [f32],
+    x: &[f32],
+    dim: usize,
+    own: usize,
+    c0: usize,
+    list: &[(usize, f32)],
+    inv: f32,
+) {
     neighbour_sum_portable(row, x, dim, own, c0, list, inv)
 }
 
 #[inline(always)]
-fn neighbour_sum_portable(row: &mut [f32], x: &[f32], dim: usize, own: usize, c0: usize, list: &[(usize, f32)], inv: f32) {
+fn neighbour_sum_portable(
+    row: &mut [f32],
+    x: &[f32],
+    dim: usize,
+    own: usize,
+    c0: usize,
+    list: &[(usize, f32)],
+    inv: f32,
+) {
     const CHUNK: usize = 32;
     let len = row.len();
     let mut c = 0;
@@ -200,14 +258,19 @@ fn neighbour_sum_portable(row: &mut [f32], x: &[f32], dim: usize, own: usize, c0
         acc[..w].copy_from_slice(&x[own + c..own + c + w]);
         if w == CHUNK {
             for &(j, wt) in list {
-                let src: &[f32; CHUNK] = x[j * dim + c0 + c..j * dim + c0 + c + CHUNK].try_into().expect("chunk length");
+                let src: &[f32; CHUNK] = x[j * dim + c0 + c..j * dim + c0 + c + CHUNK]
+                    .try_into()
+                    .expect("chunk length");
                 for l in 0..CHUNK {
                     acc[l] += wt * src[l];
                 }
             }
         } else {
             for &(j, wt) in list {
-                for (a, &v) in acc[..w].iter_mut().zip(&x[j * dim + c0 + c..j * dim + c0 + c + w]) {
+                for (a, &v) in acc[..w]
+                    .iter_mut()
+                    .zip(&x[j * dim + c0 + c..j * dim + c0 + c + w])
+                {
                     *a += wt * v;
                 }
             }
@@ -222,7 +285,6 @@ fn neighbour_sum_portable(row: &mut [f32], x: &[f32], dim: usize, own: usize, c0
 /// Columns per block of the refinement's neighbour sums.
 const REFINE_COLS: usize = 128;
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,7 +292,9 @@ mod tests {
     #[test]
     fn gram_is_the_pairwise_dot_products() {
         let dim = 5;
-        let x: Vec<f32> = (0..7 * dim).map(|i| ((i * 37 % 17) as f32 - 8.0) / 8.0).collect();
+        let x: Vec<f32> = (0..7 * dim)
+            .map(|i| ((i * 37 % 17) as f32 - 8.0) / 8.0)
+            .collect();
         let g = gram(&x, dim).unwrap();
         for i in 0..7 {
             for j in 0..7 {
@@ -241,7 +305,9 @@ mod tests {
         assert!(gram(&x[..6], dim).is_err());
         // Past one tile, the mirrored upper triangle equals the full product.
         let (m, d) = (300, 9);
-        let y: Vec<f32> = (0..m * d).map(|i| ((i * 31 % 23) as f32 - 11.0) / 8.0).collect();
+        let y: Vec<f32> = (0..m * d)
+            .map(|i| ((i * 31 % 23) as f32 - 11.0) / 8.0)
+            .collect();
         let g = gram(&y, d).unwrap();
         for i in 0..m {
             for j in 0..m {
@@ -260,7 +326,14 @@ mod tests {
         let x = [1.0f32, 0.0, 0.6, 0.8, 0.0, 1.0];
         let s = gram(&x, 2).unwrap();
         let r = refine(&x, &s, 2, 1, 0.5).unwrap();
-        let want = [(1.0 + 0.18) / 1.3, 0.24 / 1.3, 0.6 / 1.4, (0.8 + 0.4) / 1.4, 0.24 / 1.4, (1.0 + 0.32) / 1.4];
+        let want = [
+            (1.0 + 0.18) / 1.3,
+            0.24 / 1.3,
+            0.6 / 1.4,
+            (0.8 + 0.4) / 1.4,
+            0.24 / 1.4,
+            (1.0 + 0.32) / 1.4,
+        ];
         for (a, b) in r.iter().zip(want) {
             assert!((a - b).abs() < 1e-6, "{r:?}");
         }
@@ -280,11 +353,19 @@ mod tests {
         for k in [1usize, 5, 9, 32, 33, 100, 499, 600] {
             for i in [0usize, 250, 499] {
                 let got: Vec<usize> = neighbours(&row, i, k).iter().map(|s| s.row).collect();
-                let mut all: Vec<Scored> =
-                    row.iter().enumerate().filter(|&(j, _)| j != i).map(|(j, &s)| Scored { row: j, score: s }).collect();
+                let mut all: Vec<Scored> = row
+                    .iter()
+                    .enumerate()
+                    .filter(|&(j, _)| j != i)
+                    .map(|(j, &s)| Scored { row: j, score: s })
+                    .collect();
                 all.sort_by(better);
                 all.truncate(k);
-                assert_eq!(got, all.iter().map(|s| s.row).collect::<Vec<_>>(), "k = {k}, i = {i}");
+                assert_eq!(
+                    got,
+                    all.iter().map(|s| s.row).collect::<Vec<_>>(),
+                    "k = {k}, i = {i}"
+                );
             }
         }
     }

@@ -28,11 +28,15 @@ impl SimdPath {
     pub fn supported(self) -> bool {
         #[cfg(target_arch = "x86_64")]
         {
-            let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c");
+            let avx2 = is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c");
             match self {
                 SimdPath::Avx2 => avx2,
                 SimdPath::Avx512 => {
-                    avx2 && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vl")
+                    avx2 && is_x86_feature_detected!("avx512f")
+                        && is_x86_feature_detected!("avx512bw")
+                        && is_x86_feature_detected!("avx512vl")
                 }
             }
         }
@@ -44,7 +48,10 @@ impl SimdPath {
 
     /// Every path this CPU runs, narrowest first (tests run each of them).
     pub fn all_supported() -> Vec<SimdPath> {
-        [SimdPath::Avx2, SimdPath::Avx512].into_iter().filter(|p| p.supported()).collect()
+        [SimdPath::Avx2, SimdPath::Avx512]
+            .into_iter()
+            .filter(|p| p.supported())
+            .collect()
     }
 }
 

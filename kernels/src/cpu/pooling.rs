@@ -41,24 +41,30 @@ pub fn regional_gem(maps: FeatureMaps<'_>, params: RegionalGemParams) -> Result<
     let (p, inv_p, mix) = (params.p, 1.0 / params.p, params.mix);
     let area = (params.size * params.size) as f32;
     let mut out = vec![0f32; maps.data.len()];
-    out.par_chunks_mut(hw).zip(maps.data.par_chunks(hw)).for_each(|(dst, plane)| {
-        // x^p once per value, then window sums over the reflected indices.
-        let pow: Vec<f32> = plane.iter().map(|&x| x.max(0.0).powf(p)).collect();
-        let rows: Vec<Vec<usize>> = (0..h as isize).map(|y| (y - pad..=y + pad).map(|i| reflect(i, h)).collect()).collect();
-        let cols: Vec<Vec<usize>> = (0..w as isize).map(|x| (x - pad..=x + pad).map(|i| reflect(i, w)).collect()).collect();
-        for y in 0..h {
-            for x in 0..w {
-                let mut s = 0f32;
-                for &ry in &rows[y] {
-                    for &rx in &cols[x] {
-                        s += pow[ry * w + rx];
+    out.par_chunks_mut(hw)
+        .zip(maps.data.par_chunks(hw))
+        .for_each(|(dst, plane)| {
+            // x^p once per value, then window sums over the reflected indices.
+            let pow: Vec<f32> = plane.iter().map(|&x| x.max(0.0).powf(p)).collect();
+            let rows: Vec<Vec<usize>> = (0..h as isize)
+                .map(|y| (y - pad..=y + pad).map(|i| reflect(i, h)).collect())
+                .collect();
+            let cols: Vec<Vec<usize>> = (0..w as isize)
+                .map(|x| (x - pad..=x + pad).map(|i| reflect(i, w)).collect())
+                .collect();
+            for y in 0..h {
+                for x in 0..w {
+                    let mut s = 0f32;
+                    for &ry in &rows[y] {
+                        for &rx in &cols[x] {
+                            s += pow[ry * w + rx];
+                        }
                     }
+                    let lp = (s / area).powf(inv_p);
+                    dst[y * w + x] = mix * lp + (1.0 - mix) * plane[y * w + x];
                 }
-                let lp = (s / area).powf(inv_p);
-                dst[y * w + x] = mix * lp + (1.0 - mix) * plane[y * w + x];
             }
-        }
-    });
+        });
     Ok(out)
 }
 
@@ -82,13 +88,22 @@ pub fn scale_gem(scales: &[&[f32]], dim: usize, mode: ScaleGemMode) -> Result<Ve
         }
         ScaleGemMode::Power(p) => {
             if !(p.is_finite() && p > 0.0) {
-                return Err(KernelError::Parameter(format!("Scale-GeM power must be > 0, got {p}")));
+                return Err(KernelError::Parameter(format!(
+                    "Scale-GeM power must be > 0, got {p}"
+                )));
             }
-            let gamma = scales.iter().flat_map(|s| s.iter()).copied().fold(f32::INFINITY, f32::min);
+            let gamma = scales
+                .iter()
+                .flat_map(|s| s.iter())
+                .copied()
+                .fold(f32::INFINITY, f32::min);
             let count = scales.len() as f32;
             out.par_chunks_mut(dim).enumerate().for_each(|(i, dst)| {
                 for (j, d) in dst.iter_mut().enumerate() {
-                    let sum: f32 = scales.iter().map(|s| (s[i * dim + j] - gamma).powf(p)).sum();
+                    let sum: f32 = scales
+                        .iter()
+                        .map(|s| (s[i * dim + j] - gamma).powf(p))
+                        .sum();
                     *d = (sum / count).powf(1.0 / p) + gamma;
                 }
                 l2_normalize(dst);
@@ -100,7 +115,9 @@ pub fn scale_gem(scales: &[&[f32]], dim: usize, mode: ScaleGemMode) -> Result<Ve
 
 /// Checks the per-scale matrices agree; returns rows per scale.
 pub(crate) fn check_scales(scales: &[&[f32]], dim: usize) -> Result<usize> {
-    let first = scales.first().ok_or_else(|| KernelError::Shape("Scale-GeM needs at least one scale".into()))?;
+    let first = scales
+        .first()
+        .ok_or_else(|| KernelError::Shape("Scale-GeM needs at least one scale".into()))?;
     let n = rows_of(first, dim, "Scale-GeM scale 0")?;
     for (i, s) in scales.iter().enumerate() {
         if s.len() != first.len() {
@@ -176,7 +193,11 @@ mod tests {
         }
         // All-negative input: every value is clamped to eps.
         let neg = vec![-1.0f32; 12];
-        let got = gem(FeatureMaps::new(&neg, 1, 1, 3, 4).unwrap(), GemParams { p: 4.6, eps: 1e-8 }).unwrap();
+        let got = gem(
+            FeatureMaps::new(&neg, 1, 1, 3, 4).unwrap(),
+            GemParams { p: 4.6, eps: 1e-8 },
+        )
+        .unwrap();
         assert!((got[0] - 1e-8).abs() < 1e-12);
         assert!(gem(maps, GemParams { p: 0.0, eps: 1e-6 }).is_err());
     }
@@ -187,7 +208,10 @@ mod tests {
         let idx: Vec<usize> = (-2..6).map(|i| reflect(i, 4)).collect();
         assert_eq!(idx, vec![2, 1, 0, 1, 2, 3, 2, 1]);
         assert_eq!(reflect(-2, 1), 0);
-        assert_eq!((-2..4).map(|i| reflect(i, 2)).collect::<Vec<_>>(), vec![0, 1, 0, 1, 0, 1]);
+        assert_eq!(
+            (-2..4).map(|i| reflect(i, 2)).collect::<Vec<_>>(),
+            vec![0, 1, 0, 1, 0, 1]
+        );
     }
 
     #[test]
@@ -221,7 +245,10 @@ mod tests {
                     }
                     let want = 0.5 * (s / 25.0).powf(1.0 / 2.5) + 0.5 * plane[y * w + x] as f64;
                     let have = got[ch * h * w + y * w + x] as f64;
-                    assert!((have - want).abs() < 1e-5, "({ch},{y},{x}): {have} vs {want}");
+                    assert!(
+                        (have - want).abs() < 1e-5,
+                        "({ch},{y},{x}): {have} vs {want}"
+                    );
                 }
             }
         }
@@ -240,7 +267,9 @@ mod tests {
         for i in 0..2 {
             let na = inv_norm(&a[i * dim..(i + 1) * dim]);
             let nb = inv_norm(&b[i * dim..(i + 1) * dim]);
-            let mut want: Vec<f32> = (0..dim).map(|j| (a[i * dim + j] * na).max(b[i * dim + j] * nb)).collect();
+            let mut want: Vec<f32> = (0..dim)
+                .map(|j| (a[i * dim + j] * na).max(b[i * dim + j] * nb))
+                .collect();
             l2_normalize(&mut want);
             close(&got[i * dim..(i + 1) * dim], &want, 1e-6);
         }

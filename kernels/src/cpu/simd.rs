@@ -128,10 +128,17 @@ mod x86 {
             i += 32;
         }
         while i + 8 <= n {
-            acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc[0]);
+            acc[0] = _mm256_fmadd_ps(
+                _mm256_loadu_ps(pa.add(i)),
+                _mm256_loadu_ps(pb.add(i)),
+                acc[0],
+            );
             i += 8;
         }
-        let mut s = hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+        let mut s = hsum(_mm256_add_ps(
+            _mm256_add_ps(acc[0], acc[1]),
+            _mm256_add_ps(acc[2], acc[3]),
+        ));
         while i < n {
             s += *pa.add(i) * *pb.add(i);
             i += 1;
@@ -158,7 +165,10 @@ mod x86 {
             acc[0] = _mm256_fmadd_ps(x, _mm256_loadu_ps(pb.add(i)), acc[0]);
             i += 8;
         }
-        let mut s = hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+        let mut s = hsum(_mm256_add_ps(
+            _mm256_add_ps(acc[0], acc[1]),
+            _mm256_add_ps(acc[2], acc[3]),
+        ));
         while i < n {
             s += f16::from_bits(*pa.add(i)).to_f32() * *pb.add(i);
             i += 1;
@@ -187,7 +197,11 @@ mod x86 {
             i += 64;
         }
         while i + 16 <= n {
-            acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)), acc[0]);
+            acc[0] = _mm512_fmadd_ps(
+                _mm512_loadu_ps(pa.add(i)),
+                _mm512_loadu_ps(pb.add(i)),
+                acc[0],
+            );
             i += 16;
         }
         if i < n {
@@ -196,7 +210,10 @@ mod x86 {
             let y = _mm512_maskz_loadu_ps(m, pb.add(i));
             acc[1] = _mm512_fmadd_ps(x, y, acc[1]);
         }
-        _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])))
+        _mm512_reduce_add_ps(_mm512_add_ps(
+            _mm512_add_ps(acc[0], acc[1]),
+            _mm512_add_ps(acc[2], acc[3]),
+        ))
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
@@ -224,7 +241,10 @@ mod x86 {
             let y = _mm512_maskz_loadu_ps(m, pb.add(i));
             acc[1] = _mm512_fmadd_ps(x, y, acc[1]);
         }
-        _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])))
+        _mm512_reduce_add_ps(_mm512_add_ps(
+            _mm512_add_ps(acc[0], acc[1]),
+            _mm512_add_ps(acc[2], acc[3]),
+        ))
     }
 }
 
@@ -255,9 +275,13 @@ mod tests {
 
     #[test]
     fn every_path_matches_a_naive_dot_on_ragged_lengths() {
-        let paths: Vec<Option<SimdPath>> = std::iter::once(None).chain(SimdPath::all_supported().into_iter().map(Some)).collect();
+        let paths: Vec<Option<SimdPath>> = std::iter::once(None)
+            .chain(SimdPath::all_supported().into_iter().map(Some))
+            .collect();
         for path in paths {
-            for n in [0usize, 1, 7, 8, 15, 16, 17, 31, 32, 33, 63, 64, 65, 100, 512, 769] {
+            for n in [
+                0usize, 1, 7, 8, 15, 16, 17, 31, 32, 33, 63, 64, 65, 100, 512, 769,
+            ] {
                 // Values exact in f32 with exact products and sums, so every
                 // summation order gives the same answer.
                 let a: Vec<f32> = (0..n).map(|i| ((i * 7 % 13) as f32 - 6.0) / 8.0).collect();

@@ -72,7 +72,11 @@ struct Candidates {
 
 impl Candidates {
     fn new(k: usize) -> Self {
-        Candidates { list: Vec::with_capacity(2 * k), floor: f32::NEG_INFINITY, k }
+        Candidates {
+            list: Vec::with_capacity(2 * k),
+            floor: f32::NEG_INFINITY,
+            k,
+        }
     }
 
     #[inline]
@@ -81,7 +85,11 @@ impl Candidates {
             self.list.push(Scored { row, score });
             if self.list.len() >= 2 * self.k {
                 keep_best(&mut self.list, self.k);
-                self.floor = self.list.iter().map(|x| x.score).fold(f32::INFINITY, f32::min);
+                self.floor = self
+                    .list
+                    .iter()
+                    .map(|x| x.score)
+                    .fold(f32::INFINITY, f32::min);
             }
         }
     }
@@ -109,7 +117,13 @@ pub fn inner_product_topk(base: &[f32], queries: &[f32], dim: usize, k: usize) -
 
 /// Top-`k` of `rows` for every query; scores are multiplied by `inv_norms[row]`
 /// when given (cosine with pre-normalised queries).
-pub(crate) fn topk_rows(rows: RowsRef<'_>, dim: usize, inv_norms: Option<&[f32]>, queries: &[f32], k: usize) -> Vec<Vec<Scored>> {
+pub(crate) fn topk_rows(
+    rows: RowsRef<'_>,
+    dim: usize,
+    inv_norms: Option<&[f32]>,
+    queries: &[f32],
+    k: usize,
+) -> Vec<Vec<Scored>> {
     if dim == 0 {
         return Vec::new();
     }
@@ -123,7 +137,15 @@ pub(crate) fn topk_rows(rows: RowsRef<'_>, dim: usize, inv_norms: Option<&[f32]>
         .into_par_iter()
         .map(|b| {
             let mut best: Vec<Candidates> = (0..nq).map(|_| Candidates::new(k)).collect();
-            Block::new(rows, dim, b * size, ((b + 1) * size).min(n), inv_norms, queries).score(|q, lo, s| best[q].offer_slice(lo, s));
+            Block::new(
+                rows,
+                dim,
+                b * size,
+                ((b + 1) * size).min(n),
+                inv_norms,
+                queries,
+            )
+            .score(|q, lo, s| best[q].offer_slice(lo, s));
             best.into_iter().map(Candidates::finish).collect()
         })
         .collect();
@@ -138,7 +160,12 @@ pub(crate) fn topk_rows(rows: RowsRef<'_>, dim: usize, inv_norms: Option<&[f32]>
 }
 
 /// Every score: `q × n`, row-major by query.
-pub(crate) fn scores_rows(rows: RowsRef<'_>, dim: usize, inv_norms: Option<&[f32]>, queries: &[f32]) -> Vec<f32> {
+pub(crate) fn scores_rows(
+    rows: RowsRef<'_>,
+    dim: usize,
+    inv_norms: Option<&[f32]>,
+    queries: &[f32],
+) -> Vec<f32> {
     if dim == 0 {
         return Vec::new();
     }
@@ -148,7 +175,14 @@ pub(crate) fn scores_rows(rows: RowsRef<'_>, dim: usize, inv_norms: Option<&[f32
     let parts: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(size))
         .into_par_iter()
         .map(|b| {
-            let block = Block::new(rows, dim, b * size, ((b + 1) * size).min(n), inv_norms, queries);
+            let block = Block::new(
+                rows,
+                dim,
+                b * size,
+                ((b + 1) * size).min(n),
+                inv_norms,
+                queries,
+            );
             let (lo, width) = (block.lo, block.hi - block.lo);
             let mut out = vec![0f32; nq * width];
             block.score(|q, _, s| out[q * width..(q + 1) * width].copy_from_slice(s));
@@ -177,8 +211,22 @@ struct Block<'a> {
 
 impl<'a> Block<'a> {
     /// Rows `lo..hi`.
-    fn new(rows: RowsRef<'a>, dim: usize, lo: usize, hi: usize, inv_norms: Option<&'a [f32]>, queries: &'a [f32]) -> Self {
-        Block { rows, dim, lo, hi, inv_norms, queries }
+    fn new(
+        rows: RowsRef<'a>,
+        dim: usize,
+        lo: usize,
+        hi: usize,
+        inv_norms: Option<&'a [f32]>,
+        queries: &'a [f32],
+    ) -> Self {
+        Block {
+            rows,
+            dim,
+            lo,
+            hi,
+            inv_norms,
+            queries,
+        }
     }
 
     /// Feeds `sink(query, lo, scores)` each query's scores for the block's
@@ -234,7 +282,9 @@ impl<'a> Block<'a> {
             a_bt(&mut scores, qs, block, m, width, dim, false);
             for (i, row) in scores[..m * width].chunks_exact_mut(width).enumerate() {
                 if let Some(n) = self.inv_norms {
-                    row.iter_mut().zip(&n[lo..hi]).for_each(|(s, &inv)| *s *= inv);
+                    row.iter_mut()
+                        .zip(&n[lo..hi])
+                        .for_each(|(s, &inv)| *s *= inv);
                 }
                 sink(c * QUERY_CHUNK + i, lo, row);
             }
@@ -257,7 +307,10 @@ mod tests {
                 let mut all: Vec<Scored> = base
                     .chunks(dim)
                     .enumerate()
-                    .map(|(r, v)| Scored { row: r, score: v.iter().zip(qv).map(|(a, b)| a * b).sum() })
+                    .map(|(r, v)| Scored {
+                        row: r,
+                        score: v.iter().zip(qv).map(|(a, b)| a * b).sum(),
+                    })
                     .collect();
                 all.sort_by(better);
                 all.truncate(k);
@@ -285,8 +338,13 @@ mod tests {
             }
         }
         let queries = rnd(9, 3 * dim);
-        assert!(inner_product_topk(&base, &queries, dim, 0).iter().all(|h| h.is_empty()));
-        assert_eq!(inner_product_topk(&base[..5 * dim], &queries[..dim], dim, 10)[0].len(), 5);
+        assert!(inner_product_topk(&base, &queries, dim, 0)
+            .iter()
+            .all(|h| h.is_empty()));
+        assert_eq!(
+            inner_product_topk(&base[..5 * dim], &queries[..dim], dim, 10)[0].len(),
+            5
+        );
     }
 
     #[test]
@@ -298,7 +356,10 @@ mod tests {
             let queries = vec![1.0f32; nq * dim];
             for hits in inner_product_topk(&base, &queries, dim, 1000) {
                 assert_eq!(hits.len(), 1000);
-                assert!(hits.iter().enumerate().all(|(i, h)| h.row == i && h.score == 2.0));
+                assert!(hits
+                    .iter()
+                    .enumerate()
+                    .all(|(i, h)| h.row == i && h.score == 2.0));
             }
             let all = scores_rows(RowsRef::F32(&base), dim, None, &queries);
             assert_eq!(all.len(), nq * 5000);

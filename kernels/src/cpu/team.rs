@@ -132,7 +132,9 @@ fn team() -> &'static Team {
         for i in 0..workers {
             // A thread that fails to start is simply absent: the caller and
             // the others take its tasks.
-            let _ = std::thread::Builder::new().name(format!("squire-team-{i}")).spawn(move || team.worker());
+            let _ = std::thread::Builder::new()
+                .name(format!("squire-team-{i}"))
+                .spawn(move || team.worker());
         }
         team
     })
@@ -169,7 +171,12 @@ pub fn team_for_each(tasks: usize, f: impl Fn(usize) + Sync) {
             return;
         }
     };
-    let job = Job { f: &f, tasks, next: AtomicUsize::new(0), panicked: AtomicBool::new(false) };
+    let job = Job {
+        f: &f,
+        tasks,
+        next: AtomicUsize::new(0),
+        panicked: AtomicBool::new(false),
+    };
     // SAFETY (lifetime erasure): `current` is cleared and every worker has
     // left the region before `job` goes out of scope, below.
     let ptr = &job as *const Job<'_> as *mut Job<'static>;
@@ -199,7 +206,12 @@ pub fn team_for_each(tasks: usize, f: impl Fn(usize) + Sync) {
 
 /// Splits `data` into blocks of `rows_per_task · width` values (the last
 /// shorter) and runs `f(first_row, block)` for each on the team.
-pub fn team_for_each_rows<T: Send>(data: &mut [T], width: usize, rows_per_task: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+pub fn team_for_each_rows<T: Send>(
+    data: &mut [T],
+    width: usize,
+    rows_per_task: usize,
+    f: impl Fn(usize, &mut [T]) + Sync,
+) {
     let width = width.max(1);
     let rows = data.len() / width;
     let per = rows_per_task.max(1);
@@ -207,7 +219,8 @@ pub fn team_for_each_rows<T: Send>(data: &mut [T], width: usize, rows_per_task: 
     team_for_each(rows.div_ceil(per), |t| {
         let (r0, r1) = (t * per, ((t + 1) * per).min(rows));
         // SAFETY: task t alone gets rows r0..r1, inside `data`.
-        let block = unsafe { std::slice::from_raw_parts_mut(ptr.get().add(r0 * width), (r1 - r0) * width) };
+        let block =
+            unsafe { std::slice::from_raw_parts_mut(ptr.get().add(r0 * width), (r1 - r0) * width) };
         f(r0, block);
     });
 }

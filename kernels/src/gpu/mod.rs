@@ -62,7 +62,9 @@ pub struct GpuContext {
 
 impl std::fmt::Debug for GpuContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GpuContext").field("adapter", &self.describe()).finish()
+        f.debug_struct("GpuContext")
+            .field("adapter", &self.describe())
+            .finish()
     }
 }
 
@@ -92,12 +94,21 @@ impl GpuContext {
     /// before virtual before software; Vulkan/Metal/DX12 before GL). Honours
     /// `WGPU_BACKEND` (e.g. `vulkan`, `gl`).
     pub(crate) fn open(policy: AdapterPolicy, options: &GpuOptions) -> Result<GpuContext> {
-        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-        let mut adapters: Vec<wgpu::Adapter> = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
-            .into_iter()
-            .filter(|a| a.get_downlevel_capabilities().flags.contains(wgpu::DownlevelFlags::COMPUTE_SHADERS))
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let mut adapters: Vec<wgpu::Adapter> =
+            pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+                .into_iter()
+                .filter(|a| {
+                    a.get_downlevel_capabilities()
+                        .flags
+                        .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
+                })
+                .collect();
+        let seen: Vec<String> = adapters
+            .iter()
+            .map(|a| adapter_line(&a.get_info()))
             .collect();
-        let seen: Vec<String> = adapters.iter().map(|a| adapter_line(&a.get_info())).collect();
         if policy == AdapterPolicy::HardwareOnly {
             adapters.retain(|a| a.get_info().device_type != wgpu::DeviceType::Cpu);
         }
@@ -122,8 +133,13 @@ impl GpuContext {
         let (device, queue) = pollster::block_on(adapter.request_device(&desc))
             .map_err(|e| KernelError::Device(format!("{}: {e}", adapter_line(&info))))?;
         let pipelines = Pipelines::build(&device)?;
-        let max_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
-        let max_chunk_bytes = options.max_chunk_bytes.map_or(max_binding, |b| b.clamp(16, max_binding)) & !15;
+        let max_binding = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size);
+        let max_chunk_bytes = options
+            .max_chunk_bytes
+            .map_or(max_binding, |b| b.clamp(16, max_binding))
+            & !15;
         Ok(GpuContext {
             device,
             queue,
@@ -154,28 +170,34 @@ impl GpuContext {
         } else {
             bytes
         };
-        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(label),
-            contents,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
-        })
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+            })
     }
 
     fn empty(&self, label: &str, size: u64) -> wgpu::Buffer {
         self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: size.max(4).next_multiple_of(4),
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         })
     }
 
     fn uniform<T: bytemuck::Pod>(&self, value: &T) -> wgpu::Buffer {
-        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("params"),
-            contents: bytemuck::bytes_of(value),
-            usage: wgpu::BufferUsages::UNIFORM,
-        })
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("params"),
+                contents: bytemuck::bytes_of(value),
+                usage: wgpu::BufferUsages::UNIFORM,
+            })
     }
 
     /// A bind group whose first entry is `params`' range at `offset` (one
@@ -195,7 +217,13 @@ impl GpuContext {
             }),
         }];
         entries.extend(
-            buffers.iter().enumerate().map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32 + 1, resource: b.as_entire_binding() }),
+            buffers
+                .iter()
+                .enumerate()
+                .map(|(i, b)| wgpu::BindGroupEntry {
+                    binding: i as u32 + 1,
+                    resource: b.as_entire_binding(),
+                }),
         );
         self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: None,
@@ -213,7 +241,10 @@ impl GpuContext {
         let entries: Vec<wgpu::BindGroupEntry<'_>> = buffers
             .iter()
             .enumerate()
-            .map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() })
+            .map(|(i, b)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: b.as_entire_binding(),
+            })
             .collect();
         self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: None,
@@ -229,19 +260,27 @@ impl GpuContext {
         group: &wgpu::BindGroup,
         (x, y): (u32, u32),
     ) {
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: None,
+            timestamp_writes: None,
+        });
         pass.set_pipeline(pipeline);
         pass.set_bind_group(0, group, &[]);
         pass.dispatch_workgroups(x, y, 1);
     }
 
     fn encoder(&self) -> wgpu::CommandEncoder {
-        self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None })
+        self.device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None })
     }
 
     /// Submits `encoder` after adding copies of `reads` (buffer, bytes) into
     /// staging buffers, waits, and returns their contents.
-    fn submit_and_read(&self, mut encoder: wgpu::CommandEncoder, reads: &[(&wgpu::Buffer, u64)]) -> Result<Vec<Vec<u8>>> {
+    fn submit_and_read(
+        &self,
+        mut encoder: wgpu::CommandEncoder,
+        reads: &[(&wgpu::Buffer, u64)],
+    ) -> Result<Vec<Vec<u8>>> {
         let staging: Vec<wgpu::Buffer> = reads
             .iter()
             .map(|&(src, size)| {
@@ -269,7 +308,9 @@ impl GpuContext {
         }
         let mut out = Vec::with_capacity(staging.len());
         for (b, &(_, size)) in staging.iter().zip(reads) {
-            let view = b.get_mapped_range(..).map_err(|e| KernelError::Device(format!("reading back: {e}")))?;
+            let view = b
+                .get_mapped_range(..)
+                .map_err(|e| KernelError::Device(format!("reading back: {e}")))?;
             out.push(view[..size as usize].to_vec());
             drop(view);
             b.unmap();
@@ -284,9 +325,15 @@ impl Pipelines {
         // Naga's loop-bounding guard is off: it keeps compilers from
         // unrolling the inner loops (measured on an H200: ~100× slower
         // similarity). Bounds checks stay on.
-        let checks = wgpu::ShaderRuntimeChecks { force_loop_bounding: false, ..wgpu::ShaderRuntimeChecks::checked() };
+        let checks = wgpu::ShaderRuntimeChecks {
+            force_loop_bounding: false,
+            ..wgpu::ShaderRuntimeChecks::checked()
+        };
         let module = |label: &str, src: Cow<'static, str>| {
-            let desc = wgpu::ShaderModuleDescriptor { label: Some(label), source: wgpu::ShaderSource::Wgsl(src) };
+            let desc = wgpu::ShaderModuleDescriptor {
+                label: Some(label),
+                source: wgpu::ShaderSource::Wgsl(src),
+            };
             // SAFETY: every loop in these shaders runs to a bound taken from
             // a uniform parameter or a constant, so no shader can loop
             // forever without the guard; buffer and array bounds checks stay.
@@ -298,26 +345,70 @@ impl Pipelines {
                 layout: None,
                 module: m,
                 entry_point: Some("main"),
-                compilation_options: wgpu::PipelineCompilationOptions { constants, ..Default::default() },
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants,
+                    ..Default::default()
+                },
                 cache: None,
             })
         };
         let common = include_str!("shaders/common.wgsl");
         let with_common = |src: &str| Cow::Owned(format!("{common}\n{src}"));
-        let sim = module("similarity", Cow::Borrowed(include_str!("shaders/similarity.wgsl")));
-        let similarity = [pipeline(&sim, "similarity", &[("HALF", 0.0)]), pipeline(&sim, "similarity", &[("HALF", 1.0)])];
-        let narrow = module("similarity (few queries)", Cow::Borrowed(include_str!("shaders/similarity_narrow.wgsl")));
-        let similarity_narrow =
-            [pipeline(&narrow, "similarity_narrow", &[("HALF", 0.0)]), pipeline(&narrow, "similarity_narrow", &[("HALF", 1.0)])];
-        let select = pipeline(&module("select", Cow::Borrowed(include_str!("shaders/select.wgsl"))), "select", &[]);
-        let gem = pipeline(&module("gem", with_common(include_str!("shaders/gem.wgsl"))), "gem", &[]);
-        let rgem = pipeline(&module("rgem", with_common(include_str!("shaders/rgem.wgsl"))), "rgem", &[]);
-        let sgem = pipeline(&module("sgem", with_common(include_str!("shaders/sgem.wgsl"))), "sgem", &[]);
-        let refine = pipeline(&module("refine", Cow::Borrowed(include_str!("shaders/refine.wgsl"))), "refine", &[]);
+        let sim = module(
+            "similarity",
+            Cow::Borrowed(include_str!("shaders/similarity.wgsl")),
+        );
+        let similarity = [
+            pipeline(&sim, "similarity", &[("HALF", 0.0)]),
+            pipeline(&sim, "similarity", &[("HALF", 1.0)]),
+        ];
+        let narrow = module(
+            "similarity (few queries)",
+            Cow::Borrowed(include_str!("shaders/similarity_narrow.wgsl")),
+        );
+        let similarity_narrow = [
+            pipeline(&narrow, "similarity_narrow", &[("HALF", 0.0)]),
+            pipeline(&narrow, "similarity_narrow", &[("HALF", 1.0)]),
+        ];
+        let select = pipeline(
+            &module("select", Cow::Borrowed(include_str!("shaders/select.wgsl"))),
+            "select",
+            &[],
+        );
+        let gem = pipeline(
+            &module("gem", with_common(include_str!("shaders/gem.wgsl"))),
+            "gem",
+            &[],
+        );
+        let rgem = pipeline(
+            &module("rgem", with_common(include_str!("shaders/rgem.wgsl"))),
+            "rgem",
+            &[],
+        );
+        let sgem = pipeline(
+            &module("sgem", with_common(include_str!("shaders/sgem.wgsl"))),
+            "sgem",
+            &[],
+        );
+        let refine = pipeline(
+            &module("refine", Cow::Borrowed(include_str!("shaders/refine.wgsl"))),
+            "refine",
+            &[],
+        );
         if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(KernelError::Device(format!("compiling the compute shaders: {e}")));
+            return Err(KernelError::Device(format!(
+                "compiling the compute shaders: {e}"
+            )));
         }
-        Ok(Pipelines { similarity, similarity_narrow, select, gem, rgem, sgem, refine })
+        Ok(Pipelines {
+            similarity,
+            similarity_narrow,
+            select,
+            gem,
+            rgem,
+            sgem,
+            refine,
+        })
     }
 }
 

@@ -1,12 +1,14 @@
 //! The kernels' host side: buffer layout, dispatch shapes and readback.
 
 use bytemuck::{Pod, Zeroable};
-use wgpu::util::DeviceExt;
 use half::f16;
+use wgpu::util::DeviceExt;
 
 use super::{grid, GpuContext};
 use crate::error::{KernelError, Result};
-use crate::types::{better, FeatureMaps, GemParams, Precision, RegionalGemParams, ScaleGemMode, Scored};
+use crate::types::{
+    better, FeatureMaps, GemParams, Precision, RegionalGemParams, ScaleGemMode, Scored,
+};
 
 /// At most this many queries go through the few-query similarity kernel.
 const NARROW_MAX_QUERIES: usize = 16;
@@ -67,7 +69,12 @@ pub struct Scratch {
     lists_bytes: u64,
 }
 
-fn grow(slot: &mut Option<wgpu::Buffer>, ctx: &GpuContext, label: &str, bytes: u64) -> wgpu::Buffer {
+fn grow(
+    slot: &mut Option<wgpu::Buffer>,
+    ctx: &GpuContext,
+    label: &str,
+    bytes: u64,
+) -> wgpu::Buffer {
     match slot {
         Some(b) if b.size() >= bytes => b.clone(),
         _ => {
@@ -114,32 +121,55 @@ impl SimParams {
 }
 
 fn as_u32(v: usize, what: &str) -> Result<u32> {
-    u32::try_from(v).map_err(|_| KernelError::Shape(format!("{what} = {v} is too large for the GPU backend (max {})", u32::MAX)))
+    u32::try_from(v).map_err(|_| {
+        KernelError::Shape(format!(
+            "{what} = {v} is too large for the GPU backend (max {})",
+            u32::MAX
+        ))
+    })
 }
 
 /// The f32 whose order-preserving key `select.wgsl` produced.
 fn from_key(key: u32) -> f32 {
-    f32::from_bits(if key & 0x8000_0000 != 0 { key & 0x7fff_ffff } else { !key })
+    f32::from_bits(if key & 0x8000_0000 != 0 {
+        key & 0x7fff_ffff
+    } else {
+        !key
+    })
 }
 
 fn f32s(bytes: &[u8]) -> Vec<f32> {
-    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
 fn u32s(bytes: &[u8]) -> Vec<u32> {
-    bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    bytes
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
 impl GpuContext {
     /// Uploads `rows` (`n × dim`, already rounded to f16 when `precision` is
     /// F16) with their inverse norms.
-    pub(crate) fn upload(&self, rows: &[f32], inv_norms: &[f32], dim: usize, precision: Precision) -> Result<GpuDatabase> {
+    pub(crate) fn upload(
+        &self,
+        rows: &[f32],
+        inv_norms: &[f32],
+        dim: usize,
+        precision: Precision,
+    ) -> Result<GpuDatabase> {
         let n = rows.len() / dim;
         as_u32(n * dim, "database values")?;
         let row_bytes = (dim * precision.bytes()) as u64;
         let chunk_rows = ((self.max_chunk_bytes - 4) / row_bytes).max(1) as usize;
         if row_bytes + 4 > self.max_binding {
-            return Err(KernelError::Shape(format!("one {dim}-dim row does not fit the adapter's buffer limit")));
+            return Err(KernelError::Shape(format!(
+                "one {dim}-dim row does not fit the adapter's buffer limit"
+            )));
         }
         let mut chunks = Vec::new();
         let mut row0 = 0;
@@ -149,7 +179,8 @@ impl GpuContext {
             let bytes: Vec<u8> = match precision {
                 Precision::F32 => bytemuck::cast_slice(values).to_vec(),
                 Precision::F16 => {
-                    let mut h: Vec<u16> = values.iter().map(|&v| f16::from_f32(v).to_bits()).collect();
+                    let mut h: Vec<u16> =
+                        values.iter().map(|&v| f16::from_f32(v).to_bits()).collect();
                     if h.len() % 2 == 1 {
                         h.push(0);
                     }
@@ -160,7 +191,10 @@ impl GpuContext {
                 row0,
                 rows: take,
                 base: self.storage("database", &bytes),
-                inv_norms: self.storage("inverse norms", bytemuck::cast_slice(&inv_norms[row0..row0 + take])),
+                inv_norms: self.storage(
+                    "inverse norms",
+                    bytemuck::cast_slice(&inv_norms[row0..row0 + take]),
+                ),
             });
             row0 += take;
         }
@@ -170,7 +204,8 @@ impl GpuContext {
     /// Blocks of (chunk, first row inside the chunk, rows).
     fn blocks<'a>(&self, db: &'a GpuDatabase) -> impl Iterator<Item = (&'a Chunk, usize, usize)> {
         db.chunks.iter().flat_map(|c| {
-            (0..c.rows.div_ceil(BLOCK_ROWS)).map(move |b| (c, b * BLOCK_ROWS, BLOCK_ROWS.min(c.rows - b * BLOCK_ROWS)))
+            (0..c.rows.div_ceil(BLOCK_ROWS))
+                .map(move |b| (c, b * BLOCK_ROWS, BLOCK_ROWS.min(c.rows - b * BLOCK_ROWS)))
         })
     }
 
@@ -204,11 +239,21 @@ impl GpuContext {
             }
         };
         let size = std::mem::size_of::<SimParams>() as u64;
-        let group = self.bind_params(pipeline, (pbuf, off, size), &[queries, &chunk.base, &chunk.inv_norms, scores]);
+        let group = self.bind_params(
+            pipeline,
+            (pbuf, off, size),
+            &[queries, &chunk.base, &chunk.inv_norms, scores],
+        );
         let shape = if narrow {
-            ((params.rows as usize).div_ceil(NARROW_ROWS), (params.nq as usize).div_ceil(4))
+            (
+                (params.rows as usize).div_ceil(NARROW_ROWS),
+                (params.nq as usize).div_ceil(4),
+            )
         } else {
-            ((params.rows as usize).div_ceil(64), (params.nq as usize).div_ceil(64))
+            (
+                (params.rows as usize).div_ceil(64),
+                (params.nq as usize).div_ceil(64),
+            )
         };
         Self::dispatch(encoder, pipeline, &group, (shape.0 as u32, shape.1 as u32));
     }
@@ -230,7 +275,9 @@ impl GpuContext {
             return Ok(vec![Vec::new(); nq]);
         }
         if k > MAX_K {
-            return Err(KernelError::Parameter(format!("the GPU top-k keeps at most {MAX_K} results per query, asked for {k}")));
+            return Err(KernelError::Parameter(format!(
+                "the GPU top-k keeps at most {MAX_K} results per query, asked for {k}"
+            )));
         }
         let half = precision == Precision::F16;
         let block = BLOCK_ROWS.min(db.chunks.iter().map(|c| c.rows).max().unwrap_or(1));
@@ -239,18 +286,39 @@ impl GpuContext {
         let mut out = Vec::with_capacity(nq);
         for qs in queries.chunks(per_chunk * dim) {
             let m = qs.len() / dim;
-            let qbuf = grow(&mut scratch.queries, self, "queries", (per_chunk.max(NARROW_MAX_QUERIES) * dim * 4) as u64);
-            let sbuf = grow(&mut scratch.scores, self, "scores", (per_chunk * block * 4) as u64);
+            let qbuf = grow(
+                &mut scratch.queries,
+                self,
+                "queries",
+                (per_chunk.max(NARROW_MAX_QUERIES) * dim * 4) as u64,
+            );
+            let sbuf = grow(
+                &mut scratch.scores,
+                self,
+                "scores",
+                (per_chunk * block * 4) as u64,
+            );
             let list_bytes = (per_chunk * k * 4) as u64;
             if scratch.lists.is_none() || scratch.lists_bytes < list_bytes {
                 let mk = |l| self.empty(l, list_bytes);
-                scratch.lists = Some([mk("keys a"), mk("ids a"), mk("count a"), mk("keys b"), mk("ids b"), mk("count b")]);
+                scratch.lists = Some([
+                    mk("keys a"),
+                    mk("ids a"),
+                    mk("count a"),
+                    mk("keys b"),
+                    mk("ids b"),
+                    mk("count b"),
+                ]);
                 scratch.lists_bytes = list_bytes;
             }
-            let lists = scratch.lists.clone().ok_or_else(|| KernelError::Device("list buffers missing".into()))?;
+            let lists = scratch
+                .lists
+                .clone()
+                .ok_or_else(|| KernelError::Device("list buffers missing".into()))?;
             let narrow = use_narrow(m, dim, half);
             if narrow {
-                self.queue.write_buffer(&qbuf, 0, bytemuck::cast_slice(&narrow_queries(qs, dim)));
+                self.queue
+                    .write_buffer(&qbuf, 0, bytemuck::cast_slice(&narrow_queries(qs, dim)));
             } else {
                 self.queue.write_buffer(&qbuf, 0, bytemuck::cast_slice(qs));
             }
@@ -263,24 +331,46 @@ impl GpuContext {
             let mut pbytes = vec![0u8; blocks.len() * 2 * align as usize];
             for (b, &(chunk, start, rows)) in blocks.iter().enumerate() {
                 let sim = SimParams::new(m, rows, dim, start, block, cosine);
-                let sel = SelectParams { k: k as u32, rows: rows as u32, stride: block as u32, gbase: as_u32(chunk.row0 + start, "row id")? };
+                let sel = SelectParams {
+                    k: k as u32,
+                    rows: rows as u32,
+                    stride: block as u32,
+                    gbase: as_u32(chunk.row0 + start, "row id")?,
+                };
                 let o = b * 2 * align as usize;
-                pbytes[o..o + std::mem::size_of::<SimParams>()].copy_from_slice(bytemuck::bytes_of(&sim));
+                pbytes[o..o + std::mem::size_of::<SimParams>()]
+                    .copy_from_slice(bytemuck::bytes_of(&sim));
                 let o = o + align as usize;
-                pbytes[o..o + std::mem::size_of::<SelectParams>()].copy_from_slice(bytemuck::bytes_of(&sel));
+                pbytes[o..o + std::mem::size_of::<SelectParams>()]
+                    .copy_from_slice(bytemuck::bytes_of(&sel));
             }
-            let pbuf = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("top-k parameters"),
-                contents: &pbytes,
-                usage: wgpu::BufferUsages::UNIFORM,
-            });
+            let pbuf = self
+                .device
+                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("top-k parameters"),
+                    contents: &pbytes,
+                    usage: wgpu::BufferUsages::UNIFORM,
+                });
             let mut encoder = self.encoder();
             let mut flip = false;
             for (b, &(chunk, start, rows)) in blocks.iter().enumerate() {
                 let params = SimParams::new(m, rows, dim, start, block, cosine);
                 let o = b as u64 * 2 * align;
-                self.record_similarity(&mut encoder, half, narrow, params, Some((&pbuf, o)), &qbuf, chunk, &sbuf);
-                let (src, dst) = if flip { (&lists[3..6], &lists[0..3]) } else { (&lists[0..3], &lists[3..6]) };
+                self.record_similarity(
+                    &mut encoder,
+                    half,
+                    narrow,
+                    params,
+                    Some((&pbuf, o)),
+                    &qbuf,
+                    chunk,
+                    &sbuf,
+                );
+                let (src, dst) = if flip {
+                    (&lists[3..6], &lists[0..3])
+                } else {
+                    (&lists[0..3], &lists[3..6])
+                };
                 let group = self.bind_params(
                     &self.pipelines.select,
                     (&pbuf, o + align, std::mem::size_of::<SelectParams>() as u64),
@@ -294,7 +384,11 @@ impl GpuContext {
             let t_run = std::time::Instant::now();
             let data = self.submit_and_read(
                 encoder,
-                &[(&last[0], (m * k * 4) as u64), (&last[1], (m * k * 4) as u64), (&last[2], (m * 4) as u64)],
+                &[
+                    (&last[0], (m * k * 4) as u64),
+                    (&last[1], (m * k * 4) as u64),
+                    (&last[2], (m * 4) as u64),
+                ],
             )?;
             tracing::debug!(
                 "top-k of {m} queries over {} blocks: recorded in {:.2} ms, submitted and read back in {:.2} ms",
@@ -306,7 +400,10 @@ impl GpuContext {
             for q in 0..m {
                 let c = (counts[q] as usize).min(k);
                 let mut hits: Vec<Scored> = (0..c)
-                    .map(|i| Scored { row: ids[q * k + i] as usize, score: from_key(keys[q * k + i]) })
+                    .map(|i| Scored {
+                        row: ids[q * k + i] as usize,
+                        score: from_key(keys[q * k + i]),
+                    })
                     .collect();
                 hits.sort_by(better);
                 out.push(hits);
@@ -338,15 +435,30 @@ impl GpuContext {
                 let sbuf = self.empty("scores", (m * rows * 4) as u64);
                 let part = &queries[q0 * dim..(q0 + m) * dim];
                 let narrow = use_narrow(m, dim, half);
-                let laid_out = if narrow { narrow_queries(part, dim) } else { part.to_vec() };
+                let laid_out = if narrow {
+                    narrow_queries(part, dim)
+                } else {
+                    part.to_vec()
+                };
                 let qpart = self.storage("queries", bytemuck::cast_slice(&laid_out));
                 let params = SimParams::new(m, rows, dim, start, rows, cosine);
                 let mut encoder = self.encoder();
-                self.record_similarity(&mut encoder, half, narrow, params, None, &qpart, chunk, &sbuf);
-                let data = f32s(&self.submit_and_read(encoder, &[(&sbuf, (m * rows * 4) as u64)])?[0]);
+                self.record_similarity(
+                    &mut encoder,
+                    half,
+                    narrow,
+                    params,
+                    None,
+                    &qpart,
+                    chunk,
+                    &sbuf,
+                );
+                let data =
+                    f32s(&self.submit_and_read(encoder, &[(&sbuf, (m * rows * 4) as u64)])?[0]);
                 let col = chunk.row0 + start;
                 for q in 0..m {
-                    all[(q0 + q) * n + col..(q0 + q) * n + col + rows].copy_from_slice(&data[q * rows..(q + 1) * rows]);
+                    all[(q0 + q) * n + col..(q0 + q) * n + col + rows]
+                        .copy_from_slice(&data[q * rows..(q + 1) * rows]);
                 }
                 q0 += m;
             }
@@ -366,18 +478,38 @@ impl GpuContext {
         Ok(f32s(&data[0]))
     }
 
-    fn record_gram(&self, x: &[f32], dim: usize) -> Result<(wgpu::Buffer, wgpu::Buffer, wgpu::CommandEncoder)> {
+    fn record_gram(
+        &self,
+        x: &[f32],
+        dim: usize,
+    ) -> Result<(wgpu::Buffer, wgpu::Buffer, wgpu::CommandEncoder)> {
         let m = x.len() / dim;
         if (m * m * 4) as u64 > self.max_binding || (x.len() * 4) as u64 > self.max_binding {
-            return Err(KernelError::Shape(format!("a {m}×{m} Gram matrix does not fit one GPU buffer")));
+            return Err(KernelError::Shape(format!(
+                "a {m}×{m} Gram matrix does not fit one GPU buffer"
+            )));
         }
         let xbuf = self.storage("gram input", bytemuck::cast_slice(x));
         let sbuf = self.empty("gram", (m * m * 4) as u64);
         let ones = self.storage("unused norms", &[0u8; 4]);
-        let chunk = Chunk { row0: 0, rows: m, base: xbuf.clone(), inv_norms: ones };
+        let chunk = Chunk {
+            row0: 0,
+            rows: m,
+            base: xbuf.clone(),
+            inv_norms: ones,
+        };
         let params = SimParams::new(m, m, dim, 0, m, false);
         let mut encoder = self.encoder();
-        self.record_similarity(&mut encoder, false, false, params, None, &xbuf, &chunk, &sbuf);
+        self.record_similarity(
+            &mut encoder,
+            false,
+            false,
+            params,
+            None,
+            &xbuf,
+            &chunk,
+            &sbuf,
+        );
         Ok((xbuf, sbuf, encoder))
     }
 
@@ -396,11 +528,18 @@ impl GpuContext {
             k: u32,
             beta: f32,
         }
-        let p = self.uniform(&P { m: m as u32, dim: dim as u32, k: k as u32, beta });
+        let p = self.uniform(&P {
+            m: m as u32,
+            dim: dim as u32,
+            k: k as u32,
+            beta,
+        });
         let out = self.empty("refined", (m * dim * 4) as u64);
         let group = self.bind(&self.pipelines.refine, &[&p, &xbuf, &sbuf, &out]);
         Self::dispatch(&mut encoder, &self.pipelines.refine, &group, grid(m));
-        Ok(f32s(&self.submit_and_read(encoder, &[(&out, (m * dim * 4) as u64)])?[0]))
+        Ok(f32s(
+            &self.submit_and_read(encoder, &[(&out, (m * dim * 4) as u64)])?[0],
+        ))
     }
 
     pub(crate) fn gem(&self, maps: FeatureMaps<'_>, params: GemParams) -> Result<Vec<f32>> {
@@ -414,16 +553,32 @@ impl GpuContext {
         }
         let planes = maps.n * maps.c;
         self.fits(maps.data.len(), "feature maps")?;
-        let p = self.uniform(&P { planes: as_u32(planes, "planes")?, hw: (maps.h * maps.w) as u32, p: params.p, eps: params.eps });
+        let p = self.uniform(&P {
+            planes: as_u32(planes, "planes")?,
+            hw: (maps.h * maps.w) as u32,
+            p: params.p,
+            eps: params.eps,
+        });
         let input = self.storage("maps", bytemuck::cast_slice(maps.data));
         let out = self.empty("pooled", (planes * 4) as u64);
         let group = self.bind(&self.pipelines.gem, &[&p, &input, &out]);
         let mut encoder = self.encoder();
-        Self::dispatch(&mut encoder, &self.pipelines.gem, &group, grid(planes.div_ceil(256)));
-        Ok(f32s(&self.submit_and_read(encoder, &[(&out, (planes * 4) as u64)])?[0]))
+        Self::dispatch(
+            &mut encoder,
+            &self.pipelines.gem,
+            &group,
+            grid(planes.div_ceil(256)),
+        );
+        Ok(f32s(
+            &self.submit_and_read(encoder, &[(&out, (planes * 4) as u64)])?[0],
+        ))
     }
 
-    pub(crate) fn regional_gem(&self, maps: FeatureMaps<'_>, params: RegionalGemParams) -> Result<Vec<f32>> {
+    pub(crate) fn regional_gem(
+        &self,
+        maps: FeatureMaps<'_>,
+        params: RegionalGemParams,
+    ) -> Result<Vec<f32>> {
         #[repr(C)]
         #[derive(Clone, Copy, Pod, Zeroable)]
         struct P {
@@ -450,11 +605,24 @@ impl GpuContext {
         let out = self.empty("regional", (total * 4) as u64);
         let group = self.bind(&self.pipelines.rgem, &[&p, &input, &out]);
         let mut encoder = self.encoder();
-        Self::dispatch(&mut encoder, &self.pipelines.rgem, &group, grid(total.div_ceil(256)));
-        Ok(f32s(&self.submit_and_read(encoder, &[(&out, (total * 4) as u64)])?[0]))
+        Self::dispatch(
+            &mut encoder,
+            &self.pipelines.rgem,
+            &group,
+            grid(total.div_ceil(256)),
+        );
+        Ok(f32s(
+            &self.submit_and_read(encoder, &[(&out, (total * 4) as u64)])?[0],
+        ))
     }
 
-    pub(crate) fn scale_gem(&self, scales: &[&[f32]], n: usize, dim: usize, mode: ScaleGemMode) -> Result<Vec<f32>> {
+    pub(crate) fn scale_gem(
+        &self,
+        scales: &[&[f32]],
+        n: usize,
+        dim: usize,
+        mode: ScaleGemMode,
+    ) -> Result<Vec<f32>> {
         #[repr(C)]
         #[derive(Clone, Copy, Pod, Zeroable)]
         struct P {
@@ -467,7 +635,10 @@ impl GpuContext {
             _pad: [u32; 2],
         }
         if scales.len() > 16 {
-            return Err(KernelError::Parameter(format!("the GPU Scale-GeM takes at most 16 scales, got {}", scales.len())));
+            return Err(KernelError::Parameter(format!(
+                "the GPU Scale-GeM takes at most 16 scales, got {}",
+                scales.len()
+            )));
         }
         if n == 0 {
             return Ok(Vec::new());
@@ -480,13 +651,23 @@ impl GpuContext {
             // while it has the values anyway.
             ScaleGemMode::Power(p) => (1, p, stacked.iter().copied().fold(f32::INFINITY, f32::min)),
         };
-        let params = self.uniform(&P { scales: scales.len() as u32, n: n as u32, dim: dim as u32, power, p, gamma, _pad: [0; 2] });
+        let params = self.uniform(&P {
+            scales: scales.len() as u32,
+            n: n as u32,
+            dim: dim as u32,
+            power,
+            p,
+            gamma,
+            _pad: [0; 2],
+        });
         let input = self.storage("scales", bytemuck::cast_slice(&stacked));
         let out = self.empty("merged", (n * dim * 4) as u64);
         let group = self.bind(&self.pipelines.sgem, &[&params, &input, &out]);
         let mut encoder = self.encoder();
         Self::dispatch(&mut encoder, &self.pipelines.sgem, &group, grid(n));
-        Ok(f32s(&self.submit_and_read(encoder, &[(&out, (n * dim * 4) as u64)])?[0]))
+        Ok(f32s(
+            &self.submit_and_read(encoder, &[(&out, (n * dim * 4) as u64)])?[0],
+        ))
     }
 
     /// Where a top-k call's time goes on this device, in seconds (best of
@@ -511,11 +692,22 @@ impl GpuContext {
         let m = (queries.len() / dim).min((SCORES_BYTES / (block * 4)).max(1));
         let queries = &queries[..m * dim];
         let narrow = use_narrow(m, dim, half);
-        let laid_out = if narrow { narrow_queries(queries, dim) } else { queries.to_vec() };
+        let laid_out = if narrow {
+            narrow_queries(queries, dim)
+        } else {
+            queries.to_vec()
+        };
         let qbuf = self.storage("queries", bytemuck::cast_slice(&laid_out));
         let sbuf = self.empty("scores", (m.max(1) * block * 4) as u64);
         let mk = |l| self.empty(l, (m.max(1) * k * 4) as u64);
-        let lists = [mk("keys a"), mk("ids a"), mk("count a"), mk("keys b"), mk("ids b"), mk("count b")];
+        let lists = [
+            mk("keys a"),
+            mk("ids a"),
+            mk("count a"),
+            mk("keys b"),
+            mk("ids b"),
+            mk("count b"),
+        ];
         let time = |record: &dyn Fn(&mut wgpu::CommandEncoder) -> Result<()>| -> Result<f64> {
             let mut best = f64::INFINITY;
             for _ in 0..runs.max(1) {
@@ -534,38 +726,59 @@ impl GpuContext {
             let params = SimParams::new(m, rows, dim, start, block, false);
             self.record_similarity(encoder, half, narrow, params, None, &qbuf, chunk, &sbuf);
         };
-        let select = |encoder: &mut wgpu::CommandEncoder, gbase: usize, rows: usize| -> Result<()> {
-            let sp = self.uniform(&SelectParams { k: k as u32, rows: rows as u32, stride: block as u32, gbase: as_u32(gbase, "row id")? });
-            let group = self.bind(
-                &self.pipelines.select,
-                &[&sp, &sbuf, &lists[0], &lists[1], &lists[2], &lists[3], &lists[4], &lists[5]],
-            );
-            Self::dispatch(encoder, &self.pipelines.select, &group, (m as u32, 1));
-            Ok(())
-        };
-        let (c0, s0, r0) = self.blocks(db).next().ok_or_else(|| KernelError::Shape("empty database".into()))?;
+        let select =
+            |encoder: &mut wgpu::CommandEncoder, gbase: usize, rows: usize| -> Result<()> {
+                let sp = self.uniform(&SelectParams {
+                    k: k as u32,
+                    rows: rows as u32,
+                    stride: block as u32,
+                    gbase: as_u32(gbase, "row id")?,
+                });
+                let group = self.bind(
+                    &self.pipelines.select,
+                    &[
+                        &sp, &sbuf, &lists[0], &lists[1], &lists[2], &lists[3], &lists[4],
+                        &lists[5],
+                    ],
+                );
+                Self::dispatch(encoder, &self.pipelines.select, &group, (m as u32, 1));
+                Ok(())
+            };
+        let (c0, s0, r0) = self
+            .blocks(db)
+            .next()
+            .ok_or_else(|| KernelError::Shape("empty database".into()))?;
         let blocks = self.blocks(db).count();
         Ok(vec![
             ("blocks", blocks as f64),
             ("empty submit + wait", time(&|_| Ok(()))?),
-            ("similarity, one block", time(&|e| {
-                sim(e, c0, s0, r0);
-                Ok(())
-            })?),
+            (
+                "similarity, one block",
+                time(&|e| {
+                    sim(e, c0, s0, r0);
+                    Ok(())
+                })?,
+            ),
             ("select, one block", time(&|e| select(e, c0.row0 + s0, r0))?),
-            ("similarity, every block", time(&|e| {
-                for (c, s, r) in self.blocks(db) {
-                    sim(e, c, s, r);
-                }
-                Ok(())
-            })?),
-            ("similarity + select, every block", time(&|e| {
-                for (c, s, r) in self.blocks(db) {
-                    sim(e, c, s, r);
-                    select(e, c.row0 + s, r)?;
-                }
-                Ok(())
-            })?),
+            (
+                "similarity, every block",
+                time(&|e| {
+                    for (c, s, r) in self.blocks(db) {
+                        sim(e, c, s, r);
+                    }
+                    Ok(())
+                })?,
+            ),
+            (
+                "similarity + select, every block",
+                time(&|e| {
+                    for (c, s, r) in self.blocks(db) {
+                        sim(e, c, s, r);
+                        select(e, c.row0 + s, r)?;
+                    }
+                    Ok(())
+                })?,
+            ),
         ])
     }
 

@@ -125,15 +125,21 @@ impl ClipConfig {
     /// Reads and validates `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
-        let cfg: ClipConfig = serde_json::from_str(&text)
-            .map_err(|e| ModelError::Json { path: path.to_path_buf(), message: e.to_string() })?;
+        let cfg: ClipConfig = serde_json::from_str(&text).map_err(|e| ModelError::Json {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
         cfg.validate(path)?;
         Ok(cfg)
     }
 
     fn validate(&self, path: &Path) -> Result<()> {
         let bad = |field: &str, message: String| {
-            Err(ModelError::Config { path: path.to_path_buf(), field: field.into(), message })
+            Err(ModelError::Config {
+                path: path.to_path_buf(),
+                field: field.into(),
+                message,
+            })
         };
         let t = &self.text_config;
         let v = &self.vision_config;
@@ -143,7 +149,10 @@ impl ClipConfig {
             ("text_config.num_attention_heads", t.num_attention_heads),
             ("text_config.num_hidden_layers", t.num_hidden_layers),
             ("text_config.vocab_size", t.vocab_size),
-            ("text_config.max_position_embeddings", t.max_position_embeddings),
+            (
+                "text_config.max_position_embeddings",
+                t.max_position_embeddings,
+            ),
             ("vision_config.hidden_size", v.hidden_size),
             ("vision_config.num_attention_heads", v.num_attention_heads),
             ("vision_config.num_hidden_layers", v.num_hidden_layers),
@@ -157,23 +166,35 @@ impl ClipConfig {
         if t.hidden_size % t.num_attention_heads != 0 {
             return bad(
                 "text_config.num_attention_heads",
-                format!("hidden_size {} is not divisible by {} heads", t.hidden_size, t.num_attention_heads),
+                format!(
+                    "hidden_size {} is not divisible by {} heads",
+                    t.hidden_size, t.num_attention_heads
+                ),
             );
         }
         if v.hidden_size % v.num_attention_heads != 0 {
             return bad(
                 "vision_config.num_attention_heads",
-                format!("hidden_size {} is not divisible by {} heads", v.hidden_size, v.num_attention_heads),
+                format!(
+                    "hidden_size {} is not divisible by {} heads",
+                    v.hidden_size, v.num_attention_heads
+                ),
             );
         }
         if v.image_size % v.patch_size != 0 {
             return bad(
                 "vision_config.patch_size",
-                format!("image_size {} is not a multiple of patch_size {}", v.image_size, v.patch_size),
+                format!(
+                    "image_size {} is not a multiple of patch_size {}",
+                    v.image_size, v.patch_size
+                ),
             );
         }
         if v.num_channels != 3 {
-            return bad("vision_config.num_channels", format!("{} channels; only RGB (3) is supported", v.num_channels));
+            return bad(
+                "vision_config.num_channels",
+                format!("{} channels; only RGB (3) is supported", v.num_channels),
+            );
         }
         Ok(())
     }

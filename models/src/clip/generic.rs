@@ -21,11 +21,19 @@ impl Ctx<'_> {
     }
     fn linear(&self, prefix: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
         let w = self.t(&format!("{prefix}.weight"), &[out, inp])?;
-        let b = if bias { Some(self.t(&format!("{prefix}.bias"), &[out])?) } else { None };
+        let b = if bias {
+            Some(self.t(&format!("{prefix}.bias"), &[out])?)
+        } else {
+            None
+        };
         Ok(Linear::new(w, b))
     }
     fn norm(&self, prefix: &str, width: usize, eps: f64) -> Result<LayerNorm> {
-        Ok(LayerNorm::new(self.t(&format!("{prefix}.weight"), &[width])?, self.t(&format!("{prefix}.bias"), &[width])?, eps))
+        Ok(LayerNorm::new(
+            self.t(&format!("{prefix}.weight"), &[width])?,
+            self.t(&format!("{prefix}.bias"), &[width])?,
+            eps,
+        ))
     }
 }
 
@@ -47,7 +55,16 @@ struct Encoder {
 }
 
 impl Encoder {
-    fn load(c: &Ctx, prefix: &str, n: usize, d: usize, heads: usize, mlp: usize, act: Activation, eps: f64) -> Result<Self> {
+    fn load(
+        c: &Ctx,
+        prefix: &str,
+        n: usize,
+        d: usize,
+        heads: usize,
+        mlp: usize,
+        act: Activation,
+        eps: f64,
+    ) -> Result<Self> {
         let mut layers = Vec::with_capacity(n);
         for i in 0..n {
             let p = format!("{prefix}.encoder.layers.{i}");
@@ -70,7 +87,9 @@ impl Encoder {
         let dh = d / self.heads;
         let scale = 1.0 / (dh as f64).sqrt();
         let split = |t: Tensor| -> Result<Tensor> {
-            Ok(t.reshape((b, s, self.heads, dh))?.transpose(1, 2)?.contiguous()?)
+            Ok(t.reshape((b, s, self.heads, dh))?
+                .transpose(1, 2)?
+                .contiguous()?)
         };
         for l in &self.layers {
             let h = l.ln1.forward(&x)?;
@@ -81,7 +100,8 @@ impl Encoder {
             if let Some(m) = mask {
                 att = att.broadcast_add(m)?;
             }
-            let att = candle_nn::ops::softmax_last_dim(&att.to_dtype(DType::F32)?)?.to_dtype(x.dtype())?;
+            let att = candle_nn::ops::softmax_last_dim(&att.to_dtype(DType::F32)?)?
+                .to_dtype(x.dtype())?;
             let o = att.matmul(&v)?.transpose(1, 2)?.reshape((b, s, d))?;
             x = (x + l.o.forward(&o)?)?;
             let h = l.fc1.forward(&l.ln2.forward(&x)?)?;
@@ -117,17 +137,37 @@ pub(crate) struct GenericVision {
 }
 
 impl GenericVision {
-    pub fn load(w: &CheckedWeights, cfg: &ClipConfig, dtype: DType, device: &Device) -> Result<Self> {
+    pub fn load(
+        w: &CheckedWeights,
+        cfg: &ClipConfig,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         let c = Ctx { w, dtype, device };
         let v = cfg.vision_config.clone();
         let (d, p) = (v.hidden_size, v.patch_size);
         let pre = "vision_model";
         Ok(GenericVision {
-            patch: c.t(&format!("{pre}.embeddings.patch_embedding.weight"), &[d, 3, p, p])?,
+            patch: c.t(
+                &format!("{pre}.embeddings.patch_embedding.weight"),
+                &[d, 3, p, p],
+            )?,
             class_embedding: c.t(&format!("{pre}.embeddings.class_embedding"), &[d])?,
-            positions: c.t(&format!("{pre}.embeddings.position_embedding.weight"), &[cfg.vision_tokens(), d])?,
+            positions: c.t(
+                &format!("{pre}.embeddings.position_embedding.weight"),
+                &[cfg.vision_tokens(), d],
+            )?,
             pre_norm: c.norm(&format!("{pre}.pre_layrnorm"), d, v.layer_norm_eps)?,
-            encoder: Encoder::load(&c, pre, v.num_hidden_layers, d, v.num_attention_heads, v.intermediate_size, v.hidden_act, v.layer_norm_eps)?,
+            encoder: Encoder::load(
+                &c,
+                pre,
+                v.num_hidden_layers,
+                d,
+                v.num_attention_heads,
+                v.intermediate_size,
+                v.hidden_act,
+                v.layer_norm_eps,
+            )?,
             post_norm: c.norm(&format!("{pre}.post_layernorm"), d, v.layer_norm_eps)?,
             projection: c.linear("visual_projection", cfg.projection_dim, d, false)?,
             cfg: v,
@@ -142,7 +182,10 @@ impl GenericVision {
         let x = Tensor::from_slice(pixels, (batch, 3, s, s), &self.device)?.to_dtype(self.dtype)?;
         let x = x.conv2d(&self.patch, 0, self.cfg.patch_size, 1, 1)?; // (b, d, g, g)
         let x = x.flatten_from(2)?.transpose(1, 2)?; // (b, g·g, d)
-        let cls = self.class_embedding.reshape((1, 1, d))?.repeat((batch, 1, 1))?;
+        let cls = self
+            .class_embedding
+            .reshape((1, 1, d))?
+            .repeat((batch, 1, 1))?;
         let x = Tensor::cat(&[&cls, &x], 1)?.broadcast_add(&self.positions.unsqueeze(0)?)?;
         let x = self.pre_norm.forward(&x)?;
         let x = self.encoder.forward(x, None)?;
@@ -164,15 +207,35 @@ pub(crate) struct GenericText {
 }
 
 impl GenericText {
-    pub fn load(w: &CheckedWeights, cfg: &ClipConfig, dtype: DType, device: &Device) -> Result<Self> {
+    pub fn load(
+        w: &CheckedWeights,
+        cfg: &ClipConfig,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         let c = Ctx { w, dtype, device };
         let t = cfg.text_config.clone();
         let d = t.hidden_size;
         let pre = "text_model";
         Ok(GenericText {
-            tokens: c.t(&format!("{pre}.embeddings.token_embedding.weight"), &[t.vocab_size, d])?,
-            positions: c.t(&format!("{pre}.embeddings.position_embedding.weight"), &[t.max_position_embeddings, d])?,
-            encoder: Encoder::load(&c, pre, t.num_hidden_layers, d, t.num_attention_heads, t.intermediate_size, t.hidden_act, t.layer_norm_eps)?,
+            tokens: c.t(
+                &format!("{pre}.embeddings.token_embedding.weight"),
+                &[t.vocab_size, d],
+            )?,
+            positions: c.t(
+                &format!("{pre}.embeddings.position_embedding.weight"),
+                &[t.max_position_embeddings, d],
+            )?,
+            encoder: Encoder::load(
+                &c,
+                pre,
+                t.num_hidden_layers,
+                d,
+                t.num_attention_heads,
+                t.intermediate_size,
+                t.hidden_act,
+                t.layer_norm_eps,
+            )?,
             final_norm: c.norm(&format!("{pre}.final_layer_norm"), d, t.layer_norm_eps)?,
             projection: c.linear("text_projection", cfg.projection_dim, d, false)?,
             dtype,
@@ -189,7 +252,10 @@ impl GenericText {
             flat.extend(std::iter::repeat_n(pad, seq - s.len()));
         }
         let ids_t = Tensor::from_vec(flat, (batch, seq), &self.device)?;
-        let x = self.tokens.embedding(&ids_t.flatten_all()?)?.reshape((batch, seq, ()))?;
+        let x = self
+            .tokens
+            .embedding(&ids_t.flatten_all()?)?
+            .reshape((batch, seq, ()))?;
         let x = x.broadcast_add(&self.positions.narrow(0, 0, seq)?.unsqueeze(0)?)?;
         let mask: Vec<f32> = (0..seq)
             .flat_map(|i| (0..seq).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))

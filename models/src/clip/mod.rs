@@ -8,8 +8,8 @@
 mod config;
 mod fast;
 mod generic;
-pub mod stock;
 mod pooled;
+pub mod stock;
 pub use pooled::PooledClip;
 
 use std::path::{Path, PathBuf};
@@ -87,7 +87,10 @@ impl ClipFiles {
             if p.is_file() {
                 Ok(p)
             } else {
-                Err(ModelError::io(&p, std::io::Error::new(std::io::ErrorKind::NotFound, "file not found")))
+                Err(ModelError::io(
+                    &p,
+                    std::io::Error::new(std::io::ErrorKind::NotFound, "file not found"),
+                ))
             }
         };
         let pre = dir.join("preprocessor_config.json");
@@ -124,7 +127,10 @@ pub struct ClipModel {
 
 impl std::fmt::Debug for ClipModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClipModel").field("files", &self.files).field("config", &self.config).finish()
+        f.debug_struct("ClipModel")
+            .field("files", &self.files)
+            .field("config", &self.config)
+            .finish()
     }
 }
 
@@ -139,9 +145,17 @@ impl ClipModel {
             Some(p) => ImagePreprocessor::from_file(p, &default_pre)?,
             None => default_pre,
         };
-        if preprocessor.output_size(1, 1) != (config.vision_config.image_size as u32, config.vision_config.image_size as u32) {
+        if preprocessor.output_size(1, 1)
+            != (
+                config.vision_config.image_size as u32,
+                config.vision_config.image_size as u32,
+            )
+        {
             return Err(ModelError::Config {
-                path: files.preprocessor.clone().unwrap_or_else(|| files.config.clone()),
+                path: files
+                    .preprocessor
+                    .clone()
+                    .unwrap_or_else(|| files.config.clone()),
                 field: "crop_size".into(),
                 message: format!(
                     "preprocessing yields {:?} pixels but the vision tower expects {}×{}",
@@ -151,7 +165,8 @@ impl ClipModel {
                 ),
             });
         }
-        let tokenizer = ClipTokenizer::from_file(&files.tokenizer, config.text_config.max_position_embeddings)?;
+        let tokenizer =
+            ClipTokenizer::from_file(&files.tokenizer, config.text_config.max_position_embeddings)?;
         if tokenizer.eos_id() as usize >= config.text_config.vocab_size {
             return Err(ModelError::Config {
                 path: files.config.clone(),
@@ -173,9 +188,13 @@ impl ClipModel {
                 name: "vision_model.embeddings.class_embedding".into(),
             });
         }
-        let use_fast = opts.precision == Precision::F32 && opts.implementation == Implementation::Auto;
+        let use_fast =
+            opts.precision == Precision::F32 && opts.implementation == Implementation::Auto;
         let (vision, text) = if use_fast {
-            (Vision::Fast(fast::FastVision::load(&weights, &config)?), Text::Fast(fast::FastText::load(&weights, &config)?))
+            (
+                Vision::Fast(fast::FastVision::load(&weights, &config)?),
+                Text::Fast(fast::FastText::load(&weights, &config)?),
+            )
         } else {
             let dtype = match opts.precision {
                 Precision::F32 => DType::F32,
@@ -183,12 +202,18 @@ impl ClipModel {
             };
             let dev = Device::Cpu;
             (
-                Vision::Generic(generic::GenericVision::load(&weights, &config, dtype, &dev)?),
+                Vision::Generic(generic::GenericVision::load(
+                    &weights, &config, dtype, &dev,
+                )?),
                 Text::Generic(generic::GenericText::load(&weights, &config, dtype, &dev)?),
             )
         };
         let logit_scale = if weights.contains("logit_scale") {
-            weights.get_f32("logit_scale", &[])?.first().copied().unwrap_or(0.0)
+            weights
+                .get_f32("logit_scale", &[])?
+                .first()
+                .copied()
+                .unwrap_or(0.0)
         } else {
             2.6592
         };
@@ -272,7 +297,11 @@ impl ClipModel {
     /// tokens (post-layernorm, class token dropped) as feature maps
     /// `batch × hidden × g × g`, g = image size / patch size. Needs the f32
     /// fast path (the default for f32 on the CPU).
-    pub fn embed_pixels_with_patches(&self, pixels: &[f32], batch: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+    pub fn embed_pixels_with_patches(
+        &self,
+        pixels: &[f32],
+        batch: usize,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
         self.check_pixels(pixels, batch)?;
         match &self.vision {
             Vision::Fast(v) => {
@@ -301,10 +330,15 @@ impl ClipModel {
         let mut pool_at = Vec::with_capacity(ids.len());
         for (i, s) in ids.iter().enumerate() {
             if s.is_empty() || s.len() > ctx {
-                return Err(ModelError::InvalidRequest(format!("sequence {i} has {} tokens (1..={ctx} allowed)", s.len())));
+                return Err(ModelError::InvalidRequest(format!(
+                    "sequence {i} has {} tokens (1..={ctx} allowed)",
+                    s.len()
+                )));
             }
             if let Some(&bad) = s.iter().find(|&&t| t >= vocab) {
-                return Err(ModelError::InvalidRequest(format!("sequence {i}: token id {bad} is outside the vocabulary of {vocab}")));
+                return Err(ModelError::InvalidRequest(format!(
+                    "sequence {i}: token id {bad} is outside the vocabulary of {vocab}"
+                )));
             }
             // The pooled token is the first end-of-text token (the last token if none).
             pool_at.push(s.iter().position(|&t| t == eos).unwrap_or(s.len() - 1));
@@ -340,7 +374,10 @@ impl TextEncoder for ClipModel {
     }
 
     fn embed_texts(&self, texts: &[&str]) -> Result<Vec<f32>> {
-        let ids: Vec<Vec<u32>> = texts.par_iter().map(|t| self.tokenizer.encode(t)).collect::<Result<_>>()?;
+        let ids: Vec<Vec<u32>> = texts
+            .par_iter()
+            .map(|t| self.tokenizer.encode(t))
+            .collect::<Result<_>>()?;
         self.embed_token_ids(&ids)
     }
 }

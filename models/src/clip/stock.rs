@@ -23,10 +23,17 @@ impl StockClip {
         // Checks names and shapes with clear errors before candle sees the file.
         let checked = CheckedWeights::open(weights)?;
         if !checked.contains("vision_model.embeddings.class_embedding") {
-            return Err(ModelError::MissingTensor { path: weights.to_path_buf(), name: "vision_model.embeddings.class_embedding".into() });
+            return Err(ModelError::MissingTensor {
+                path: weights.to_path_buf(),
+                name: "vision_model.embeddings.class_embedding".into(),
+            });
         }
-        if cfg.text_config.hidden_act != Activation::QuickGelu || cfg.vision_config.hidden_act != Activation::QuickGelu {
-            return Err(ModelError::InvalidRequest("the stock candle CLIP supports quick_gelu checkpoints only".into()));
+        if cfg.text_config.hidden_act != Activation::QuickGelu
+            || cfg.vision_config.hidden_act != Activation::QuickGelu
+        {
+            return Err(ModelError::InvalidRequest(
+                "the stock candle CLIP supports quick_gelu checkpoints only".into(),
+            ));
         }
         let t = &cfg.text_config;
         let v = &cfg.vision_config;
@@ -57,22 +64,32 @@ impl StockClip {
             image_size: v.image_size,
         };
         // SAFETY: read-only mapping of a model file Squire does not modify.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &Device::Cpu)? };
-        Ok(StockClip { model: st::ClipModel::new(vb, &config)?, image_size: v.image_size })
+        let vb =
+            unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &Device::Cpu)? };
+        Ok(StockClip {
+            model: st::ClipModel::new(vb, &config)?,
+            image_size: v.image_size,
+        })
     }
 
     /// Image features (not normalised, as the stock model returns them).
     pub fn image_features(&self, pixels: &[f32], batch: usize) -> Result<Vec<f32>> {
         let s = self.image_size;
         let x = Tensor::from_slice(pixels, (batch, 3, s, s), &Device::Cpu)?;
-        Ok(self.model.get_image_features(&x)?.flatten_all()?.to_vec1()?)
+        Ok(self
+            .model
+            .get_image_features(&x)?
+            .flatten_all()?
+            .to_vec1()?)
     }
 
     /// Text features for equal-length id sequences (not normalised).
     pub fn text_features(&self, ids: &[Vec<u32>]) -> Result<Vec<f32>> {
         let len = ids.first().map(Vec::len).unwrap_or(0);
         if ids.iter().any(|s| s.len() != len) {
-            return Err(ModelError::InvalidRequest("stock text features need equal-length sequences".into()));
+            return Err(ModelError::InvalidRequest(
+                "stock text features need equal-length sequences".into(),
+            ));
         }
         let flat: Vec<u32> = ids.iter().flatten().copied().collect();
         let x = Tensor::from_vec(flat, (ids.len(), len), &Device::Cpu)?;

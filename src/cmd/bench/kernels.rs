@@ -67,7 +67,8 @@ fn vectors(n: usize, dim: usize, seed: u64) -> Vec<f32> {
             ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
         })
         .collect();
-    v.chunks_exact_mut(dim).for_each(squire_kernels::cpu::l2_normalize);
+    v.chunks_exact_mut(dim)
+        .for_each(squire_kernels::cpu::l2_normalize);
     v
 }
 
@@ -87,7 +88,10 @@ pub fn run(a: KernelsBenchArgs) -> anyhow::Result<()> {
     let peak = probe::peak_gflops(1.0);
     let (bandwidth, bw_source) = match compute.gpu_context() {
         None => (probe::read_bandwidth(&base, 2.0), "host streaming read"),
-        Some(g) => (g.copy_bandwidth(1 << 30, 5)?, "device buffer copy (read + write)"),
+        Some(g) => (
+            g.copy_bandwidth(1 << 30, 5)?,
+            "device buffer copy (read + write)",
+        ),
     };
     let mut cases = Vec::new();
     for p in &a.precisions {
@@ -97,7 +101,9 @@ pub fn run(a: KernelsBenchArgs) -> anyhow::Result<()> {
             other => anyhow::bail!("--precision {other}: expected f32 or f16"),
         };
         let t = Instant::now();
-        let db = compute.upload(&base, a.dim, precision).context("uploading the database")?;
+        let db = compute
+            .upload(&base, a.dim, precision)
+            .context("uploading the database")?;
         let upload_s = t.elapsed().as_secs_f64();
         for (case, nq) in [("streaming", a.stream_queries), ("batched", a.queries)] {
             if nq == 0 {
@@ -114,7 +120,14 @@ pub fn run(a: KernelsBenchArgs) -> anyhow::Result<()> {
             if a.profile {
                 if let Some(phases) = compute.profile_top_k(&db, q, a.k, a.repeat)? {
                     for (what, v) in phases {
-                        eprintln!("profile {case} {p} q={nq}: {what}: {}", if what == "blocks" { format!("{v}") } else { format!("{:.3} ms", v * 1e3) });
+                        eprintln!(
+                            "profile {case} {p} q={nq}: {what}: {}",
+                            if what == "blocks" {
+                                format!("{v}")
+                            } else {
+                                format!("{:.3} ms", v * 1e3)
+                            }
+                        );
                     }
                 }
             }
@@ -126,7 +139,11 @@ pub fn run(a: KernelsBenchArgs) -> anyhow::Result<()> {
             // the bytes and doing the arithmetic (GPU: compute ceiling unknown
             // here, so the bandwidth ceiling alone).
             let t_bw = bytes / (bandwidth * 1e9);
-            let t_flop = if compute.is_gpu() { 0.0 } else { flops / (peak * 1e9) };
+            let t_flop = if compute.is_gpu() {
+                0.0
+            } else {
+                flops / (peak * 1e9)
+            };
             let bound = if t_bw >= t_flop { "memory" } else { "compute" };
             cases.push(json!({
                 "case": case, "precision": p, "queries": nq, "rows": a.rows, "dim": a.dim, "k": a.k,
@@ -158,16 +175,24 @@ pub fn run(a: KernelsBenchArgs) -> anyhow::Result<()> {
     let db_rows = 20_000.max(m);
     let database = vectors(db_rows, d, a.seed + 3);
     let query = vectors(1, d, a.seed + 4);
-    let params = squire_engine::superglobal::SuperGlobalParams { m, ..Default::default() };
+    let params = squire_engine::superglobal::SuperGlobalParams {
+        m,
+        ..Default::default()
+    };
     let mut stage = Vec::new();
     for run in 0..(10 * a.repeat).max(5) {
         // Other rows every run, as other queries would have: nothing of the
         // previous run's candidates is left in cache for free.
         let ranking: Vec<squire_engine::superglobal::Ranked> = (0..m)
-            .map(|i| squire_engine::superglobal::Ranked { row: (i * 7919 + run * 104_729) % db_rows, score: 1.0 - i as f32 * 1e-3 })
+            .map(|i| squire_engine::superglobal::Ranked {
+                row: (i * 7919 + run * 104_729) % db_rows,
+                score: 1.0 - i as f32 * 1e-3,
+            })
             .collect();
         let t = Instant::now();
-        std::hint::black_box(squire_engine::superglobal::rerank(&compute, &query, &database, d, &ranking, &params)?);
+        std::hint::black_box(squire_engine::superglobal::rerank(
+            &compute, &query, &database, d, &ranking, &params,
+        )?);
         stage.push(t.elapsed().as_secs_f64() * 1e3);
     }
     stage.sort_by(f64::total_cmp);
@@ -184,13 +209,19 @@ pub fn run(a: KernelsBenchArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
-    println!("device: {device}; {threads} threads; kernels {}", squire_kernels::cpu::simd_path_name());
+    println!(
+        "device: {device}; {threads} threads; kernels {}",
+        squire_kernels::cpu::simd_path_name()
+    );
     if !compute.is_gpu() {
         println!("roofline: {peak:.1} GFLOP/s FMA peak, {bandwidth:.1} GB/s {bw_source}");
     } else {
         println!("roofline: {bandwidth:.1} GB/s {bw_source}");
     }
-    println!("{:<10} {:>4} {:>7} {:>10} {:>10} {:>9} {:>8} {:>8}", "case", "prec", "queries", "seconds", "queries/s", "GFLOP/s", "GB/s", "roofline");
+    println!(
+        "{:<10} {:>4} {:>7} {:>10} {:>10} {:>9} {:>8} {:>8}",
+        "case", "prec", "queries", "seconds", "queries/s", "GFLOP/s", "GB/s", "roofline"
+    );
     for c in &cases {
         println!(
             "{:<10} {:>4} {:>7} {:>10.4} {:>10.1} {:>9.1} {:>8.1} {:>7.0}% ({})",

@@ -60,7 +60,9 @@ pub enum BenchCommand {
 /// Runs a `bench` subcommand.
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     if cfg!(debug_assertions) {
-        eprintln!("warning: this is a debug build; numbers are not meaningful (use cargo run --release)");
+        eprintln!(
+            "warning: this is a debug build; numbers are not meaningful (use cargo run --release)"
+        );
     }
     match cmd {
         BenchCommand::Encode(a) => encode::run(a),

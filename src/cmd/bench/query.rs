@@ -8,7 +8,9 @@ use clap::Args;
 use rayon::prelude::*;
 use serde_json::{json, Value};
 use squire_indexer::store::new_store;
-use squire_indexer::{Collection, SearchParams, StoreConfig, StoreKind, StoredPrecision, VectorStore};
+use squire_indexer::{
+    Collection, SearchParams, StoreConfig, StoreKind, StoredPrecision, VectorStore,
+};
 use squire_models::perf;
 
 /// Arguments of `squire bench query`.
@@ -79,7 +81,10 @@ fn synthesise(seeds: &[f32], dim: usize, n: usize, noise: f32, seed: u64) -> Vec
     let mut out = vec![0f32; n * dim];
     out.par_chunks_mut(dim).enumerate().for_each(|(i, v)| {
         let mut r = Rng(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ i as u64);
-        let (a, b) = ((r.next_u64() % m as u64) as usize, (r.next_u64() % m as u64) as usize);
+        let (a, b) = (
+            (r.next_u64() % m as u64) as usize,
+            (r.next_u64() % m as u64) as usize,
+        );
         let w = 0.5 + 0.5 * r.uniform();
         let sigma = noise / (dim as f32).sqrt();
         for (j, x) in v.iter_mut().enumerate() {
@@ -94,9 +99,17 @@ fn synthesise(seeds: &[f32], dim: usize, n: usize, noise: f32, seed: u64) -> Vec
 fn write_npy(path: &Path, shape: &[usize], descr: &str, data: &[u8]) -> anyhow::Result<()> {
     let shape_s = match shape {
         [a] => format!("({a},)"),
-        _ => format!("({})", shape.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")),
+        _ => format!(
+            "({})",
+            shape
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     };
-    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_s}, }}");
+    let mut header =
+        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_s}, }}");
     while (10 + header.len() + 1) % 64 != 0 {
         header.push(' ');
     }
@@ -126,7 +139,13 @@ fn store_config(name: &str, a: &QueryBenchArgs) -> anyhow::Result<StoreConfig> {
         "hnsw_rs" => (StoreKind::HnswRs, StoredPrecision::F32),
         _ => anyhow::bail!("unknown store `{name}` (expected usearch, usearch-f16 or hnsw_rs)"),
     };
-    Ok(StoreConfig { kind, precision, connectivity: a.connectivity, expansion_add: a.ef_construction, expansion_search: None })
+    Ok(StoreConfig {
+        kind,
+        precision,
+        connectivity: a.connectivity,
+        expansion_add: a.ef_construction,
+        expansion_search: None,
+    })
 }
 
 /// Measures one store: build, then recall and latency at each `ef`.
@@ -160,12 +179,17 @@ fn measure(
             let s = Instant::now();
             let hits = store.search(q, 10, &params)?;
             lat.push(s.elapsed().as_secs_f64() * 1e3);
-            found += hits.iter().filter(|h| want.contains(&(h.key as usize))).count();
+            found += hits
+                .iter()
+                .filter(|h| want.contains(&(h.key as usize)))
+                .count();
         }
         let serial_s = t.elapsed().as_secs_f64();
         // Throughput with every core.
         let t = Instant::now();
-        queries.par_chunks(dim).try_for_each(|q| store.search(q, 10, &params).map(drop))?;
+        queries
+            .par_chunks(dim)
+            .try_for_each(|q| store.search(q, 10, &params).map(drop))?;
         let parallel_s = t.elapsed().as_secs_f64();
         lat.sort_by(f64::total_cmp);
         let nq = truth.len();
@@ -187,15 +211,22 @@ fn measure(
 
 /// Runs `squire bench query`.
 pub fn run(a: QueryBenchArgs) -> anyhow::Result<()> {
-    let col = Collection::open(&a.index).with_context(|| format!("opening {}", a.index.display()))?;
-    let vector = a.vector.clone().unwrap_or_else(|| col.manifest().text_query_vector.clone());
+    let col =
+        Collection::open(&a.index).with_context(|| format!("opening {}", a.index.display()))?;
+    let vector = a
+        .vector
+        .clone()
+        .unwrap_or_else(|| col.manifest().text_query_vector.clone());
     let seeds = col.vectors(&vector)?;
     let dim = seeds.dim();
     if seeds.is_empty() {
         anyhow::bail!("the collection in {} has no vectors", a.index.display());
     }
-    let configs: Vec<(String, StoreConfig)> =
-        a.stores.iter().map(|s| Ok((s.clone(), store_config(s, &a)?))).collect::<anyhow::Result<_>>()?;
+    let configs: Vec<(String, StoreConfig)> = a
+        .stores
+        .iter()
+        .map(|s| Ok((s.clone(), store_config(s, &a)?)))
+        .collect::<anyhow::Result<_>>()?;
     let threads = rayon::current_num_threads();
     let mut sizes = Vec::new();
     for &n in &a.sizes {
@@ -205,8 +236,11 @@ pub fn run(a: QueryBenchArgs) -> anyhow::Result<()> {
         let gen_s = t.elapsed().as_secs_f64();
         let exact = squire_indexer::ExactStore::from_rows(dim, (0..n as u64).collect(), base)?;
         let t = Instant::now();
-        let truth: Vec<Vec<usize>> =
-            exact.search_batch(&queries, 10)?.iter().map(|h| h.iter().map(|x| x.key as usize).collect()).collect();
+        let truth: Vec<Vec<usize>> = exact
+            .search_batch(&queries, 10)?
+            .iter()
+            .map(|h| h.iter().map(|x| x.key as usize).collect())
+            .collect();
         let exact_s = t.elapsed().as_secs_f64();
         // Exact single-query latency over the same data, for reference.
         let mut lat = Vec::new();
@@ -221,8 +255,16 @@ pub fn run(a: QueryBenchArgs) -> anyhow::Result<()> {
             let dir = d.join(format!("n{n}"));
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             write_npy(&dir.join("base.npy"), &[n, dim], "<f4", &f32_bytes(base))?;
-            write_npy(&dir.join("queries.npy"), &[a.queries, dim], "<f4", &f32_bytes(&queries))?;
-            let t: Vec<u8> = truth.iter().flat_map(|r| r.iter().flat_map(|&x| (x as i64).to_le_bytes())).collect();
+            write_npy(
+                &dir.join("queries.npy"),
+                &[a.queries, dim],
+                "<f4",
+                &f32_bytes(&queries),
+            )?;
+            let t: Vec<u8> = truth
+                .iter()
+                .flat_map(|r| r.iter().flat_map(|&x| (x as i64).to_le_bytes()))
+                .collect();
             write_npy(&dir.join("truth.npy"), &[a.queries, 10], "<i8", &t)?;
         }
         let mut stores = Vec::new();
@@ -253,13 +295,23 @@ pub fn run(a: QueryBenchArgs) -> anyhow::Result<()> {
     for s in v["sizes"].as_array().into_iter().flatten() {
         println!("\nn = {}: exact top-10 of {} queries in {:.1} s (batched); exact single query p50 {:.2} ms",
             s["n"], s["queries"], s["exact_batch_seconds"].as_f64().unwrap_or(0.0), s["exact_single_query_p50_ms"].as_f64().unwrap_or(0.0));
-        println!("{:<12} {:>9} {:>6} {:>10} {:>9} {:>9} {:>11} {:>11}", "store", "build s", "ef", "recall@10", "p50 ms", "p99 ms", "QPS 1 thr", "QPS all");
+        println!(
+            "{:<12} {:>9} {:>6} {:>10} {:>9} {:>9} {:>11} {:>11}",
+            "store", "build s", "ef", "recall@10", "p50 ms", "p99 ms", "QPS 1 thr", "QPS all"
+        );
         for st in s["stores"].as_array().into_iter().flatten() {
             for r in st["results"].as_array().into_iter().flatten() {
-                println!("{:<12} {:>9.1} {:>6} {:>10.4} {:>9.3} {:>9.3} {:>11.0} {:>11.0}",
-                    st["store"].as_str().unwrap_or(""), st["build_seconds"].as_f64().unwrap_or(0.0), r["ef"],
-                    r["recall_at_10"].as_f64().unwrap_or(0.0), r["p50_ms"].as_f64().unwrap_or(0.0), r["p99_ms"].as_f64().unwrap_or(0.0),
-                    r["qps_1_thread"].as_f64().unwrap_or(0.0), r["qps_all_threads"].as_f64().unwrap_or(0.0));
+                println!(
+                    "{:<12} {:>9.1} {:>6} {:>10.4} {:>9.3} {:>9.3} {:>11.0} {:>11.0}",
+                    st["store"].as_str().unwrap_or(""),
+                    st["build_seconds"].as_f64().unwrap_or(0.0),
+                    r["ef"],
+                    r["recall_at_10"].as_f64().unwrap_or(0.0),
+                    r["p50_ms"].as_f64().unwrap_or(0.0),
+                    r["p99_ms"].as_f64().unwrap_or(0.0),
+                    r["qps_1_thread"].as_f64().unwrap_or(0.0),
+                    r["qps_all_threads"].as_f64().unwrap_or(0.0)
+                );
             }
         }
     }

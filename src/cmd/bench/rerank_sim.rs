@@ -79,13 +79,30 @@ impl Tally {
 pub fn run(a: RerankSimArgs) -> anyhow::Result<()> {
     anyhow::ensure!(a.depth >= 2, "--depth must be at least 2");
     for p in &a.p {
-        anyhow::ensure!((0.0..=1.0).contains(p), "--p {p}: expected a probability in [0, 1]");
+        anyhow::ensure!(
+            (0.0..=1.0).contains(p),
+            "--p {p}: expected a probability in [0, 1]"
+        );
     }
-    let col = Collection::open_with(&a.index, OpenOptions { view: true }).with_context(|| format!("opening {}", a.index.display()))?;
+    let col = Collection::open_with(&a.index, OpenOptions { view: true })
+        .with_context(|| format!("opening {}", a.index.display()))?;
     let encoder = super::super::load_encoder(&col.manifest().model, LoadOptions::default())?;
-    let row_of: HashMap<&str, usize> = col.records().iter().enumerate().map(|(i, r)| (r.path.as_str(), i)).collect();
-    let queries: Vec<_> = read_query_tsv(&a.queries)?.into_iter().filter(|q| row_of.contains_key(q.relevant.as_str())).take(a.limit).collect();
-    anyhow::ensure!(!queries.is_empty(), "no query in {} has its relevant image in the collection", a.queries.display());
+    let row_of: HashMap<&str, usize> = col
+        .records()
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.path.as_str(), i))
+        .collect();
+    let queries: Vec<_> = read_query_tsv(&a.queries)?
+        .into_iter()
+        .filter(|q| row_of.contains_key(q.relevant.as_str()))
+        .take(a.limit)
+        .collect();
+    anyhow::ensure!(
+        !queries.is_empty(),
+        "no query in {} has its relevant image in the collection",
+        a.queries.display()
+    );
     // First stage: exact text-to-image search to the depth.
     let t = Instant::now();
     let vector = &col.manifest().text_query_vector;
@@ -95,7 +112,12 @@ pub fn run(a: RerankSimArgs) -> anyhow::Result<()> {
         let emb = encoder.embed_texts(&caps)?;
         let d = emb.len() / chunk.len();
         for v in emb.chunks(d) {
-            firsts.push(col.search_exact(vector, v, a.depth)?.iter().map(|h| h.row).collect::<Vec<_>>());
+            firsts.push(
+                col.search_exact(vector, v, a.depth)?
+                    .iter()
+                    .map(|h| h.row)
+                    .collect::<Vec<_>>(),
+            );
         }
     }
     let first_stage_s = t.elapsed().as_secs_f64();
@@ -108,23 +130,75 @@ pub fn run(a: RerankSimArgs) -> anyhow::Result<()> {
         .par_iter()
         .map(|&r| {
             let path = root.join(&col.records()[r].path);
-            let img = image_io::load_rgb(&path).with_context(|| format!("loading {}", path.display()))?;
+            let img =
+                image_io::load_rgb(&path).with_context(|| format!("loading {}", path.display()))?;
             let (w, h) = img.dimensions();
             let s = (384.0 / w.max(h) as f64).min(1.0);
-            let img = image::imageops::resize(&img, ((w as f64 * s) as u32).max(1), ((h as f64 * s) as u32).max(1), image::imageops::FilterType::Triangle);
+            let img = image::imageops::resize(
+                &img,
+                ((w as f64 * s) as u32).max(1),
+                ((h as f64 * s) as u32).max(1),
+                image::imageops::FilterType::Triangle,
+            );
             Ok((r, Arc::new(img)))
         })
         .collect::<anyhow::Result<_>>()?;
-    let grid = GridOptions { cell: a.cell, ..GridOptions::default() };
+    let grid = GridOptions {
+        cell: a.cell,
+        ..GridOptions::default()
+    };
     let rerankers: Vec<(&str, Box<dyn ListReranker>)> = vec![
-        ("ebr", Box::new(GridReranker::new(EbrOptions { k: a.depth, grid: grid.clone(), max_grids: a.depth.div_ceil(grid.cells), ..EbrOptions::default() }).map_err(anyhow::Error::msg)?)),
-        ("cotrr (images)", Box::new(CotrrReranker::new(CotrrOptions { k: a.depth, ..CotrrOptions::default() }).map_err(anyhow::Error::msg)?)),
-        ("cotrr (grid)", Box::new(CotrrReranker::new(CotrrOptions { k: a.depth, input: CotrrInput::Grid, grid: grid.clone(), ..CotrrOptions::default() }).map_err(anyhow::Error::msg)?)),
-        ("pointwise", Box::new(PointwiseReranker { options: PointwiseOptions { k: a.depth, parallel: 1, ..PointwiseOptions::default() } })),
+        (
+            "ebr",
+            Box::new(
+                GridReranker::new(EbrOptions {
+                    k: a.depth,
+                    grid: grid.clone(),
+                    max_grids: a.depth.div_ceil(grid.cells),
+                    ..EbrOptions::default()
+                })
+                .map_err(anyhow::Error::msg)?,
+            ),
+        ),
+        (
+            "cotrr (images)",
+            Box::new(
+                CotrrReranker::new(CotrrOptions {
+                    k: a.depth,
+                    ..CotrrOptions::default()
+                })
+                .map_err(anyhow::Error::msg)?,
+            ),
+        ),
+        (
+            "cotrr (grid)",
+            Box::new(
+                CotrrReranker::new(CotrrOptions {
+                    k: a.depth,
+                    input: CotrrInput::Grid,
+                    grid: grid.clone(),
+                    ..CotrrOptions::default()
+                })
+                .map_err(anyhow::Error::msg)?,
+            ),
+        ),
+        (
+            "pointwise",
+            Box::new(PointwiseReranker {
+                options: PointwiseOptions {
+                    k: a.depth,
+                    parallel: 1,
+                    ..PointwiseOptions::default()
+                },
+            }),
+        ),
     ];
     let mut first = Tally::default();
     let mut ceiling = 0.0;
-    let targets: Vec<usize> = queries.iter().map(|q| row_of[q.relevant.as_str()]).collect();
+    let targets: Vec<usize> = queries
+        .iter()
+        .map(|q| row_of[q.relevant.as_str()])
+        .collect();
     for (rows, &target) in firsts.iter().zip(&targets) {
         let rank = rows.iter().position(|&r| r == target).map_or(0, |p| p + 1);
         first.add_rank(rank);
@@ -141,11 +215,16 @@ pub fn run(a: RerankSimArgs) -> anyhow::Result<()> {
         for (name, r) in &rerankers {
             let mut tally = Tally::default();
             for ((q, rows), &target) in queries.iter().zip(&firsts).zip(&targets) {
-                let cands: Vec<Arc<image::RgbImage>> = rows.iter().map(|r| images[r].clone()).collect();
+                let cands: Vec<Arc<image::RgbImage>> =
+                    rows.iter().map(|r| images[r].clone()).collect();
                 let relevant: Vec<bool> = rows.iter().map(|&r| r == target).collect();
                 sim.set_query(&cands, &relevant);
                 let out = r.rerank(&sim, &RerankQuery::Text(q.caption.clone()), &cands);
-                let rank = out.order.iter().position(|&i| rows[i] == target).map_or(0, |p| p + 1);
+                let rank = out
+                    .order
+                    .iter()
+                    .position(|&i| rows[i] == target)
+                    .map_or(0, |p| p + 1);
                 tally.add_rank(rank);
                 tally.calls += f64::from(out.cost.calls);
                 tally.images += f64::from(out.cost.images);
@@ -168,8 +247,18 @@ pub fn run(a: RerankSimArgs) -> anyhow::Result<()> {
     }
     println!("SIMULATED MLLM (knows the ground truth; right with probability p) over {} first stage, {n} queries, depth {}", col.manifest().model, a.depth);
     let f = &report["first_stage"];
-    println!("first stage: R@1 {:.3}  R@5 {:.3}  MRR {:.3}; recall ceiling at depth {}: {:.3}", f["r1"].as_f64().unwrap_or(0.0), f["r5"].as_f64().unwrap_or(0.0), f["mrr"].as_f64().unwrap_or(0.0), a.depth, ceiling / n as f64);
-    println!("{:>4}  {:<15} {:>6} {:>6} {:>6} {:>10} {:>11}", "p", "reranker", "R@1", "R@5", "MRR", "calls/q", "images/q");
+    println!(
+        "first stage: R@1 {:.3}  R@5 {:.3}  MRR {:.3}; recall ceiling at depth {}: {:.3}",
+        f["r1"].as_f64().unwrap_or(0.0),
+        f["r5"].as_f64().unwrap_or(0.0),
+        f["mrr"].as_f64().unwrap_or(0.0),
+        a.depth,
+        ceiling / n as f64
+    );
+    println!(
+        "{:>4}  {:<15} {:>6} {:>6} {:>6} {:>10} {:>11}",
+        "p", "reranker", "R@1", "R@5", "MRR", "calls/q", "images/q"
+    );
     for r in &results {
         let m = &r["metrics"];
         println!(

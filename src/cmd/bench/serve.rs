@@ -58,11 +58,18 @@ pub struct ServeBenchArgs {
 
 fn read_queries(path: Option<&PathBuf>) -> anyhow::Result<Vec<String>> {
     let Some(path) = path else {
-        return Ok(["a dog running on grass", "a child in a red shirt", "two people on a beach", "a man riding a bike", "a black and white dog"]
-            .map(String::from)
-            .to_vec());
+        return Ok([
+            "a dog running on grass",
+            "a child in a red shirt",
+            "two people on a beach",
+            "a man riding a bike",
+            "a black and white dog",
+        ]
+        .map(String::from)
+        .to_vec());
     };
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut lines = text.lines();
     let header = lines.next().unwrap_or("");
     let queries: Vec<String> = if header.contains('\t') {
@@ -70,10 +77,22 @@ fn read_queries(path: Option<&PathBuf>) -> anyhow::Result<Vec<String>> {
         let col = cols
             .iter()
             .position(|c| ["caption", "query", "text"].contains(c))
-            .with_context(|| format!("{}: a TSV needs a caption, query or text column (has {cols:?})", path.display()))?;
-        lines.filter_map(|l| l.split('\t').nth(col)).map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
+            .with_context(|| {
+                format!(
+                    "{}: a TSV needs a caption, query or text column (has {cols:?})",
+                    path.display()
+                )
+            })?;
+        lines
+            .filter_map(|l| l.split('\t').nth(col))
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
     } else {
-        text.lines().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
+        text.lines()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
     };
     anyhow::ensure!(!queries.is_empty(), "{}: no queries", path.display());
     Ok(queries)
@@ -96,14 +115,27 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// Sends `total` requests from `clients` threads; `each` is called after every completed request.
-fn load(url: &str, queries: &[String], k: usize, clients: usize, total: usize, each: &(dyn Fn(usize) + Sync)) -> Level {
+fn load(
+    url: &str,
+    queries: &[String],
+    k: usize,
+    clients: usize,
+    total: usize,
+    each: &(dyn Fn(usize) + Sync),
+) -> Level {
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let results = Mutex::new((Vec::with_capacity(total), std::collections::BTreeMap::new(), 0usize));
+    let results = Mutex::new((
+        Vec::with_capacity(total),
+        std::collections::BTreeMap::new(),
+        0usize,
+    ));
     let start = Instant::now();
     std::thread::scope(|s| {
         for _ in 0..clients {
             s.spawn(|| {
-                let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(60)).build();
+                let agent = ureq::AgentBuilder::new()
+                    .timeout(Duration::from_secs(60))
+                    .build();
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     if i >= total {
@@ -142,7 +174,13 @@ fn load(url: &str, queries: &[String], k: usize, clients: usize, total: usize, e
     let seconds = start.elapsed().as_secs_f64();
     let (mut latencies_ms, statuses, transport_errors) = results.into_inner().unwrap_or_default();
     latencies_ms.sort_by(f64::total_cmp);
-    Level { clients, latencies_ms, statuses, transport_errors, seconds }
+    Level {
+        clients,
+        latencies_ms,
+        statuses,
+        transport_errors,
+        seconds,
+    }
 }
 
 fn rss_mb() -> f64 {
@@ -152,18 +190,41 @@ fn rss_mb() -> f64 {
 /// Runs `squire bench serve`.
 pub fn run(a: ServeBenchArgs) -> anyhow::Result<()> {
     let queries = read_queries(a.queries.as_ref())?;
-    let col = Collection::open_with(&a.index, OpenOptions { view: true }).with_context(|| format!("opening the collection in {}", a.index.display()))?;
+    let col = Collection::open_with(&a.index, OpenOptions { view: true })
+        .with_context(|| format!("opening the collection in {}", a.index.display()))?;
     let images = col.records().len();
     let model = col.manifest().model.clone();
     let encoder = crate::cmd::load_encoder(&model, LoadOptions::default())?;
-    let pipeline = Pipeline::new(col, encoder, Compute::cpu(), None, PipelineOptions::default())?;
-    let workers = a.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-    let config = ServerConfig { workers, queue: a.queue, ..ServerConfig::default() };
+    let pipeline = Pipeline::new(
+        col,
+        encoder,
+        Compute::cpu(),
+        None,
+        PipelineOptions::default(),
+    )?;
+    let workers = a
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let config = ServerConfig {
+        workers,
+        queue: a.queue,
+        ..ServerConfig::default()
+    };
     let state = Arc::new(AppState::new(Arc::new(pipeline), config)?);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let listener = rt.block_on(tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let listener = rt.block_on(tokio::net::TcpListener::bind(SocketAddr::from((
+        [127, 0, 0, 1],
+        0,
+    ))))?;
     let url = format!("http://{}/api/search", listener.local_addr()?);
-    rt.spawn(squire_demo_ui::serve(listener, state, std::future::pending()));
+    rt.spawn(squire_demo_ui::serve(
+        listener,
+        state,
+        std::future::pending(),
+    ));
     let rss_start = rss_mb();
     let mut levels = Vec::new();
     for &c in &a.clients {
@@ -229,9 +290,18 @@ pub fn run(a: ServeBenchArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("{images} images, model {model}, k {}, {workers} workers, queue {}; text queries without MLLM", a.k, a.queue);
-    println!("{:>5} {:>7} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9}  other statuses", "run", "clients", "requests", "p50 ms", "p90 ms", "p99 ms", "req/s", "RSS MB");
+    println!(
+        "{:>5} {:>7} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9}  other statuses",
+        "run", "clients", "requests", "p50 ms", "p90 ms", "p99 ms", "req/s", "RSS MB"
+    );
     for r in &report {
-        let others: Vec<String> = r["statuses"].as_object().into_iter().flatten().filter(|(s, _)| *s != "200").map(|(s, n)| format!("{s}×{n}")).collect();
+        let others: Vec<String> = r["statuses"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(s, _)| *s != "200")
+            .map(|(s, n)| format!("{s}×{n}"))
+            .collect();
         println!(
             "{:>5} {:>7} {:>8} {:>8.2} {:>8.2} {:>8.2} {:>9.1} {:>9.1}  {}{}",
             r["run"].as_str().unwrap_or(""),
@@ -242,12 +312,23 @@ pub fn run(a: ServeBenchArgs) -> anyhow::Result<()> {
             r["p99_ms"].as_f64().unwrap_or(f64::NAN),
             r["requests_per_s"].as_f64().unwrap_or(0.0),
             r["rss_mb_after"].as_f64().unwrap_or(0.0),
-            if others.is_empty() { "none".to_string() } else { others.join(", ") },
-            if r["transport_errors"].as_u64().unwrap_or(0) > 0 { format!(", {} transport errors", r["transport_errors"]) } else { String::new() },
+            if others.is_empty() {
+                "none".to_string()
+            } else {
+                others.join(", ")
+            },
+            if r["transport_errors"].as_u64().unwrap_or(0) > 0 {
+                format!(", {} transport errors", r["transport_errors"])
+            } else {
+                String::new()
+            },
         );
     }
     if !soak_samples.is_empty() {
-        let s: Vec<String> = soak_samples.iter().map(|(n, mb)| format!("{n}: {mb:.1}")).collect();
+        let s: Vec<String> = soak_samples
+            .iter()
+            .map(|(n, mb)| format!("{n}: {mb:.1}"))
+            .collect();
         println!("soak RSS MB by requests: {}", s.join(", "));
     }
     println!("RSS: {rss_start:.1} MB after loading, peak {peak:.1} MB");

@@ -21,7 +21,11 @@ pub fn squire(home: &Path, args: &[&str]) -> Output {
 
 /// stdout and stderr of a run, for assertion messages.
 pub fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 /// A fresh, empty temporary directory named after the test binary and `tag`.
@@ -40,7 +44,10 @@ pub fn tiny_collection(tag: &str) -> (PathBuf, String, String) {
     let model = fixtures().join("tiny-clip").display().to_string();
     let images = fixtures().join("images").display().to_string();
     let idx = root.join("index").display().to_string();
-    let o = squire(&home, &["index", &images, "--index", &idx, "--model", &model]);
+    let o = squire(
+        &home,
+        &["index", &images, "--index", &idx, "--model", &model],
+    );
     assert!(o.status.success(), "{}", text(&o));
     (home, idx, images)
 }

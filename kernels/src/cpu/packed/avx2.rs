@@ -27,21 +27,37 @@ tile_family!(
 /// any) `cols` values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile<const R: usize, const XS: usize, E: Fn(&mut [f32])>(t: &Tile, bias: Option<&[f32]>, accumulate: bool, dst: *mut f32, n: usize, epilogue: &E) {
+unsafe fn tile<const R: usize, const XS: usize, E: Fn(&mut [f32])>(
+    t: &Tile,
+    bias: Option<&[f32]>,
+    accumulate: bool,
+    dst: *mut f32,
+    n: usize,
+    epilogue: &E,
+) {
     use std::arch::x86_64::*;
     let full = t.cols == W;
     let mut b16 = [0f32; W];
     if let Some(b) = bias {
         b16[..t.cols].copy_from_slice(&b[..t.cols]);
     }
-    let (b0, b1) = (_mm256_loadu_ps(b16.as_ptr()), _mm256_loadu_ps(b16.as_ptr().add(8)));
+    let (b0, b1) = (
+        _mm256_loadu_ps(b16.as_ptr()),
+        _mm256_loadu_ps(b16.as_ptr().add(8)),
+    );
     let mut acc = [[b0, b1]; R];
     let lda = t.x_row;
     let mut wp = t.w;
     // Rows 0–2 from `a0`, rows 3–5 from `a3` (only formed, never read, when R ≤ 3).
     let mut a0 = t.x;
     let mut a3 = t.x.wrapping_add(3 * lda);
-    let row = |a0: *const f32, a3: *const f32, r: usize| if r < 3 { a0.wrapping_add(r * lda) } else { a3.wrapping_add((r - 3) * lda) };
+    let row = |a0: *const f32, a3: *const f32, r: usize| {
+        if r < 3 {
+            a0.wrapping_add(r * lda)
+        } else {
+            a3.wrapping_add((r - 3) * lda)
+        }
+    };
     let mut left = t.k;
     while left >= 4 {
         for u in 0..4 {
@@ -98,4 +114,3 @@ unsafe fn tile<const R: usize, const XS: usize, E: Fn(&mut [f32])>(t: &Tile, bia
         epilogue(std::slice::from_raw_parts_mut(p, t.cols));
     }
 }
-

@@ -20,7 +20,11 @@ tile_family!(
 /// The lane masks of a row's two registers for `cols` (≤ 32) columns.
 #[inline(always)]
 fn masks(cols: usize) -> (u16, u16) {
-    let lo = if cols >= 16 { u16::MAX } else { (1u16 << cols) - 1 };
+    let lo = if cols >= 16 {
+        u16::MAX
+    } else {
+        (1u16 << cols) - 1
+    };
     let hi = if cols >= 32 {
         u16::MAX
     } else if cols > 16 {
@@ -45,19 +49,34 @@ fn masks(cols: usize) -> (u16, u16) {
 /// any) `cols` values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn tile<const R: usize, const XS: usize, E: Fn(&mut [f32])>(t: &Tile, bias: Option<&[f32]>, accumulate: bool, dst: *mut f32, n: usize, epilogue: &E) {
+unsafe fn tile<const R: usize, const XS: usize, E: Fn(&mut [f32])>(
+    t: &Tile,
+    bias: Option<&[f32]>,
+    accumulate: bool,
+    dst: *mut f32,
+    n: usize,
+    epilogue: &E,
+) {
     use std::arch::x86_64::*;
     let (m0, m1) = masks(t.cols);
     let (b0, b1) = match bias {
         // Masked-off lanes are neither read nor faulted on.
-        Some(b) => (_mm512_maskz_loadu_ps(m0, b.as_ptr()), _mm512_maskz_loadu_ps(m1, b.as_ptr().wrapping_add(16))),
+        Some(b) => (
+            _mm512_maskz_loadu_ps(m0, b.as_ptr()),
+            _mm512_maskz_loadu_ps(m1, b.as_ptr().wrapping_add(16)),
+        ),
         None => (_mm512_setzero_ps(), _mm512_setzero_ps()),
     };
     let mut acc = [[b0, b1]; R];
     let lda = t.x_row;
     let mut wp = t.w;
     // Rows 3g .. 3g + 2 from base g (bases past R are formed, never read).
-    let mut base = [t.x, t.x.wrapping_add(3 * lda), t.x.wrapping_add(6 * lda), t.x.wrapping_add(9 * lda)];
+    let mut base = [
+        t.x,
+        t.x.wrapping_add(3 * lda),
+        t.x.wrapping_add(6 * lda),
+        t.x.wrapping_add(9 * lda),
+    ];
     let row = |base: &[*const f32; 4], r: usize| base[r / 3].wrapping_add((r % 3) * lda);
     let mut left = t.k;
     while left >= 4 {

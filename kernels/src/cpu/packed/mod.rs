@@ -93,7 +93,15 @@ trait Tiles {
     ///
     /// # Safety
     /// The CPU runs the family; the tile's bounds as in [`Tile`].
-    unsafe fn rows_in_place<E: Fn(&mut [f32])>(rows: usize, t: &Tile, bias: Option<&[f32]>, accumulate: bool, dst: *mut f32, n: usize, epilogue: &E);
+    unsafe fn rows_in_place<E: Fn(&mut [f32])>(
+        rows: usize,
+        t: &Tile,
+        bias: Option<&[f32]>,
+        accumulate: bool,
+        dst: *mut f32,
+        n: usize,
+        epilogue: &E,
+    );
 
     /// One tile whose rows come from a packed strip (`XS` = `STRIP`).
     ///
@@ -172,17 +180,22 @@ fn pack_strips(b: &[f32], n: usize, k: usize, kc: usize, w: usize, data: &mut Ve
     for k0 in (0..k).step_by(kc.max(1)) {
         let kl = kc.min(k - k0);
         let block = &mut data[k0 * strips * w..(k0 + kl) * strips * w];
-        block.par_chunks_mut(kl * w).enumerate().for_each(|(s, strip)| {
-            let rows: Vec<&[f32]> = (0..w.min(n - s * w)).map(|c| &b[(s * w + c) * k + k0..][..kl]).collect();
-            // Written in order (one or two 64-byte lines per depth step),
-            // read as `w` sequential streams: row-by-row writes would touch
-            // every line of the strip once per row, missing L1 each time.
-            for (kk, line) in strip.chunks_exact_mut(w).enumerate() {
-                for (v, row) in line.iter_mut().zip(&rows) {
-                    *v = row[kk];
+        block
+            .par_chunks_mut(kl * w)
+            .enumerate()
+            .for_each(|(s, strip)| {
+                let rows: Vec<&[f32]> = (0..w.min(n - s * w))
+                    .map(|c| &b[(s * w + c) * k + k0..][..kl])
+                    .collect();
+                // Written in order (one or two 64-byte lines per depth step),
+                // read as `w` sequential streams: row-by-row writes would touch
+                // every line of the strip once per row, missing L1 each time.
+                for (kk, line) in strip.chunks_exact_mut(w).enumerate() {
+                    for (v, row) in line.iter_mut().zip(&rows) {
+                        *v = row[kk];
+                    }
                 }
-            }
-        });
+            });
     }
 }
 
@@ -208,10 +221,23 @@ pub struct TileInit<'a> {
 /// read in place, never copied, 6 or 12 KiB that stay in L1 — passes over
 /// the strips of the column block, which stay in L2. Tiles after the first
 /// depth block add to the output; the epilogue runs after the last.
-pub fn packed_product<E: Fn(&mut [f32]) + Sync>(x: &[f32], m: usize, b: &PackedRows, init: TileInit<'_>, epilogue: &E, dst: &mut [f32]) {
+pub fn packed_product<E: Fn(&mut [f32]) + Sync>(
+    x: &[f32],
+    m: usize,
+    b: &PackedRows,
+    init: TileInit<'_>,
+    epilogue: &E,
+    dst: &mut [f32],
+) {
     let (k, n) = (b.k, b.n);
-    assert!(x.len() >= m * k && dst.len() >= m * n, "packed_product: buffer sizes");
-    assert!(init.bias.is_none_or(|v| v.len() >= n), "packed_product: bias shorter than {n}");
+    assert!(
+        x.len() >= m * k && dst.len() >= m * n,
+        "packed_product: buffer sizes"
+    );
+    assert!(
+        init.bias.is_none_or(|v| v.len() >= n),
+        "packed_product: bias shorter than {n}"
+    );
     if m == 0 || n == 0 {
         return;
     }
@@ -233,7 +259,14 @@ fn tile_rows(left: usize, most: usize) -> usize {
 }
 
 /// [`packed_product`] with the tiles of `T` (the path `b` was packed for).
-fn product<T: Tiles, E: Fn(&mut [f32]) + Sync>(x: &[f32], m: usize, b: &PackedRows, init: TileInit<'_>, epilogue: &E, dst: &mut [f32]) {
+fn product<T: Tiles, E: Fn(&mut [f32]) + Sync>(
+    x: &[f32],
+    m: usize,
+    b: &PackedRows,
+    init: TileInit<'_>,
+    epilogue: &E,
+    dst: &mut [f32],
+) {
     let (k, n, w) = (b.k, b.n, T::STRIP);
     let out = SharedMut::new(dst.as_mut_ptr());
     let strips = n.div_ceil(w);
@@ -272,8 +305,18 @@ fn product<T: Tiles, E: Fn(&mut [f32]) + Sync>(x: &[f32], m: usize, b: &PackedRo
                 let rows = tile_rows(r_hi - r0, T::ROWS);
                 for s in s_lo..s_hi {
                     let cols = w.min(n - s * w);
-                    let bias = if first { init.bias.map(|v| &v[s * w..s * w + cols]) } else { None };
-                    let spec = Tile { x: x[r0 * k + k0..].as_ptr(), x_row: k, k: kl, w: b.strip(s, w, k0, kl).as_ptr(), cols };
+                    let bias = if first {
+                        init.bias.map(|v| &v[s * w..s * w + cols])
+                    } else {
+                        None
+                    };
+                    let spec = Tile {
+                        x: x[r0 * k + k0..].as_ptr(),
+                        x_row: k,
+                        k: kl,
+                        w: b.strip(s, w, k0, kl).as_ptr(),
+                        cols,
+                    };
                     let d = out.get().wrapping_add(r0 * n + s * w);
                     // SAFETY: the asserts of packed_product bound every access
                     // (rows r0..r0 + rows of x hold k0 + kl values each); the
@@ -312,7 +355,10 @@ pub(crate) fn gram_packed(x: &[f32], m: usize, k: usize, out: &mut [f32], scratc
 
 /// [`gram_packed`] with the tiles of `T`.
 fn gram_with<T: Tiles>(x: &[f32], m: usize, k: usize, out: &mut [f32], scratch: &mut Vec<f32>) {
-    assert!(x.len() >= m * k && out.len() >= m * m, "gram_packed: buffer sizes");
+    assert!(
+        x.len() >= m * k && out.len() >= m * m,
+        "gram_packed: buffer sizes"
+    );
     let w = T::STRIP;
     pack_strips(x, m, k, k.max(1), w, scratch);
     let packed = &scratch[..];
@@ -330,7 +376,13 @@ fn gram_with<T: Tiles>(x: &[f32], m: usize, k: usize, out: &mut [f32], scratch: 
             let mut r = 0;
             while r < rows {
                 let tr = tile_rows(rows - r, T::ROWS);
-                let spec = Tile { x: left[r..].as_ptr(), x_row: 1, k, w: right.as_ptr(), cols };
+                let spec = Tile {
+                    x: left[r..].as_ptr(),
+                    x_row: 1,
+                    k,
+                    w: right.as_ptr(),
+                    cols,
+                };
                 // SAFETY: `left[r..]` holds k steps of w values (r + tr ≤ w);
                 // the block (rows of strip a, columns of strip bs) is written
                 // by this task only, inside out (m × m); the CPU runs T.
@@ -340,14 +392,17 @@ fn gram_with<T: Tiles>(x: &[f32], m: usize, k: usize, out: &mut [f32], scratch: 
         }
     });
     // Mirror: below the diagonal blocks, row i takes column i of the rows above.
-    out[..m * m].par_chunks_mut(m).enumerate().for_each(|(i, row)| {
-        let upto = (i / w) * w;
-        for (j, v) in row[..upto].iter_mut().enumerate() {
-            // SAFETY: (j, i) with j < upto ≤ i lies in a block above the
-            // diagonal, which this pass only reads; this task writes row i only.
-            *v = unsafe { *ptr.get().add(j * m + i) };
-        }
-    });
+    out[..m * m]
+        .par_chunks_mut(m)
+        .enumerate()
+        .for_each(|(i, row)| {
+            let upto = (i / w) * w;
+            for (j, v) in row[..upto].iter_mut().enumerate() {
+                // SAFETY: (j, i) with j < upto ≤ i lies in a block above the
+                // diagonal, which this pass only reads; this task writes row i only.
+                *v = unsafe { *ptr.get().add(j * m + i) };
+            }
+        });
 }
 
 /// One tile's operands: `x` points at the tile's first row value, row `r`
@@ -379,20 +434,50 @@ mod tests {
     #[test]
     fn product_matches_naive_for_ragged_shapes_on_every_path() {
         // Values are multiples of 1/8 with small numerators: every sum is exact.
-        let shapes = [(1, 1, 1), (5, 17, 3), (7, 48, 40), (13, 33, 5), (25, 31, 9), (50, 40, 64), (97, 33, 64), (130, 16, 600), (200, 40, 1300), (1000, 33, 300), (37, 70, 257)];
+        let shapes = [
+            (1, 1, 1),
+            (5, 17, 3),
+            (7, 48, 40),
+            (13, 33, 5),
+            (25, 31, 9),
+            (50, 40, 64),
+            (97, 33, 64),
+            (130, 16, 600),
+            (200, 40, 1300),
+            (1000, 33, 300),
+            (37, 70, 257),
+        ];
         for path in SimdPath::all_supported() {
             for (m, n, k) in shapes {
-                let x: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 13) as f32 - 6.0) / 8.0).collect();
-                let b: Vec<f32> = (0..n * k).map(|i| ((i * 5 % 11) as f32 - 5.0) / 8.0).collect();
+                let x: Vec<f32> = (0..m * k)
+                    .map(|i| ((i * 7 % 13) as f32 - 6.0) / 8.0)
+                    .collect();
+                let b: Vec<f32> = (0..n * k)
+                    .map(|i| ((i * 5 % 11) as f32 - 5.0) / 8.0)
+                    .collect();
                 let bias: Vec<f32> = (0..n).map(|i| i as f32 / 4.0).collect();
                 let p = PackedRows::for_path(&b, n, k, path).unwrap();
                 assert_eq!(p.path(), path);
                 let want = naive(&x, &b, m, n, k);
                 let mut dst = vec![0.5f32; m * n];
-                packed_product(&x, m, &p, TileInit { bias: Some(&bias), accumulate: true }, &|r| r.iter_mut().for_each(|v| *v *= 2.0), &mut dst);
+                packed_product(
+                    &x,
+                    m,
+                    &p,
+                    TileInit {
+                        bias: Some(&bias),
+                        accumulate: true,
+                    },
+                    &|r| r.iter_mut().for_each(|v| *v *= 2.0),
+                    &mut dst,
+                );
                 for i in 0..m {
                     for j in 0..n {
-                        assert_eq!(dst[i * n + j], 2.0 * (0.5 + bias[j] + want[i * n + j]), "{path:?} {m}×{n}×{k} ({i},{j})");
+                        assert_eq!(
+                            dst[i * n + j],
+                            2.0 * (0.5 + bias[j] + want[i * n + j]),
+                            "{path:?} {m}×{n}×{k} ({i},{j})"
+                        );
                     }
                 }
             }
@@ -413,19 +498,42 @@ mod tests {
                 .map(|&path| {
                     let p = PackedRows::for_path(&b, n, k, path).unwrap();
                     let mut dst = crate::cpu::test_values(4, m * n, -1.0, 1.0);
-                    packed_product(&x, m, &p, TileInit { bias: Some(&bias), accumulate: true }, &|_| {}, &mut dst);
+                    packed_product(
+                        &x,
+                        m,
+                        &p,
+                        TileInit {
+                            bias: Some(&bias),
+                            accumulate: true,
+                        },
+                        &|_| {},
+                        &mut dst,
+                    );
                     dst
                 })
                 .collect();
-            let (want, old) = (naive(&x, &b, m, n, k), crate::cpu::test_values(4, m * n, -1.0, 1.0));
+            let (want, old) = (
+                naive(&x, &b, m, n, k),
+                crate::cpu::test_values(4, m * n, -1.0, 1.0),
+            );
             for (path, out) in paths.iter().zip(&outs) {
                 for (i, (&o, (&w, &d))) in out.iter().zip(want.iter().zip(&old)).enumerate() {
                     let expect = bias[i % n] + w + d;
-                    assert!((o - expect).abs() <= 1e-4 * (1.0 + expect.abs()) * (k as f32).sqrt(), "{path:?} {m}×{n}×{k} value {i}: {o} vs {expect}");
+                    assert!(
+                        (o - expect).abs() <= 1e-4 * (1.0 + expect.abs()) * (k as f32).sqrt(),
+                        "{path:?} {m}×{n}×{k} value {i}: {o} vs {expect}"
+                    );
                 }
             }
             for (i, o) in outs.iter().enumerate().skip(1) {
-                assert!(o.iter().zip(&outs[0]).all(|(a, b)| a.to_bits() == b.to_bits()), "{:?} vs {:?} at {m}×{n}×{k}", paths[i], paths[0]);
+                assert!(
+                    o.iter()
+                        .zip(&outs[0])
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{:?} vs {:?} at {m}×{n}×{k}",
+                    paths[i],
+                    paths[0]
+                );
             }
         }
     }
@@ -435,8 +543,18 @@ mod tests {
         if !packed_supported() {
             return;
         }
-        for (m, k) in [(1, 3), (15, 8), (16, 8), (17, 5), (33, 7), (100, 33), (300, 9)] {
-            let x: Vec<f32> = (0..m * k).map(|i| ((i * 31 % 23) as f32 - 11.0) / 8.0).collect();
+        for (m, k) in [
+            (1, 3),
+            (15, 8),
+            (16, 8),
+            (17, 5),
+            (33, 7),
+            (100, 33),
+            (300, 9),
+        ] {
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 31 % 23) as f32 - 11.0) / 8.0)
+                .collect();
             let mut out = vec![f32::NAN; m * m];
             let mut scratch = Vec::new();
             gram_packed(&x, m, k, &mut out, &mut scratch);
