@@ -131,6 +131,8 @@ struct SearchBody {
     alpha: Option<f32>,
     sqaf: Option<bool>,
     exact: Option<bool>,
+    /// A metadata filter (the grammar of `squire search --filter`).
+    filter: Option<String>,
     /// Query by an indexed image (its id).
     image_id: Option<String>,
     /// Query by an image sent inline, base64 (standard alphabet; a `data:` URL prefix is allowed).
@@ -190,7 +192,8 @@ async fn parse_multipart(mut form: Multipart) -> Result<Query, ApiError> {
             "sqaf" => body.sqaf = Some(parse_flag("sqaf", &text)?),
             "exact" => body.exact = Some(parse_flag("exact", &text)?),
             "image_id" => body.image_id = (!text.trim().is_empty()).then_some(text),
-            other => return Err(ApiError::bad(format!("unknown form field `{other}` (expected text, image, image_id, k, rerank, alpha, sqaf, exact)"))),
+            "filter" => body.filter = (!text.trim().is_empty()).then_some(text),
+            other => return Err(ApiError::bad(format!("unknown form field `{other}` (expected text, image, image_id, k, rerank, alpha, sqaf, exact, filter)"))),
         }
     }
     if !rerank.is_empty() {
@@ -328,6 +331,13 @@ impl AppState {
             Some(RerankField::One(s)) => Stage::parse_list(&[s])?,
             Some(RerankField::Many(v)) => Stage::parse_list(&v)?,
         };
+        let filter = match body.filter.as_deref() {
+            Some(f) => Some(
+                squire_indexer::Filter::parse(f)
+                    .map_err(|e| ApiError::bad(format!("field `filter`: {e}")))?,
+            ),
+            None => None,
+        };
         let req = SearchRequest {
             text: body.text,
             image: image.map(Arc::new),
@@ -341,6 +351,7 @@ impl AppState {
             },
             stages,
             sqaf: body.sqaf.unwrap_or(false),
+            filter,
         };
         let out = self.pipeline.search(&req)?;
         let mut report = self.pipeline.report(&req, &out);

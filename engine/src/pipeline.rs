@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use image::RgbImage;
 use serde_json::{json, Value};
-use squire_indexer::{Collection, RowHit, SearchParams, StoreKind, VectorStore};
+use squire_indexer::{Collection, Filter, RowHit, SearchParams, StoreKind, VectorStore};
 use squire_kernels::{Compute, Metric, Precision};
 use squire_models::mllm::Mllm;
 use squire_models::{image_io, DualEncoder};
@@ -159,6 +159,9 @@ pub struct SearchRequest {
     pub stages: Vec<Stage>,
     /// SQAF fusion of a composed query (needs the MLLM).
     pub sqaf: bool,
+    /// Only images whose record passes this filter are returned (the first
+    /// stage searches among them; the rerankers see only them).
+    pub filter: Option<Filter>,
 }
 
 impl SearchRequest {
@@ -173,6 +176,7 @@ impl SearchRequest {
             first_stage: FirstStage::Index { ef: None },
             stages: Vec::new(),
             sqaf: false,
+            filter: None,
         }
     }
 
@@ -616,6 +620,29 @@ impl Pipeline {
             _ => ("exact", None),
         };
         let hits: Vec<RowHit> = match (&whitened, req.first_stage) {
+            (Some((q, g)), _) if req.filter.is_some() => {
+                let pass: std::collections::HashSet<usize> = req
+                    .filter
+                    .as_ref()
+                    .map(|f| col.matching_rows(f))
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect();
+                self.rerankers.compute.top_k(
+                    &g.database,
+                    q,
+                    col.records().len(),
+                    Metric::InnerProduct,
+                )?[0]
+                    .iter()
+                    .filter(|s| pass.contains(&s.row))
+                    .take(depth)
+                    .map(|s| RowHit {
+                        row: s.row,
+                        score: s.score,
+                    })
+                    .collect()
+            }
             (Some((q, g)), _) => {
                 self.rerankers
                     .compute
@@ -626,6 +653,20 @@ impl Pipeline {
                         score: s.score,
                     })
                     .collect()
+            }
+            (None, first) if req.filter.is_some() => {
+                let f = req
+                    .filter
+                    .as_ref()
+                    .ok_or_else(|| PipelineError::Request("filter".into()))?;
+                col.search_filtered(
+                    &vector,
+                    &query.values,
+                    depth,
+                    &SearchParams { ef },
+                    f,
+                    first == FirstStage::Exact,
+                )?
             }
             (None, FirstStage::Exact) => {
                 col.search_exact_on(&self.rerankers.compute, &vector, &query.values, depth)?
@@ -806,6 +847,9 @@ impl Pipeline {
             "query": {
                 "kind": req.kind(), "text": req.text, "image": req.image_label,
                 "alpha": req.alpha, "vector": out.vector, "k": req.k,
+                "filter": req.filter.as_ref().map(|f| json!({
+                    "expression": f.source(), "matching_images": col.matching_rows(f).len(),
+                })),
             },
             "store": {
                 "method": out.method,

@@ -31,6 +31,7 @@ use sha2::{Digest, Sha256};
 use squire_models::{image_io, ImageEncoder};
 
 use crate::error::{io, IndexError, Result};
+use crate::filter::Filter;
 use crate::fsio::{sync_dir, write_synced};
 use crate::scan::{scan, Found};
 use crate::store::{
@@ -57,6 +58,34 @@ pub struct ImageRecord {
     pub width: u32,
     /// Height in pixels (after EXIF orientation).
     pub height: u32,
+    /// EXIF capture time (`DateTimeOriginal`, else `DateTime`), seconds since
+    /// 1970-01-01 as written by the camera (no zone); absent when the file has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exif_taken: Option<i64>,
+    /// EXIF camera make and model, when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub camera: Option<String>,
+}
+
+impl ImageRecord {
+    /// When the photo was taken: the EXIF capture time, else the file's
+    /// modification time (seconds since 1970-01-01).
+    pub fn taken(&self) -> i64 {
+        self.exif_taken
+            .unwrap_or((self.mtime_ns / 1_000_000_000) as i64)
+    }
+
+    /// The folder part of [`ImageRecord::path`] (`""` at the top level).
+    pub fn folder(&self) -> &str {
+        self.path.rsplit_once('/').map(|(f, _)| f).unwrap_or("")
+    }
+}
+
+/// Logs each unreadable folder or file (the report lists them too).
+fn report_unreadable(scanned: &crate::scan::Scanned) {
+    for (path, reason) in &scanned.unreadable {
+        tracing::debug!(%path, %reason, "cannot read; skipped (what it held before is kept)");
+    }
 }
 
 /// A file of the current generation, as the manifest records it.
@@ -152,6 +181,9 @@ pub struct IndexReport {
     pub unchanged: usize,
     /// Files skipped, with the reason.
     pub skipped: Vec<(String, String)>,
+    /// Folders and files that could not be read (relative path, reason):
+    /// nothing in them was added, and what they held before is kept.
+    pub unreadable: Vec<(String, String)>,
     /// Wall time in seconds.
     pub seconds: f64,
     /// Seconds the model waited for decoded pixels (reading, decoding and
@@ -185,6 +217,7 @@ fn decode_one(f: &Found, encoder: &dyn ImageEncoder, plane: usize) -> Decoded {
     let result = (|| {
         let bytes = fs::read(&f.abs).map_err(|e| format!("cannot read: {e}"))?;
         let img = image_io::decode_rgb(&bytes, &f.abs).map_err(|e| e.to_string())?;
+        let facts = image_io::photo_facts(&bytes);
         let mut px = vec![0f32; plane];
         encoder
             .preprocess_into(&img, &mut px)
@@ -197,6 +230,8 @@ fn decode_one(f: &Found, encoder: &dyn ImageEncoder, plane: usize) -> Decoded {
             sha256: sha256_hex(&bytes),
             width: img.width(),
             height: img.height(),
+            exif_taken: facts.taken,
+            camera: facts.camera,
         };
         Ok((rec, px))
     })();
@@ -205,6 +240,10 @@ fn decode_one(f: &Found, encoder: &dyn ImageEncoder, plane: usize) -> Decoded {
         seconds: t.elapsed().as_secs_f64(),
     }
 }
+
+/// Up to this many matching images, a filtered search scores every match
+/// exactly (about 50 ms for 100,000 × 512 on one core) rather than asking the ANN.
+pub const FILTER_EXACT_MAX: usize = 100_000;
 
 /// An open collection.
 #[derive(Debug)]
@@ -625,6 +664,93 @@ impl Collection {
         self.to_rows(vector, query, Ok(hits))
     }
 
+    /// Rows whose record passes `filter`, in row order.
+    pub fn matching_rows(&self, filter: &Filter) -> Vec<usize> {
+        self.records
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| filter.matches(r))
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// The `k` images that pass `filter` with the highest similarity to
+    /// `query`: never fewer than `k` when `k` match. When few images match
+    /// (up to [`FILTER_EXACT_MAX`], or `exact`), they are scored exactly;
+    /// otherwise the ANN is searched ever deeper (at least twice as deep as
+    /// the share of matches implies) until `k` of its hits match, falling
+    /// back to scoring every match exactly.
+    pub fn search_filtered(
+        &self,
+        vector: &str,
+        query: &[f32],
+        k: usize,
+        params: &SearchParams,
+        filter: &Filter,
+        exact: bool,
+    ) -> Result<Vec<RowHit>> {
+        let exact_max = if exact { usize::MAX } else { FILTER_EXACT_MAX };
+        self.search_filtered_with(vector, query, k, params, filter, exact_max)
+    }
+
+    /// [`Collection::search_filtered`] with the number of matches up to
+    /// which they are scored exactly rather than through the ANN.
+    pub fn search_filtered_with(
+        &self,
+        vector: &str,
+        query: &[f32],
+        k: usize,
+        params: &SearchParams,
+        filter: &Filter,
+        exact_max: usize,
+    ) -> Result<Vec<RowHit>> {
+        let nv = self.named(vector)?;
+        self.to_rows(vector, query, Ok(Vec::new()))?;
+        let rows = self.matching_rows(filter);
+        if k == 0 || rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let n = self.records.len();
+        if let (Some(ann), false) = (&nv.ann, rows.len() <= exact_max) {
+            let pass: HashSet<usize> = rows.iter().copied().collect();
+            let mut depth = (k.saturating_mul(2).saturating_mul(n) / rows.len())
+                .max(k * 2)
+                .min(n);
+            loop {
+                let ef = params.ef.map(|e| e.max(depth));
+                let hits = self.to_rows(
+                    vector,
+                    query,
+                    ann.search(query, depth, &SearchParams { ef }),
+                )?;
+                let kept: Vec<RowHit> = hits
+                    .into_iter()
+                    .filter(|h| pass.contains(&h.row))
+                    .take(k)
+                    .collect();
+                if kept.len() >= k.min(rows.len()) {
+                    return Ok(kept);
+                }
+                // Deeper than this, scoring the matches exactly is cheaper.
+                if depth >= n || depth >= 65_536 {
+                    break;
+                }
+                depth = depth.saturating_mul(4).min(n);
+            }
+        }
+        let raw = &nv.raw;
+        let mut scored: Vec<RowHit> = rows
+            .par_iter()
+            .map(|&row| RowHit {
+                row,
+                score: squire_kernels::cpu::dot_f32(raw.row(row), query),
+            })
+            .collect();
+        scored.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.row.cmp(&b.row)));
+        scored.truncate(k);
+        Ok(scored)
+    }
+
     fn to_rows(
         &self,
         vector: &str,
@@ -821,10 +947,16 @@ impl Collection {
         if self.manifest.generation > 0 {
             self.collect_garbage();
         }
-        let found = scan(root)?;
+        let scanned = scan(root)?;
+        report_unreadable(&scanned);
+        let found = &scanned.found;
         let by_path: HashMap<&str, &Found> = found.iter().map(|f| (f.rel.as_str(), f)).collect();
-        let mut report = IndexReport::default();
-        // Drop records of deleted and changed files.
+        let mut report = IndexReport {
+            unreadable: scanned.unreadable.clone(),
+            ..IndexReport::default()
+        };
+        // Drop records of deleted and changed files (not of files in folders
+        // that could not be read this time: they are kept as they were).
         let mut gone = HashSet::new();
         let mut changed = HashSet::new();
         for r in &self.records {
@@ -834,6 +966,7 @@ impl Collection {
                     changed.insert(r.path.clone());
                     gone.insert(r.id);
                 }
+                None if scanned.under_unreadable(&r.path) => {}
                 None => {
                     report.removed += 1;
                     gone.insert(r.id);

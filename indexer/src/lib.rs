@@ -9,6 +9,7 @@
 
 pub mod collection;
 pub mod error;
+pub mod filter;
 mod fsio;
 mod lock;
 pub mod scan;
@@ -17,8 +18,10 @@ pub mod verify;
 
 pub use collection::{
     Collection, ImageRecord, IndexOptions, IndexReport, Manifest, OpenOptions, RowHit,
+    FILTER_EXACT_MAX,
 };
 pub use error::{IndexError, Result};
+pub use filter::{Filter, FilterError};
 pub use lock::WRITER_LOCK;
 pub use store::{
     ExactStore, Hit, SearchParams, StoreConfig, StoreKind, StoredPrecision, VectorStore,

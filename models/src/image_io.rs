@@ -114,7 +114,9 @@ fn decode_jpeg_like_pillow(bytes: &[u8]) -> std::result::Result<RgbImage, String
     // libjpeg reports fatal errors by unwinding; turn them into an error value.
     let run = || -> std::io::Result<RgbImage> {
         let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
-        let d = mozjpeg::Decompress::new_mem(bytes)?;
+        let d = mozjpeg::Decompress::builder()
+            .with_err(strict_error_mgr())
+            .from_mem(bytes)?;
         let (w, h) = (d.width() as u32, d.height() as u32);
         let rgb = match d.image()? {
             Format::RGB(mut s) => {
@@ -158,6 +160,143 @@ fn decode_jpeg_like_pillow(bytes: &[u8]) -> std::result::Result<RgbImage, String
     }
 }
 
+/// libjpeg's error handling with one change: "premature end of JPEG data"
+/// (a truncated file, which libjpeg only warns about and fills with grey) is
+/// an error, as it is in Pillow ("image file is truncated"). Other warnings
+/// (extraneous bytes, for instance) are ignored, as Pillow ignores them.
+fn strict_error_mgr() -> mozjpeg_sys::jpeg_error_mgr {
+    use mozjpeg_sys::{jpeg_common_struct, jpeg_std_error};
+    // SAFETY: a zeroed jpeg_error_mgr is what jpeg_std_error expects to fill.
+    let mut err: mozjpeg_sys::jpeg_error_mgr = unsafe { std::mem::zeroed() };
+    unsafe { jpeg_std_error(&mut err) };
+    fn message(cinfo: &mut jpeg_common_struct) -> String {
+        // SAFETY: libjpeg hands us its own struct with the error manager set.
+        unsafe {
+            let Some(err) = cinfo.err.as_ref() else {
+                return "libjpeg error".into();
+            };
+            let Some(format) = err.format_message else {
+                return format!("libjpeg error {}", err.msg_code);
+            };
+            let mut buf = [0u8; 80];
+            // libjpeg writes the message into the buffer it is given.
+            let format: unsafe extern "C-unwind" fn(&mut jpeg_common_struct, &mut [u8; 80]) =
+                std::mem::transmute(format);
+            format(cinfo, &mut buf);
+            let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+            String::from_utf8_lossy(&buf[..end]).into_owned()
+        }
+    }
+    extern "C-unwind" fn exit(cinfo: &mut jpeg_common_struct) {
+        std::panic::resume_unwind(Box::new(message(cinfo)));
+    }
+    extern "C-unwind" fn emit(cinfo: &mut jpeg_common_struct, level: std::os::raw::c_int) {
+        // SAFETY: as above.
+        let code = unsafe { cinfo.err.as_ref().map(|e| e.msg_code) };
+        if level < 0 && code == Some(mozjpeg_sys::JWRN_JPEG_EOF) {
+            std::panic::resume_unwind(Box::new(
+                "premature end of JPEG data (the file is truncated)".to_string(),
+            ));
+        }
+    }
+    err.error_exit = Some(exit);
+    err.emit_message = Some(emit);
+    err
+}
+
+/// What a photo's EXIF block says about when and with what it was taken.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PhotoFacts {
+    /// `DateTimeOriginal` (else `DateTime`) as seconds since 1970-01-01
+    /// 00:00:00, read as written: EXIF times are the camera's local time and
+    /// carry no zone, so they are compared as if they were UTC.
+    pub taken: Option<i64>,
+    /// `Make` and `Model` ("Canon Canon EOS 5D" is given once as "Canon EOS 5D").
+    pub camera: Option<String>,
+}
+
+/// The EXIF facts of an encoded image (JPEG, PNG, WebP, TIFF, HEIF); empty
+/// when it has no EXIF block or the block cannot be read.
+pub fn photo_facts(bytes: &[u8]) -> PhotoFacts {
+    use exif::{In, Tag, Value};
+    let Ok(ex) = exif::Reader::new().read_from_container(&mut Cursor::new(bytes)) else {
+        return PhotoFacts::default();
+    };
+    let ascii = |tag: Tag| -> Option<String> {
+        match &ex.get_field(tag, In::PRIMARY)?.value {
+            Value::Ascii(v) => {
+                let s = String::from_utf8_lossy(v.first()?)
+                    .trim_matches(|c: char| c == '\0' || c.is_whitespace())
+                    .to_string();
+                (!s.is_empty()).then_some(s)
+            }
+            _ => None,
+        }
+    };
+    let taken = [Tag::DateTimeOriginal, Tag::DateTime]
+        .into_iter()
+        .find_map(|tag| {
+            let Value::Ascii(v) = &ex.get_field(tag, In::PRIMARY)?.value else {
+                return None;
+            };
+            let t = exif::DateTime::from_ascii(v.first()?).ok()?;
+            civil_seconds(
+                t.year as i64,
+                t.month as i64,
+                t.day as i64,
+                t.hour as i64,
+                t.minute as i64,
+                t.second as i64,
+            )
+        });
+    let camera = match (ascii(Tag::Make), ascii(Tag::Model)) {
+        (Some(make), Some(model)) if model.to_lowercase().starts_with(&make.to_lowercase()) => {
+            Some(model)
+        }
+        (Some(make), Some(model)) => Some(format!("{make} {model}")),
+        (make, model) => make.or(model),
+    };
+    PhotoFacts { taken, camera }
+}
+
+/// Seconds since 1970-01-01 00:00:00 of a proleptic Gregorian date and time
+/// (no zone); `None` when a field is out of range.
+pub fn civil_seconds(y: i64, m: i64, d: i64, hh: i64, mm: i64, ss: i64) -> Option<i64> {
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let days_in = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
+    if !(1..=12).contains(&m)
+        || d < 1
+        || d > days_in[(m - 1) as usize]
+        || !(0..24).contains(&hh)
+        || !(0..60).contains(&mm)
+        || !(0..61).contains(&ss)
+    {
+        return None;
+    }
+    // Days from civil (H. Hinnant's algorithm).
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
+}
+
 /// Converts any decoded image to 8-bit RGB as Pillow's `convert("RGB")` does:
 /// grey is replicated, alpha is dropped (not composited), 16-bit samples are
 /// scaled to 8 bits.
@@ -189,5 +328,98 @@ pub fn to_rgb8(img: DynamicImage) -> RgbImage {
             RgbImage::from_raw(w, h, out).unwrap_or_else(|| RgbImage::new(w, h))
         }
         other => other.to_rgb8(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 64×48 gradient JPEG (image's encoder, quality 90).
+    fn jpeg() -> Vec<u8> {
+        let img = RgbImage::from_fn(64, 48, |x, y| {
+            image::Rgb([(x * 4) as u8, (y * 5) as u8, 128])
+        });
+        let mut out = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
+            .encode_image(&img)
+            .unwrap();
+        out
+    }
+
+    /// `jpeg` with an EXIF APP1 segment holding `fields` right after SOI.
+    pub(crate) fn with_exif(jpeg: &[u8], fields: &[exif::Field]) -> Vec<u8> {
+        let mut w = exif::experimental::Writer::new();
+        fields.iter().for_each(|f| w.push_field(f));
+        let mut tiff = std::io::Cursor::new(Vec::new());
+        w.write(&mut tiff, false).unwrap();
+        let tiff = tiff.into_inner();
+        let mut out = jpeg[..2].to_vec();
+        out.extend_from_slice(&[0xFF, 0xE1]);
+        out.extend_from_slice(&((tiff.len() + 8) as u16).to_be_bytes());
+        out.extend_from_slice(b"Exif\0\0");
+        out.extend_from_slice(&tiff);
+        out.extend_from_slice(&jpeg[2..]);
+        out
+    }
+
+    fn ascii(tag: exif::Tag, s: &str) -> exif::Field {
+        exif::Field {
+            tag,
+            ifd_num: exif::In::PRIMARY,
+            value: exif::Value::Ascii(vec![s.as_bytes().to_vec()]),
+        }
+    }
+
+    #[test]
+    fn a_truncated_jpeg_is_an_error_naming_the_cause_and_the_whole_one_decodes() {
+        let bytes = jpeg();
+        let origin = Path::new("cut.jpg");
+        assert_eq!(decode_rgb(&bytes, origin).unwrap().dimensions(), (64, 48));
+        for keep in [bytes.len() * 6 / 10, 700] {
+            let e = decode_rgb(&bytes[..keep], origin).unwrap_err().to_string();
+            assert!(
+                e.contains("cut.jpg") && e.contains("truncated"),
+                "{keep} bytes: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn exif_capture_time_and_camera_are_read() {
+        let bytes = with_exif(
+            &jpeg(),
+            &[
+                ascii(exif::Tag::Make, "Canon"),
+                ascii(exif::Tag::Model, "Canon EOS 5D"),
+                ascii(exif::Tag::DateTimeOriginal, "2019:06:01 12:30:05"),
+            ],
+        );
+        let facts = photo_facts(&bytes);
+        assert_eq!(facts.camera.as_deref(), Some("Canon EOS 5D"));
+        // 2019-06-01 is day 18048 after 1970-01-01.
+        assert_eq!(facts.taken, Some(18_048 * 86_400 + 12 * 3600 + 30 * 60 + 5));
+        assert_eq!(
+            decode_rgb(&bytes, Path::new("x.jpg")).unwrap().dimensions(),
+            (64, 48)
+        );
+        let other = with_exif(
+            &jpeg(),
+            &[
+                ascii(exif::Tag::Make, "NIKON"),
+                ascii(exif::Tag::Model, "D750"),
+            ],
+        );
+        assert_eq!(
+            photo_facts(&other),
+            PhotoFacts {
+                taken: None,
+                camera: Some("NIKON D750".into())
+            }
+        );
+        assert_eq!(photo_facts(&jpeg()), PhotoFacts::default());
+        assert_eq!(civil_seconds(1970, 1, 1, 0, 0, 0), Some(0));
+        assert_eq!(civil_seconds(2000, 3, 1, 0, 0, 0), Some(951_868_800));
+        assert_eq!(civil_seconds(2019, 2, 29, 0, 0, 0), None);
     }
 }

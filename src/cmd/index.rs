@@ -156,6 +156,15 @@ pub fn run(a: IndexArgs) -> anyhow::Result<()> {
             eprintln!("  {f}: {why}");
         }
     }
+    if !report.unreadable.is_empty() {
+        eprintln!(
+            "warning: could not read {} folder(s) or file(s); skipped, and what they held before is kept:",
+            report.unreadable.len()
+        );
+        for (f, why) in &report.unreadable {
+            eprintln!("  {}: {why}", if f.is_empty() { "." } else { f });
+        }
+    }
     if a.json {
         println!(
             "{}",

@@ -60,6 +60,15 @@ pub struct SearchArgs {
     /// exact search, the gallery whitened at query time).
     #[arg(long, conflicts_with = "ef")]
     whiten: bool,
+    /// Only images whose record passes EXPR, e.g. 'folder = "2019/rome" and
+    /// taken >= 2019-06-01 and width >= 1000'. Fields: path, folder, taken
+    /// (EXIF capture time, else the file's mtime), width, height, bytes,
+    /// camera; operators = != < <= > >= glob ("*", "?", "**" across
+    /// folders); and, or, not, parentheses; values: numbers, "strings",
+    /// dates YYYY-MM-DD[THH:MM:SS]. The k best matches are returned (never
+    /// fewer when k match); the rerankers see only matches.
+    #[arg(long, value_name = "EXPR")]
+    filter: Option<String>,
     /// Reranking stages after the first stage, in order, comma-separated:
     /// none; superglobal (SuperGlobal refinement of the top --sg-m candidates
     /// with their neighbours and an expanded query; any named vector); ebr
@@ -117,6 +126,12 @@ impl SuperGlobalArgs {
 /// Runs `squire search`.
 pub fn run(a: SearchArgs) -> anyhow::Result<()> {
     let stages = Stage::parse_list(&a.rerank)?;
+    let filter = match a.filter.as_deref() {
+        Some(f) => {
+            Some(squire_indexer::Filter::parse(f).map_err(|e| anyhow::anyhow!("--filter: {e}"))?)
+        }
+        None => None,
+    };
     let options = a.stages.options()?;
     let mllm = a.stages.mllm.open()?;
     let superglobal = stages.contains(&Stage::SuperGlobal);
@@ -148,6 +163,7 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
         },
         stages,
         sqaf: a.stages.sqaf.sqaf,
+        filter,
     };
     let pipeline = Pipeline::new(col, encoder, compute, mllm, options)?;
     let out = pipeline.search(&req)?;
@@ -176,6 +192,9 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
     }
     if let Some(c) = out.sqaf.as_ref().and_then(|s| s.caption.as_deref()) {
         println!("caption (SQAF): {c}");
+    }
+    if let Some(n) = report["query"]["filter"]["matching_images"].as_u64() {
+        println!("filter: {n} of {} images match", report["store"]["images"]);
     }
     println!("{:>4}  {:>7}  path", "rank", "score");
     for r in report["results"].as_array().into_iter().flatten() {

@@ -204,6 +204,45 @@ fn search_by_text_upload_and_composed_with_the_search_schema() {
     assert!(v["per_stage"][1]["results"][0]["previous_rank"]
         .as_u64()
         .is_some());
+    // Filters: a JSON field and a form field; SuperGlobal reranks only matches.
+    let (s, v) = post_json(
+        &srv.base,
+        &json!({"text": "a photo", "k": 10, "filter": "path glob \"*.png\" or path = \"grey.jpg\""}),
+    );
+    assert_eq!(s, 200, "{v}");
+    let mut got = paths(&v);
+    got.sort();
+    assert_eq!(got, ["alpha.png", "grey.jpg", "tiny-5x3.png"], "{v}");
+    assert_eq!(v["query"]["filter"]["matching_images"], 3);
+    let (s, v) = post_form(
+        &srv.base,
+        &[
+            ("text", "make it a dog"),
+            ("k", "3"),
+            ("rerank", "superglobal"),
+            ("filter", "width >= 400 and not path = \"chelsea-420.jpg\""),
+        ],
+        Some(("chelsea-420.jpg", &bytes)),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert!(
+        !paths(&v).is_empty() && !paths(&v).contains(&"chelsea-420.jpg".to_string()),
+        "{v}"
+    );
+    for stage in v["per_stage"].as_array().unwrap() {
+        for r in stage["results"].as_array().unwrap() {
+            assert_ne!(r["path"], "chelsea-420.jpg", "{v}");
+        }
+    }
+    let (s, v) = post_json(&srv.base, &json!({"text": "a photo", "filter": "width >"}));
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("field `filter`: invalid filter at column 8"),
+        "{v}"
+    );
 }
 
 #[test]
