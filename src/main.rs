@@ -85,8 +85,31 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_message(&e));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, each said once (an error that already quotes
+/// its cause is not followed by it again), with a hint for a full disk.
+fn error_message(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg.push_str(": ");
+            msg.push_str(&c);
+        }
+    }
+    let disk_full = e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().and_then(|io| io.raw_os_error()) == Some(28)
+            || c.downcast_ref::<squire_indexer::IndexError>().is_some_and(|ie| {
+                matches!(ie, squire_indexer::IndexError::Io { source, .. } if source.raw_os_error() == Some(28))
+            })
+    });
+    if disk_full {
+        msg.push_str("\nthe disk is full: free some space (or write elsewhere) and run again; what was stored before is unchanged");
+    }
+    msg
 }

@@ -268,7 +268,7 @@ impl AppState {
         let record = &self.pipeline.collection().records()[row];
         let path = self
             .images_root
-            .join(&record.path)
+            .join(record.relative_path())
             .canonicalize()
             .map_err(|e| {
                 ApiError::new(

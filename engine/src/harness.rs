@@ -736,7 +736,7 @@ pub fn run_benchmark(
         progress(i, todo.len());
         let path = q
             .image_row
-            .map(|row| root.join(&col.records()[row].path))
+            .map(|row| root.join(col.records()[row].relative_path()))
             .or_else(|| q.image_path.clone());
         let image = match path {
             Some(path) => Some(std::sync::Arc::new(

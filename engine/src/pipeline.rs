@@ -759,7 +759,7 @@ impl Pipeline {
             .collection
             .manifest()
             .images_root
-            .join(&self.collection.records()[row].path);
+            .join(self.collection.records()[row].relative_path());
         image_io::load_rgb(&path).unwrap_or_else(|e| {
             tracing::warn!(
                 "candidate {} cannot be shown to the MLLM ({e}); it gets a blank image",

@@ -65,6 +65,10 @@ pub struct ImageRecord {
     /// EXIF camera make and model, when present.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub camera: Option<String>,
+    /// The relative path's bytes (hex) when the OS name is not UTF-8; `path`
+    /// then shows each stray byte as `\xHH`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub os_path: Option<String>,
 }
 
 impl ImageRecord {
@@ -73,6 +77,12 @@ impl ImageRecord {
     pub fn taken(&self) -> i64 {
         self.exif_taken
             .unwrap_or((self.mtime_ns / 1_000_000_000) as i64)
+    }
+
+    /// The file's path relative to the indexed folder, exactly as the OS
+    /// names it (non-UTF-8 names included): join it to the folder.
+    pub fn relative_path(&self) -> PathBuf {
+        crate::scan::relative_path(&self.path, self.os_path.as_deref())
     }
 
     /// The folder part of [`ImageRecord::path`] (`""` at the top level).
@@ -184,6 +194,8 @@ pub struct IndexReport {
     /// Folders and files that could not be read (relative path, reason):
     /// nothing in them was added, and what they held before is kept.
     pub unreadable: Vec<(String, String)>,
+    /// Symbolic links to folders, not followed (relative paths).
+    pub symlinked_folders: Vec<String>,
     /// Wall time in seconds.
     pub seconds: f64,
     /// Seconds the model waited for decoded pixels (reading, decoding and
@@ -232,6 +244,7 @@ fn decode_one(f: &Found, encoder: &dyn ImageEncoder, plane: usize) -> Decoded {
             height: img.height(),
             exif_taken: facts.taken,
             camera: facts.camera,
+            os_path: f.os_bytes.as_deref().map(crate::scan::to_hex),
         };
         Ok((rec, px))
     })();
@@ -792,8 +805,21 @@ impl Collection {
     /// Writes the current state as a new generation and switches the manifest to it.
     fn save(&mut self) -> Result<()> {
         let next = self.manifest.generation + 1;
+        let tmp = self.dir.join(format!("gen-{next}.tmp"));
+        let result = self.save_generation(next, &tmp);
+        if result.is_err() {
+            // A failed write (a full disk, say) leaves nothing behind: the
+            // manifest still names the previous generation.
+            let _ = fs::remove_dir_all(&tmp);
+            let _ = fs::remove_file(self.dir.join("manifest.json.tmp"));
+            let _ = fs::remove_dir_all(self.dir.join(format!("gen-{next}")));
+        }
+        result
+    }
+
+    fn save_generation(&mut self, next: u64, tmp: &Path) -> Result<()> {
         let gen = format!("gen-{next}");
-        let tmp = self.dir.join(format!("{gen}.tmp"));
+        let tmp = tmp.to_path_buf();
         let _ = fs::remove_dir_all(&tmp);
         fs::create_dir_all(&tmp).map_err(io(&tmp))?;
         let recs = serde_json::to_vec(&self.records).map_err(json_err)?;
@@ -953,6 +979,7 @@ impl Collection {
         let by_path: HashMap<&str, &Found> = found.iter().map(|f| (f.rel.as_str(), f)).collect();
         let mut report = IndexReport {
             unreadable: scanned.unreadable.clone(),
+            symlinked_folders: scanned.symlinked_folders.clone(),
             ..IndexReport::default()
         };
         // Drop records of deleted and changed files (not of files in folders

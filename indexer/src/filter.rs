@@ -626,6 +626,7 @@ mod tests {
             height: h,
             exif_taken: taken.map(|t| parse_time(t).unwrap().0),
             camera: camera.map(String::from),
+            os_path: None,
         }
     }
 

@@ -18,6 +18,9 @@ pub struct Found {
     pub size: u64,
     /// Modification time, nanoseconds since the Unix epoch.
     pub mtime_ns: u128,
+    /// The relative path's bytes as the OS gave them, when they are not
+    /// UTF-8 (`rel` then shows each stray byte as `\xHH`).
+    pub os_bytes: Option<Vec<u8>>,
 }
 
 /// What [`scan`] found: the image files, and the entries it could not read.
@@ -29,6 +32,9 @@ pub struct Scanned {
     /// path, `/`-separated, and the OS's reason), sorted by path. Nothing
     /// under them is found, so records there must not be taken as deleted.
     pub unreadable: Vec<(String, String)>,
+    /// Symbolic links to folders, not followed (relative paths, sorted): a
+    /// link can make a loop or index a folder twice.
+    pub symlinked_folders: Vec<String>,
 }
 
 impl Scanned {
@@ -45,14 +51,88 @@ impl Scanned {
 }
 
 fn relative(root: &Path, path: &Path) -> String {
-    path.strip_prefix(root)
-        .map(|p| {
-            p.components()
-                .map(|c| c.as_os_str().to_string_lossy().to_string())
-                .collect::<Vec<_>>()
-                .join("/")
-        })
-        .unwrap_or_else(|_| path.display().to_string())
+    relative_exact(root, path).0
+}
+
+/// The `/`-separated relative path, and the OS's bytes when they are not
+/// UTF-8 (the string then writes each byte that is not UTF-8 as `\xHH`, so
+/// two such names never give the same string).
+fn relative_exact(root: &Path, path: &Path) -> (String, Option<Vec<u8>>) {
+    let Ok(rel) = path.strip_prefix(root) else {
+        return (path.display().to_string(), None);
+    };
+    let parts: Vec<&std::ffi::OsStr> = rel.components().map(|c| c.as_os_str()).collect();
+    if let Some(names) = parts
+        .iter()
+        .map(|p| p.to_str())
+        .collect::<Option<Vec<&str>>>()
+    {
+        return (names.join("/"), None);
+    }
+    let shown = parts
+        .iter()
+        .map(|p| escape_os(p))
+        .collect::<Vec<_>>()
+        .join("/");
+    (shown, Some(os_bytes(rel)))
+}
+
+#[cfg(unix)]
+fn os_bytes(p: &Path) -> Vec<u8> {
+    use std::os::unix::ffi::OsStrExt;
+    p.as_os_str().as_bytes().to_vec()
+}
+
+#[cfg(not(unix))]
+fn os_bytes(p: &Path) -> Vec<u8> {
+    p.to_string_lossy().as_bytes().to_vec()
+}
+
+/// A name with each byte that is not part of valid UTF-8 written `\xHH`.
+fn escape_os(name: &std::ffi::OsStr) -> String {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let mut out = String::new();
+        for chunk in name.as_bytes().utf8_chunks() {
+            out.push_str(chunk.valid());
+            for b in chunk.invalid() {
+                out.push_str(&format!("\\x{b:02X}"));
+            }
+        }
+        out
+    }
+    #[cfg(not(unix))]
+    {
+        name.to_string_lossy().into_owned()
+    }
+}
+
+/// The path of a file relative to the indexed folder from what a record
+/// keeps: the OS bytes when the name is not UTF-8, else the `/`-separated string.
+pub fn relative_path(rel: &str, os_bytes_hex: Option<&str>) -> PathBuf {
+    #[cfg(unix)]
+    if let Some(bytes) = os_bytes_hex.and_then(from_hex) {
+        use std::os::unix::ffi::OsStrExt;
+        return PathBuf::from(std::ffi::OsStr::from_bytes(&bytes));
+    }
+    let _ = os_bytes_hex;
+    rel.split('/').collect()
+}
+
+/// Lower-case hex of `bytes`.
+pub fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn from_hex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// Every image file under `root`, sorted by relative path. Hidden entries
@@ -95,6 +175,10 @@ pub fn scan(root: &Path) -> Result<Scanned> {
                 stack.push(path);
                 continue;
             }
+            if ft.is_symlink() && std::fs::metadata(&path).is_ok_and(|m| m.is_dir()) {
+                out.symlinked_folders.push(relative(root, &path));
+                continue;
+            }
             let ext = path
                 .extension()
                 .map(|e| e.to_string_lossy().to_lowercase())
@@ -115,15 +199,18 @@ pub fn scan(root: &Path) -> Result<Scanned> {
                 .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                 .map(|d| d.as_nanos())
                 .unwrap_or(0);
+            let (rel, os_bytes) = relative_exact(root, &path);
             out.found.push(Found {
-                rel: relative(root, &path),
+                rel,
                 abs: path,
                 size: meta.len(),
                 mtime_ns,
+                os_bytes,
             });
         }
     }
     out.found.sort_by(|a, b| a.rel.cmp(&b.rel));
     out.unreadable.sort();
+    out.symlinked_folders.sort();
     Ok(out)
 }

@@ -193,7 +193,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
                 .iter()
                 .find(|r| r.path.contains("rocket"))
                 .or_else(|| col.records().first());
-            root.join(&pick.context("the gallery has no images")?.path)
+            root.join(pick.context("the gallery has no images")?.relative_path())
         }
     };
     let t = Instant::now();

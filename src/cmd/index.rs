@@ -165,6 +165,13 @@ pub fn run(a: IndexArgs) -> anyhow::Result<()> {
             eprintln!("  {}: {why}", if f.is_empty() { "." } else { f });
         }
     }
+    if !report.symlinked_folders.is_empty() {
+        eprintln!(
+            "note: {} symlinked folder(s) not followed (index the target folder itself): {}",
+            report.symlinked_folders.len(),
+            report.symlinked_folders.join(", ")
+        );
+    }
     if a.json {
         println!(
             "{}",

@@ -19,6 +19,7 @@ mod cli_index;
 mod cli_kill;
 mod cli_mllm;
 mod cli_models;
+mod cli_odd_files;
 mod cli_verify;
 mod cli_whiten;
 mod collection_writers;

@@ -15,14 +15,24 @@ use squire_models::clip::{ClipModel, LoadOptions};
 use squire_models::mllm::{OpenAiChat, OpenAiOptions};
 
 /// A server over a fresh tiny collection; dropped with the runtime.
-struct Running {
-    base: String,
-    images: std::path::PathBuf,
+pub(crate) struct Running {
+    pub(crate) base: String,
+    pub(crate) images: std::path::PathBuf,
     _rt: tokio::runtime::Runtime,
 }
 
 fn start(tag: &str, config: ServerConfig, mllm_url: Option<&str>) -> Running {
     let (_home, idx, images) = tiny_collection(tag);
+    serve_collection(&idx, images.into(), config, mllm_url)
+}
+
+/// Serves the tiny-CLIP collection in `idx` (of the folder `images`).
+pub(crate) fn serve_collection(
+    idx: &str,
+    images: std::path::PathBuf,
+    config: ServerConfig,
+    mllm_url: Option<&str>,
+) -> Running {
     let col = Collection::open_with(std::path::Path::new(&idx), OpenOptions { view: true })
         .expect("open");
     let encoder =
@@ -56,7 +66,7 @@ fn start(tag: &str, config: ServerConfig, mllm_url: Option<&str>) -> Running {
     ));
     Running {
         base: format!("http://{addr}"),
-        images: images.into(),
+        images,
         _rt: rt,
     }
 }

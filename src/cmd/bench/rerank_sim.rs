@@ -129,7 +129,7 @@ pub fn run(a: RerankSimArgs) -> anyhow::Result<()> {
     let images: HashMap<usize, Arc<image::RgbImage>> = rows
         .par_iter()
         .map(|&r| {
-            let path = root.join(&col.records()[r].path);
+            let path = root.join(col.records()[r].relative_path());
             let img =
                 image_io::load_rgb(&path).with_context(|| format!("loading {}", path.display()))?;
             let (w, h) = img.dimensions();
