@@ -15,14 +15,14 @@ use squire_indexer::{Collection, OpenOptions};
 
 use crate::common::{fixtures, scratch, text};
 
-/// Runs squire as an unprivileged user when the tests run as root (root
-/// reads every folder whatever its mode), so that a mode-000 folder is
-/// unreadable to it.
-fn squire_unprivileged(home: &Path, args: &[&str]) -> Output {
-    let bin = env!("CARGO_BIN_EXE_squire");
+/// Runs `bin` (a copy of squire) as an unprivileged user when the tests run
+/// as root (root reads every folder whatever its mode), so that a mode-000
+/// folder is unreadable to it.
+fn squire_unprivileged(bin: &Path, home: &Path, args: &[&str]) -> Output {
     let mut cmd = if unsafe { libc::geteuid() } == 0 {
         let mut c = Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", bin]);
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(bin);
         c
     } else {
         Command::new(bin)
@@ -48,10 +48,11 @@ fn open_to_all(p: &Path) {
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o777)).expect("chmod");
 }
 
-fn index_json(home: &Path, lib: &Path, idx: &str) -> (Value, String) {
-    let model = fixtures().join("tiny-clip").display().to_string();
+fn index_json(root: &Path, lib: &Path, idx: &str) -> (Value, String) {
+    let model = root.join("tiny-clip").display().to_string();
     let o = squire_unprivileged(
-        home,
+        &root.join("squire"),
+        &root.join("home"),
         &[
             "index",
             &lib.display().to_string(),
@@ -107,13 +108,29 @@ fn truncated_unreadable_non_utf8_and_symlinked_files_are_handled_and_reruns_embe
     std::fs::copy(images.join("chelsea-420.jpg"), &latin1[0]).expect("copy");
     std::fs::copy(images.join("palette.gif"), &latin1[1]).expect("copy");
     std::os::unix::fs::symlink(lib.join("good"), lib.join("link")).expect("symlink");
+    // The binary and the model, copied where the unprivileged user can read
+    // them whatever the checkout's permissions.
+    std::fs::copy(env!("CARGO_BIN_EXE_squire"), root.join("squire")).expect("copy squire");
+    std::fs::create_dir_all(root.join("tiny-clip")).expect("mkdir");
+    for e in std::fs::read_dir(fixtures().join("tiny-clip")).expect("model") {
+        let p = e.expect("entry").path();
+        if p.is_file() {
+            std::fs::copy(
+                &p,
+                root.join("tiny-clip").join(p.file_name().expect("name")),
+            )
+            .expect("copy model");
+        }
+    }
     open_to_all(&root);
+    std::fs::set_permissions(root.join("squire"), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod");
     let idx = root.join("index").display().to_string();
     let locked = lib.join("locked");
     std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).expect("chmod");
 
     // First run: the intact files, nothing from `locked`, the cut JPEGs skipped with the reason.
-    let (v, err) = index_json(&home, &lib, &idx);
+    let (v, err) = index_json(&root, &lib, &idx);
     assert_eq!(v["report"]["added"], 6, "{v}\n{err}");
     let mut skips = skipped(&v);
     skips.sort();
@@ -149,7 +166,7 @@ fn truncated_unreadable_non_utf8_and_symlinked_files_are_handled_and_reruns_embe
     );
 
     // The same run again: the same skips, nothing embedded.
-    let (again, _) = index_json(&home, &lib, &idx);
+    let (again, _) = index_json(&root, &lib, &idx);
     for field in ["added", "updated", "removed"] {
         assert_eq!(again["report"][field], 0, "{field}: {again}");
     }
@@ -159,7 +176,7 @@ fn truncated_unreadable_non_utf8_and_symlinked_files_are_handled_and_reruns_embe
 
     // Readable again: its two photos come in; unreadable again: they are kept.
     std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o777)).expect("chmod");
-    let (opened, _) = index_json(&home, &lib, &idx);
+    let (opened, _) = index_json(&root, &lib, &idx);
     assert_eq!(
         (
             opened["report"]["added"].as_u64(),
@@ -169,7 +186,7 @@ fn truncated_unreadable_non_utf8_and_symlinked_files_are_handled_and_reruns_embe
         "{opened}"
     );
     std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).expect("chmod");
-    let (closed, _) = index_json(&home, &lib, &idx);
+    let (closed, _) = index_json(&root, &lib, &idx);
     assert_eq!(
         (
             closed["report"]["removed"].as_u64(),
