@@ -133,6 +133,10 @@ struct SearchBody {
     exact: Option<bool>,
     /// A metadata filter (the grammar of `squire search --filter`).
     filter: Option<String>,
+    /// A query vector in the collection's embedding space (instead of text or an image).
+    vector: Option<Vec<f32>>,
+    /// The named vector a `vector` query searches (default: the image query vector).
+    vector_name: Option<String>,
     /// Query by an indexed image (its id).
     image_id: Option<String>,
     /// Query by an image sent inline, base64 (standard alphabet; a `data:` URL prefix is allowed).
@@ -352,6 +356,8 @@ impl AppState {
             stages,
             sqaf: body.sqaf.unwrap_or(false),
             filter,
+            vector: body.vector,
+            vector_name: body.vector_name,
         };
         let out = self.pipeline.search(&req)?;
         let mut report = self.pipeline.report(&req, &out);

@@ -760,6 +760,8 @@ pub fn run_benchmark(
             stages: opts.stages.clone(),
             sqaf: opts.sqaf && q.text.is_some() && q.image_row.is_some(),
             filter: None,
+            vector: None,
+            vector_name: None,
         };
         // On a worker of the global rayon pool: the query's serial steps run
         // there instead of on this thread while the workers spin idle next

@@ -162,6 +162,13 @@ pub struct SearchRequest {
     /// Only images whose record passes this filter are returned (the first
     /// stage searches among them; the rerankers see only them).
     pub filter: Option<Filter>,
+    /// A query given as a vector in the collection's embedding space (from
+    /// outside: another tool, a notebook) instead of a text or an image; it
+    /// is L2-normalised. Needs no encoder.
+    pub vector: Option<Vec<f32>>,
+    /// The named vector a [`SearchRequest::vector`] is searched against
+    /// (`None`: the collection's image query vector).
+    pub vector_name: Option<String>,
 }
 
 impl SearchRequest {
@@ -177,11 +184,25 @@ impl SearchRequest {
             stages: Vec::new(),
             sqaf: false,
             filter: None,
+            vector: None,
+            vector_name: None,
         }
     }
 
-    /// `text`, `image` or `composed`.
+    /// A query by a vector (see [`SearchRequest::vector`]) with the defaults.
+    pub fn vector(values: Vec<f32>) -> Self {
+        SearchRequest {
+            text: None,
+            vector: Some(values),
+            ..SearchRequest::text("")
+        }
+    }
+
+    /// `text`, `image`, `composed` or `vector`.
     pub fn kind(&self) -> &'static str {
+        if self.vector.is_some() {
+            return "vector";
+        }
         match (&self.text, &self.image) {
             (Some(_), Some(_)) => "composed",
             (Some(_), None) => "text",
@@ -390,7 +411,7 @@ pub struct PipelineMllm {
 /// The search pipeline over one collection: loaded once, queried many times.
 pub struct Pipeline {
     collection: Collection,
-    encoder: Box<dyn DualEncoder>,
+    encoder: Option<Box<dyn DualEncoder>>,
     rerankers: Rerankers,
     /// Per named vector: its whitening, the whitened gallery and that gallery
     /// on the compute backend, made on the first whitened query.
@@ -416,9 +437,32 @@ impl Pipeline {
         let rerankers = Rerankers::new(compute, mllm, options)?;
         Ok(Pipeline {
             collection,
-            encoder,
+            encoder: Some(encoder),
             rerankers,
             whitened: Default::default(),
+        })
+    }
+
+    /// A pipeline without an encoder, for a collection whose model weights
+    /// are not on this machine: it answers vector queries only.
+    pub fn without_encoder(
+        collection: Collection,
+        compute: Compute,
+        mllm: Option<PipelineMllm>,
+        options: PipelineOptions,
+    ) -> Result<Self, PipelineError> {
+        let rerankers = Rerankers::new(compute, mllm, options)?;
+        Ok(Pipeline {
+            collection,
+            encoder: None,
+            rerankers,
+            whitened: Default::default(),
+        })
+    }
+
+    fn need_encoder(&self) -> Result<&dyn DualEncoder, PipelineError> {
+        self.encoder.as_deref().ok_or_else(|| {
+            PipelineError::Request("this pipeline has no encoder (the collection's model was not loaded): only vector queries can be answered".into())
         })
     }
 
@@ -427,9 +471,9 @@ impl Pipeline {
         &self.collection
     }
 
-    /// The encoder.
-    pub fn encoder(&self) -> &dyn DualEncoder {
-        self.encoder.as_ref()
+    /// The encoder (`None` for a pipeline made [`Pipeline::without_encoder`]).
+    pub fn encoder(&self) -> Option<&dyn DualEncoder> {
+        self.encoder.as_deref()
     }
 
     /// The stages' parameters.
@@ -461,12 +505,12 @@ impl Pipeline {
         stages: &[Stage],
         rescore: bool,
     ) -> Result<ListOutcome, PipelineError> {
-        let encoder = ListEncoder {
-            encoder: self.encoder.as_ref(),
+        let encoder = self.encoder.as_deref().map(|encoder| ListEncoder {
+            encoder,
             vector: &self.collection.manifest().text_query_vector,
-        };
+        });
         self.rerankers
-            .rerank_list(text, candidates, stages, Some(encoder), rescore)
+            .rerank_list(text, candidates, stages, encoder, rescore)
     }
 
     /// The whitened gallery of `vector`, whitened and uploaded once per pipeline.
@@ -493,8 +537,53 @@ impl Pipeline {
     /// Checks a request before any work, naming what is wrong.
     pub fn check(&self, req: &SearchRequest) -> Result<(), PipelineError> {
         let bad = |m: String| Err(PipelineError::Request(m));
-        if req.text.is_none() && req.image.is_none() {
-            return bad("a query needs a text, an image or both".into());
+        if let Some(v) = &req.vector {
+            if req.text.is_some() || req.image.is_some() {
+                return bad("give a query vector or a text and/or image, not both".into());
+            }
+            let name = req
+                .vector_name
+                .as_deref()
+                .unwrap_or(&self.collection.manifest().image_query_vector);
+            let dim = self.collection.manifest().vectors.get(name).copied();
+            match dim {
+                None => {
+                    return bad(format!(
+                        "the collection has no vector `{name}` (it has {})",
+                        self.collection
+                            .manifest()
+                            .vectors
+                            .keys()
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                }
+                Some(d) if d != v.len() => {
+                    return bad(format!(
+                        "the query vector has {} values; vector `{name}` has {d}",
+                        v.len()
+                    ))
+                }
+                _ => {}
+            }
+            if !v.iter().all(|x| x.is_finite()) || v.iter().all(|x| *x == 0.0) {
+                return bad("the query vector must be finite and not all zero".into());
+            }
+            if let Some(s) = req.stages.iter().find(|s| s.needs_mllm()) {
+                return bad(format!(
+                    "the {} reranker needs a text or image query; a vector query has neither",
+                    s.name()
+                ));
+            }
+            if req.sqaf {
+                return bad("SQAF needs a composed query, not a vector".into());
+            }
+        } else if self.encoder.is_none() {
+            return bad("this pipeline has no encoder (the collection's model was not loaded): only vector queries can be answered".into());
+        }
+        if req.vector.is_none() && req.text.is_none() && req.image.is_none() {
+            return bad("a query needs a text, an image or both (or a vector)".into());
         }
         if req.text.as_deref().is_some_and(|t| t.trim().is_empty()) && req.image.is_none() {
             return bad("the query text is empty".into());
@@ -546,7 +635,6 @@ impl Pipeline {
         self.check(req)?;
         let col = &self.collection;
         let manifest = col.manifest();
-        let encoder = self.encoder.as_ref();
         let superglobal = req.stages.first() == Some(&Stage::SuperGlobal);
         let depth = req
             .stages
@@ -561,7 +649,19 @@ impl Pipeline {
             req.text.as_deref(),
             &req.image,
         ) {
+            _ if req.vector.is_some() => {
+                let mut values = req.vector.clone().unwrap_or_default();
+                normalise(&mut values);
+                QueryVector {
+                    vector: req
+                        .vector_name
+                        .clone()
+                        .unwrap_or_else(|| manifest.image_query_vector.clone()),
+                    values,
+                }
+            }
             (Some(m), true, Some(text), Some(reference)) => {
+                let encoder = self.need_encoder()?;
                 let (img_vec, txt_vec) = composed_parts(col, encoder, text, reference)?;
                 let out = sqaf::caption_target(
                     m.model.as_ref(),
@@ -592,7 +692,7 @@ impl Pipeline {
             }
             _ => embed_query(
                 col,
-                encoder,
+                self.need_encoder()?,
                 req.text.as_deref(),
                 req.image.as_deref(),
                 req.alpha,
@@ -720,7 +820,7 @@ impl Pipeline {
                 grids: Vec::new(),
             });
         }
-        if self.rerankers.mllm.is_some() {
+        if self.rerankers.mllm.is_some() && (req.text.is_some() || req.image.is_some()) {
             let caption = sqaf_run.as_ref().and_then(|s| s.caption.clone());
             let rq = match (req.text.as_deref(), &req.image) {
                 (Some(t), Some(img)) => RerankQuery::Composed {

@@ -12,6 +12,7 @@ pub mod error;
 pub mod filter;
 mod fsio;
 mod lock;
+pub mod npy;
 pub mod scan;
 pub mod store;
 pub mod verify;

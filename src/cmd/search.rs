@@ -1,6 +1,6 @@
 //! `squire search`: text, image and composed queries against a collection.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -31,7 +31,7 @@ use squire_models::image_io;
 /// tokens and wall time per stage).
 /// `id` is the image's stable id (16 hex digits); `path` is relative to the indexed folder.
 #[derive(Args)]
-#[command(group(ArgGroup::new("q").required(true).multiple(true).args(["text", "image"])))]
+#[command(group(ArgGroup::new("q").required(true).multiple(true).args(["text", "image", "query_vector"])))]
 pub struct SearchArgs {
     /// Collection directory (from `squire index`).
     #[arg(long)]
@@ -69,6 +69,17 @@ pub struct SearchArgs {
     /// fewer when k match); the rerankers see only matches.
     #[arg(long, value_name = "EXPR")]
     filter: Option<String>,
+    /// Query by vector(s) in the collection's embedding space instead of a
+    /// text or an image: a .npy file (one vector, or a rows × dim matrix of
+    /// float16/32/64) or a JSON list (one vector, or a list of them). Needs
+    /// no model weights. Several vectors answer one query each (with --json,
+    /// one JSON object per line).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["text", "image"])]
+    query_vector: Option<PathBuf>,
+    /// The named vector a --query-vector is searched against [default: the
+    /// collection's image query vector].
+    #[arg(long, value_name = "NAME", requires = "query_vector")]
+    vector: Option<String>,
     /// Reranking stages after the first stage, in order, comma-separated:
     /// none; superglobal (SuperGlobal refinement of the top --sg-m candidates
     /// with their neighbours and an expanded query; any named vector); ebr
@@ -141,9 +152,26 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
     } else {
         Compute::cpu()
     };
+    let vectors = match &a.query_vector {
+        Some(p) => Some(read_query_vectors(p)?),
+        None => None,
+    };
     let col = Collection::open_with(&a.index, OpenOptions { view: true })
         .with_context(|| format!("opening the collection in {}", a.index.display()))?;
-    let encoder = super::load_encoder(&col.manifest().model, LoadOptions::default())?;
+    // A vector query needs no encoder (nor its weights on this machine).
+    let encoder = match vectors {
+        Some(_) => None,
+        None => Some(
+            super::load_encoder(&col.manifest().model, LoadOptions::default()).with_context(
+                || {
+                    format!(
+                        "loading the collection's model `{}` (a --query-vector search needs none)",
+                        col.manifest().model
+                    )
+                },
+            )?,
+        ),
+    };
     let image = match &a.image {
         Some(p) => Some(Arc::new(image_io::load_rgb(p)?)),
         None => None,
@@ -164,9 +192,92 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
         stages,
         sqaf: a.stages.sqaf.sqaf,
         filter,
+        vector: None,
+        vector_name: a.vector.clone(),
     };
-    let pipeline = Pipeline::new(col, encoder, compute, mllm, options)?;
-    let out = pipeline.search(&req)?;
+    let pipeline = match encoder {
+        Some(encoder) => Pipeline::new(col, encoder, compute, mllm, options)?,
+        None => Pipeline::without_encoder(col, compute, mllm, options)?,
+    };
+    let Some(vectors) = vectors else {
+        return answer(&a, &pipeline, &req, None);
+    };
+    let n = vectors.len();
+    for (i, v) in vectors.into_iter().enumerate() {
+        let req = SearchRequest {
+            vector: Some(v),
+            ..req.clone()
+        };
+        answer(&a, &pipeline, &req, (n > 1).then_some((i, n)))?;
+    }
+    Ok(())
+}
+
+/// The vectors of a --query-vector file: a .npy (one vector or a matrix) or
+/// a JSON list (one vector or a list of vectors).
+fn read_query_vectors(path: &Path) -> anyhow::Result<Vec<Vec<f32>>> {
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("reading --query-vector {}", path.display()))?;
+    if bytes.starts_with(b"\x93NUMPY") {
+        let arr = squire_indexer::npy::parse(&bytes, path)?;
+        let (rows, dim) = arr.matrix(path)?;
+        if rows == 0 || dim == 0 {
+            anyhow::bail!(
+                "--query-vector {}: the array is empty (shape {:?})",
+                path.display(),
+                arr.shape
+            );
+        }
+        return Ok(arr.data.chunks(dim).map(<[f32]>::to_vec).collect());
+    }
+    let v: serde_json::Value = serde_json::from_slice(&bytes).with_context(|| {
+        format!(
+            "--query-vector {}: neither a .npy file nor JSON",
+            path.display()
+        )
+    })?;
+    let row = |v: &serde_json::Value, at: String| -> anyhow::Result<Vec<f32>> {
+        let list = v.as_array().with_context(|| {
+            format!(
+                "--query-vector {}: {at} is not a list of numbers",
+                path.display()
+            )
+        })?;
+        list.iter()
+            .enumerate()
+            .map(|(j, x)| {
+                x.as_f64().map(|f| f as f32).with_context(|| {
+                    format!(
+                        "--query-vector {}: {at}[{j}] = {x} is not a number",
+                        path.display()
+                    )
+                })
+            })
+            .collect()
+    };
+    let out = match v.as_array() {
+        Some(rows) if rows.first().is_some_and(|r| r.is_array()) => rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| row(r, format!("[{i}]")))
+            .collect::<anyhow::Result<Vec<_>>>()?,
+        _ => vec![row(&v, "the value".into())?],
+    };
+    if out.is_empty() || out.iter().any(|r| r.is_empty()) {
+        anyhow::bail!("--query-vector {}: no values", path.display());
+    }
+    Ok(out)
+}
+
+/// Runs one query and prints its answer (`of`: this query's index and the
+/// number of queries, when there are several).
+fn answer(
+    a: &SearchArgs,
+    pipeline: &Pipeline,
+    req: &SearchRequest,
+    of: Option<(usize, usize)>,
+) -> anyhow::Result<()> {
+    let out = pipeline.search(req)?;
     if let Some(why) = out.sqaf.as_ref().and_then(|s| s.fallback.as_deref()) {
         eprintln!("warning: SQAF fell back to the plain composed query: {why}");
     }
@@ -179,7 +290,7 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
             saved = a.stages.ebr.save(&s.grids)?;
         }
     }
-    let mut report = pipeline.report(&req, &out);
+    let mut report = pipeline.report(req, &out);
     if a.json {
         if let Some(ebr) = report.get_mut("ebr") {
             ebr["saved_grids"] = json!(saved
@@ -187,8 +298,21 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
                 .map(|p| p.display().to_string())
                 .collect::<Vec<_>>());
         }
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        match of {
+            Some((i, _)) => {
+                report["query"]["index"] = json!(i);
+                println!("{}", serde_json::to_string(&report)?);
+            }
+            None => println!("{}", serde_json::to_string_pretty(&report)?),
+        }
         return Ok(());
+    }
+    if let Some((i, n)) = of {
+        println!(
+            "{}query vector {} of {n}",
+            if i > 0 { "\n" } else { "" },
+            i + 1
+        );
     }
     if let Some(c) = out.sqaf.as_ref().and_then(|s| s.caption.as_deref()) {
         println!("caption (SQAF): {c}");

@@ -20,6 +20,7 @@ mod cli_kill;
 mod cli_mllm;
 mod cli_models;
 mod cli_odd_files;
+mod cli_vector_query;
 mod cli_verify;
 mod cli_whiten;
 mod collection_writers;
