@@ -26,6 +26,10 @@ enum Command {
     Demo(cmd::demo::DemoArgs),
     /// Index a folder of images into a collection (incremental, resumable).
     Index(cmd::index::IndexArgs),
+    /// Build or extend a collection from precomputed embeddings (clip-retrieval's layout).
+    Import(cmd::import::ImportArgs),
+    /// Write a collection's embeddings in clip-retrieval's layout.
+    Export(cmd::import::ExportArgs),
     /// Search a collection by text, image, or both (composed).
     Search(cmd::search::SearchArgs),
     /// Serve the web demo and JSON API over a collection.
@@ -74,6 +78,8 @@ fn main() -> std::process::ExitCode {
         Command::Models(c) => cmd::models::run(c),
         Command::Demo(a) => cmd::demo::run(a),
         Command::Index(a) => cmd::index::run(a),
+        Command::Import(a) => cmd::import::run_import(a),
+        Command::Export(a) => cmd::import::run_export(a),
         Command::Search(a) => cmd::search::run(a),
         Command::Eval(c) => cmd::eval::run(c),
         Command::Whiten(a) => cmd::whiten::run(a),

@@ -28,7 +28,11 @@ use std::time::Instant;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use squire_models::registry::VectorLayout;
 use squire_models::{image_io, ImageEncoder};
+
+mod import;
+pub use import::{ImportReport, EXPORT_SHARD_ROWS};
 
 use crate::error::{io, IndexError, Result};
 use crate::filter::Filter;
@@ -69,6 +73,17 @@ pub struct ImageRecord {
     /// then shows each stray byte as `\xHH`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub os_path: Option<String>,
+    /// Came from `squire import` (precomputed embeddings), not from
+    /// embedding the file: `squire index` never drops it for being absent
+    /// from the folder (its file may live elsewhere, or nowhere).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub imported: bool,
+    /// A caption kept from imported metadata.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caption: Option<String>,
+    /// A URL kept from imported metadata.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 impl ImageRecord {
@@ -245,6 +260,9 @@ fn decode_one(f: &Found, encoder: &dyn ImageEncoder, plane: usize) -> Decoded {
             exif_taken: facts.taken,
             camera: facts.camera,
             os_path: f.os_bytes.as_deref().map(crate::scan::to_hex),
+            imported: false,
+            caption: None,
+            url: None,
         };
         Ok((rec, px))
     })();
@@ -532,6 +550,23 @@ impl Collection {
         images_root: &Path,
         store: StoreConfig,
     ) -> Result<Self> {
+        let layout = VectorLayout {
+            names: encoder.vector_names(),
+            text_query: encoder.text_query_vector(),
+            image_query: encoder.image_query_vector(),
+        };
+        Self::open_or_create_with_layout(dir, model, &layout, images_root, store)
+    }
+
+    /// Like [`Collection::open_or_create`] for a model known only by its
+    /// vector layout (no weights loaded: for importing embeddings).
+    pub fn open_or_create_with_layout(
+        dir: &Path,
+        model: &str,
+        layout: &VectorLayout,
+        images_root: &Path,
+        store: StoreConfig,
+    ) -> Result<Self> {
         if dir.join("manifest.json").is_file() {
             let c = Self::open(dir)?;
             if c.manifest.model != model {
@@ -554,14 +589,14 @@ impl Collection {
             )));
         }
         fs::create_dir_all(dir).map_err(io(dir))?;
-        let names = encoder.vector_names();
+        let names = &layout.names;
         // Vector sizes are learned from the first batch; record the names now.
         let manifest = Manifest {
             format_version: FORMAT_VERSION,
             model: model.to_string(),
             vectors: names.iter().map(|n| (n.to_string(), 0usize)).collect(),
-            text_query_vector: encoder.text_query_vector().to_string(),
-            image_query_vector: encoder.image_query_vector().to_string(),
+            text_query_vector: layout.text_query.to_string(),
+            image_query_vector: layout.image_query.to_string(),
             images_root: images_root.to_path_buf(),
             store,
             generation: 0,
@@ -993,7 +1028,7 @@ impl Collection {
                     changed.insert(r.path.clone());
                     gone.insert(r.id);
                 }
-                None if scanned.under_unreadable(&r.path) => {}
+                None if scanned.under_unreadable(&r.path) || r.imported => {}
                 None => {
                     report.removed += 1;
                     gone.insert(r.id);

@@ -627,6 +627,9 @@ mod tests {
             exif_taken: taken.map(|t| parse_time(t).unwrap().0),
             camera: camera.map(String::from),
             os_path: None,
+            imported: false,
+            caption: None,
+            url: None,
         }
     }
 

@@ -18,8 +18,8 @@ pub mod store;
 pub mod verify;
 
 pub use collection::{
-    Collection, ImageRecord, IndexOptions, IndexReport, Manifest, OpenOptions, RowHit,
-    FILTER_EXACT_MAX,
+    Collection, ImageRecord, ImportReport, IndexOptions, IndexReport, Manifest, OpenOptions,
+    RowHit, EXPORT_SHARD_ROWS, FILTER_EXACT_MAX,
 };
 pub use error::{IndexError, Result};
 pub use filter::{Filter, FilterError};

@@ -327,4 +327,77 @@ mod tests {
         );
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    /// `vector_layout` says what the encoders themselves report.
+    #[test]
+    fn vector_layout_matches_the_encoders() {
+        use crate::encoder::ImageEncoder;
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-clip");
+        let clip = crate::clip::ClipModel::load(&dir, Default::default()).expect("tiny clip");
+        let l = vector_layout("tiny-clip");
+        assert_eq!(
+            (l.names.clone(), l.text_query, l.image_query),
+            (
+                clip.vector_names(),
+                clip.text_query_vector(),
+                clip.image_query_vector()
+            )
+        );
+        let pooled =
+            crate::clip::PooledClip::new(clip, crate::pooling::Pooling::Gem).expect("pooled");
+        let l = vector_layout("tiny-clip@gem");
+        assert_eq!(
+            (l.names.clone(), l.text_query, l.image_query),
+            (
+                pooled.vector_names(),
+                pooled.text_query_vector(),
+                pooled.image_query_vector()
+            )
+        );
+        // The lite pack's layout, as `LitePack` reports it (its weights are not
+        // needed to know it; tests/e2e/lite_flickr.rs checks it against the pack).
+        assert_eq!(vector_layout("lite").names, ["gem", "text"]);
+    }
+}
+
+/// The named vectors a model spec produces, known without loading its
+/// weights (for importing precomputed embeddings and for vector queries).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VectorLayout {
+    /// Every named vector, in the encoder's order.
+    pub names: Vec<&'static str>,
+    /// The one text queries are compared with.
+    pub text_query: &'static str,
+    /// The one image queries are compared with.
+    pub image_query: &'static str,
+}
+
+/// The vector layout of a `--model` spec as a collection stores it: the
+/// lite pack (`lite`, `lite@POOL`) has `gem` and `text`; a CLIP model has
+/// `clip`, and `gem` too when its patch tokens are pooled (`MODEL@POOL`).
+/// Matches what the encoders report (tested against them).
+pub fn vector_layout(spec: &str) -> VectorLayout {
+    let (name, pooled) = match spec.split_once('@') {
+        Some((name, _)) => (name, true),
+        None => (spec, false),
+    };
+    if name == "lite" {
+        return VectorLayout {
+            names: vec!["gem", "text"],
+            text_query: "text",
+            image_query: "gem",
+        };
+    }
+    if pooled {
+        return VectorLayout {
+            names: vec!["clip", "gem"],
+            text_query: "clip",
+            image_query: "gem",
+        };
+    }
+    VectorLayout {
+        names: vec!["clip"],
+        text_query: "clip",
+        image_query: "clip",
+    }
 }

@@ -6,6 +6,7 @@ pub mod embed;
 pub mod eval;
 pub mod eval_bench;
 pub mod eval_revisitop;
+pub mod import;
 pub mod index;
 pub mod mllm;
 pub mod models;

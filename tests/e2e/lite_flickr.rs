@@ -132,6 +132,78 @@ fn flickr_index_self_retrieval_and_text_queries() {
         "only {first}/1000 copies found themselves first"
     );
 
+    // The same vectors written in clip-retrieval's layout by the test's own
+    // writers and brought back with `squire import` (no weights needed):
+    // the same exact top-10 (ids, scores within 1e-5) as the indexed
+    // collection, for text queries and for image queries; the lite layout
+    // matches the pack.
+    let l = squire_models::registry::vector_layout("lite");
+    assert_eq!(
+        (l.names, l.text_query, l.image_query),
+        (
+            pack.vector_names(),
+            pack.text_query_vector(),
+            pack.image_query_vector()
+        )
+    );
+    let layout = dir.join("emb");
+    crate::cli_import::write_layout(&col, &layout, &images, 2);
+    let imported = dir.join("imported");
+    let o = crate::common::squire(
+        &dir.join("home"),
+        &[
+            "import",
+            &layout.display().to_string(),
+            "--index",
+            &imported.display().to_string(),
+            "--model",
+            "lite",
+            "--images",
+            &images.display().to_string(),
+        ],
+    );
+    assert!(o.status.success(), "{}", crate::common::text(&o));
+    let other = Collection::open_with(&imported, OpenOptions { view: true }).expect("imported");
+    assert_eq!(other.records().len(), 1000);
+    let captions: Vec<String> = std::fs::read_to_string(shared().join("queries-dev.tsv"))
+        .expect("queries")
+        .lines()
+        .filter_map(|l| l.split('\t').nth(1).map(str::to_string))
+        .take(50)
+        .collect();
+    assert_eq!(captions.len(), 50);
+    let refs: Vec<&str> = captions.iter().map(String::as_str).collect();
+    let text_q = squire_models::TextEncoder::embed_texts(&pack, &refs).expect("embed captions");
+    let gem_dim = col.manifest().vectors["gem"];
+    let text_dim = text_q.len() / 50;
+    let mut compared = 0;
+    for (name, queries, d) in [
+        ("text", &text_q[..], text_dim),
+        ("gem", col.vectors("gem").expect("gem").data(), gem_dim),
+    ] {
+        for q in queries.chunks(d).take(50) {
+            // Exact search: two HNSW graphs built in different batches differ
+            // slightly (and multi-threaded builds are not deterministic anyway).
+            let a = col.search_exact(name, q, 10).expect("search indexed");
+            let b = other.search_exact(name, q, 10).expect("search imported");
+            let ids = |c: &Collection, h: &[squire_indexer::RowHit]| {
+                h.iter().map(|h| c.records()[h.row].id).collect::<Vec<_>>()
+            };
+            assert_eq!(ids(&col, &a), ids(&other, &b), "{name}");
+            for (x, y) in a.iter().zip(&b) {
+                assert!(
+                    (x.score - y.score).abs() < 1e-5,
+                    "{name}: {} vs {}",
+                    x.score,
+                    y.score
+                );
+            }
+            compared += 1;
+        }
+    }
+    println!("import: {compared} queries give the same top-10 as the indexed collection");
+    drop(other);
+
     // Text-to-image on the dev captions through the pipeline and the harness:
     // far above random (R@10 = 0.01), and SuperGlobal reported beside it.
     let bench = squire_engine::benchmarks::t2i(&col, &shared().join("queries-dev.tsv"), None)

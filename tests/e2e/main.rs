@@ -15,6 +15,7 @@ mod cli_eval_fallbacks;
 mod cli_eval_inquire_rerank;
 mod cli_eval_revisitop;
 mod cli_filter;
+mod cli_import;
 mod cli_index;
 mod cli_kill;
 mod cli_mllm;
