@@ -78,6 +78,52 @@ impl EbrOptions {
     }
 }
 
+/// The prompt's query part and the candidate grids (marks 1 to `n`), and
+/// how the prompt names what the candidates are compared with; shared by
+/// EBR and FIRST.
+pub(crate) fn query_and_candidates(
+    query: &RerankQuery,
+    grids: &[Arc<RgbImage>],
+    n: usize,
+) -> (Vec<Part>, &'static str) {
+    let mut parts = Vec::new();
+    let target = match query {
+        RerankQuery::Text(t) => {
+            parts.push(Part::Text(format!("Query: \"{}\"", t.trim())));
+            "the query"
+        }
+        RerankQuery::Image(img) => {
+            parts.push(Part::Text("Query image:".into()));
+            parts.push(Part::Image(img.clone()));
+            "the query image (the same object, place or scene)"
+        }
+        RerankQuery::Composed {
+            reference,
+            modification,
+            caption,
+        } => {
+            parts.push(Part::Text("Reference image:".into()));
+            parts.push(Part::Image(reference.clone()));
+            let mut t = format!("Requested change: \"{}\". The target is the reference image with this change applied.", modification.trim());
+            if let Some(c) = caption {
+                t.push_str(&format!(" A description of the target: \"{}\".", c.trim()));
+            }
+            parts.push(Part::Text(t));
+            "the target"
+        }
+    };
+    let grid_note = if grids.len() > 1 {
+        format!(", over {} grid images", grids.len())
+    } else {
+        String::new()
+    };
+    parts.push(Part::Text(format!(
+        "Candidates: {n} images, each with a black number on a yellow badge in its top-left corner (marks 1 to {n}{grid_note}):"
+    )));
+    parts.extend(grids.iter().map(|g| Part::Image(g.clone())));
+    (parts, target)
+}
+
 /// SQUARE's grid-mark batch reranker.
 #[derive(Debug, Clone, Default)]
 pub struct GridReranker {
@@ -114,41 +160,7 @@ impl GridReranker {
         n: usize,
         attempt: u32,
     ) -> ChatRequest {
-        let mut parts = Vec::new();
-        let target = match query {
-            RerankQuery::Text(t) => {
-                parts.push(Part::Text(format!("Query: \"{}\"", t.trim())));
-                "the query"
-            }
-            RerankQuery::Image(img) => {
-                parts.push(Part::Text("Query image:".into()));
-                parts.push(Part::Image(img.clone()));
-                "the query image (the same object, place or scene)"
-            }
-            RerankQuery::Composed {
-                reference,
-                modification,
-                caption,
-            } => {
-                parts.push(Part::Text("Reference image:".into()));
-                parts.push(Part::Image(reference.clone()));
-                let mut t = format!("Requested change: \"{}\". The target is the reference image with this change applied.", modification.trim());
-                if let Some(c) = caption {
-                    t.push_str(&format!(" A description of the target: \"{}\".", c.trim()));
-                }
-                parts.push(Part::Text(t));
-                "the target"
-            }
-        };
-        let grid_note = if grids.len() > 1 {
-            format!(", over {} grid images", grids.len())
-        } else {
-            String::new()
-        };
-        parts.push(Part::Text(format!(
-            "Candidates: {n} images, each with a black number on a yellow badge in its top-left corner (marks 1 to {n}{grid_note}):"
-        )));
-        parts.extend(grids.iter().map(|g| Part::Image(g.clone())));
+        let (mut parts, target) = query_and_candidates(query, grids, n);
         let example: Vec<String> = (1..=n.min(3)).rev().map(|m| m.to_string()).collect();
         parts.push(Part::Text(format!(
             "Rank the candidates from best to worst match for {target}. \

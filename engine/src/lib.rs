@@ -22,6 +22,7 @@ pub mod cotrr;
 pub mod datasets;
 pub mod ebr;
 pub mod eval;
+pub mod first;
 pub mod grid;
 pub mod harness;
 pub mod metrics;

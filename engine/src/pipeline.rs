@@ -59,15 +59,18 @@ pub enum Stage {
     Cotrr,
     /// INQUIRE's pointwise Yes/No reranker.
     Pointwise,
+    /// FIRST: the ranking read from the first token's log-probabilities.
+    First,
 }
 
 impl Stage {
     /// Every stage, in the order a page lists them.
-    pub const ALL: [Stage; 4] = [
+    pub const ALL: [Stage; 5] = [
         Stage::SuperGlobal,
         Stage::Ebr,
         Stage::Cotrr,
         Stage::Pointwise,
+        Stage::First,
     ];
 
     /// The stage's name in options and reports.
@@ -77,6 +80,7 @@ impl Stage {
             Stage::Ebr => "ebr",
             Stage::Cotrr => "cotrr",
             Stage::Pointwise => "pointwise",
+            Stage::First => "first",
         }
     }
 
@@ -105,7 +109,7 @@ impl std::str::FromStr for Stage {
             .find(|st| st.name() == s)
             .ok_or_else(|| {
                 PipelineError::Request(format!(
-                    "reranker `{s}`: expected none, superglobal, ebr, cotrr or pointwise"
+                    "reranker `{s}`: expected none, superglobal, ebr, cotrr, pointwise or first"
                 ))
             })
     }
@@ -138,6 +142,8 @@ pub struct PipelineOptions {
     pub cotrr: CotrrOptions,
     /// The pointwise reranker.
     pub pointwise: PointwiseOptions,
+    /// FIRST.
+    pub first: crate::first::FirstOptions,
 }
 
 /// One query.

@@ -13,6 +13,7 @@ use squire_models::DualEncoder;
 
 use crate::cotrr::CotrrReranker;
 use crate::ebr::GridReranker;
+use crate::first::FirstReranker;
 use crate::pipeline::{
     embed_rgb_batch, PipelineError, PipelineMllm, PipelineOptions, Stage, StageRun,
 };
@@ -59,6 +60,7 @@ pub struct Rerankers {
     ebr: GridReranker,
     cotrr: CotrrReranker,
     pointwise: PointwiseReranker,
+    first: FirstReranker,
 }
 
 impl Rerankers {
@@ -78,6 +80,12 @@ impl Rerankers {
         let pointwise = PointwiseReranker {
             options: options.pointwise.clone(),
         };
+        let first = FirstReranker::new(options.first.clone()).map_err(PipelineError::Request)?;
+        if let Some(m) = &mllm {
+            first
+                .check_backend(m.model.as_ref())
+                .map_err(PipelineError::Request)?;
+        }
         Ok(Rerankers {
             compute,
             mllm,
@@ -85,6 +93,7 @@ impl Rerankers {
             ebr,
             cotrr,
             pointwise,
+            first,
         })
     }
 
@@ -113,6 +122,7 @@ impl Rerankers {
             Stage::Ebr => self.options.ebr.k,
             Stage::Cotrr => self.options.cotrr.k,
             Stage::Pointwise => self.options.pointwise.k,
+            Stage::First => self.options.first.k,
         }
     }
 
@@ -122,6 +132,7 @@ impl Rerankers {
             Stage::Ebr => Some(&self.ebr),
             Stage::Cotrr => Some(&self.cotrr),
             Stage::Pointwise => Some(&self.pointwise),
+            Stage::First => Some(&self.first),
         }
     }
 

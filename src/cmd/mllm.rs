@@ -345,6 +345,16 @@ pub struct PointwiseArgs {
     pub pointwise_k: usize,
 }
 
+/// FIRST's options.
+#[derive(Args, Debug, Clone)]
+pub struct FirstArgs {
+    /// FIRST: candidates reranked (the top K), ranked from one call's
+    /// first-token log-probabilities (at most 20 over an OpenAI-compatible
+    /// server; marks above 9 are read only where the tokenizer keeps them one token).
+    #[arg(long, default_value_t = 9)]
+    pub first_k: usize,
+}
+
 /// Every stage's options, shared by `search` and `serve`.
 #[derive(Args, Debug, Clone)]
 pub struct StageArgs {
@@ -363,6 +373,8 @@ pub struct StageArgs {
     pub cotrr: CotrrArgs,
     #[command(flatten)]
     pub pointwise: PointwiseArgs,
+    #[command(flatten)]
+    pub first: FirstArgs,
     #[command(flatten)]
     pub mllm: MllmArgs,
 }
@@ -389,6 +401,10 @@ impl StageArgs {
                 k: self.pointwise.pointwise_k,
                 parallel: self.mllm.mllm_concurrency.max(1),
                 ..PointwiseOptions::default()
+            },
+            first: squire_engine::first::FirstOptions {
+                k: self.first.first_k,
+                grid: self.ebr.options()?.grid,
             },
         })
     }

@@ -87,8 +87,10 @@ pub struct SearchArgs {
     /// ranked by one MLLM call; needs --mllm); cotrr (listwise
     /// chain-of-thought reranking of the top --cotrr-k; needs --mllm);
     /// pointwise (INQUIRE's Yes/No question per candidate, scored from
-    /// first-token log-probabilities; needs --mllm). E.g. --rerank superglobal,ebr.
-    #[arg(long, default_value = "none", value_delimiter = ',', value_parser = ["none", "superglobal", "ebr", "cotrr", "pointwise"])]
+    /// first-token log-probabilities; needs --mllm); first (FIRST: the top
+    /// --first-k as EBR's grid, ranked from one call's first-token
+    /// log-probabilities, max_tokens 1; needs --mllm). E.g. --rerank superglobal,ebr.
+    #[arg(long, default_value = "none", value_delimiter = ',', value_parser = ["none", "superglobal", "ebr", "cotrr", "pointwise", "first"])]
     rerank: Vec<String>,
     #[command(flatten)]
     stages: super::mllm::StageArgs,

@@ -409,3 +409,76 @@ fn local_tiny_qwen3vl_sqaf_and_ebr_through_the_cli() {
     assert!(!o.status.success());
     assert!(text(&o).contains("/nonexistent/qwen"), "{}", text(&o));
 }
+
+#[test]
+fn scripted_server_first_orders_marks_by_first_token_logprobs_in_one_single_token_call() {
+    let (home, idx, _) = tiny_collection("mllm-first");
+    let base = [
+        "search", "--index", &idx, "--text", "a cat", "--exact", "--json", "-k", "10",
+    ];
+    let first = json(&squire(&home, &base));
+    let before = paths(&first);
+    // Marks 4 > 1 > 7 among the alternatives (and tokens that are no mark).
+    let server = ScriptedServer::start(vec![Reply::answer_with_logprobs(
+        "4",
+        &[
+            ("4", -0.2),
+            ("1", -1.1),
+            ("hello", -1.5),
+            ("7", -2.3),
+            ("12", -3.0),
+        ],
+    )]);
+    let mllm = [
+        "--mllm",
+        "openai",
+        "--mllm-url",
+        &server.url,
+        "--mllm-model",
+        "scripted",
+        "--mllm-cache",
+        "none",
+    ];
+    let mut args: Vec<&str> = base.to_vec();
+    args.extend(["--rerank", "first", "--first-k", "9"]);
+    args.extend(mllm);
+    let v = json(&squire(&home, &args));
+    let expected: Vec<String> = [3usize, 0, 6, 1, 2, 4, 5, 7, 8, 9]
+        .iter()
+        .map(|&i| before[i].clone())
+        .collect();
+    assert_eq!(paths(&v), expected);
+    assert_eq!(v["stages"], serde_json::json!(["first"]));
+    assert_eq!(v["first"]["read"], "logprobs", "{v}");
+    assert_eq!(
+        (
+            v["cost"]["first"]["calls"].as_u64(),
+            v["cost"]["first"]["images"].as_u64()
+        ),
+        (Some(1), Some(1)),
+        "{v}"
+    );
+    let seen = server.seen();
+    assert_eq!(seen.len(), 1);
+    let body = &seen[0].body;
+    assert_eq!(
+        (
+            body["max_tokens"].as_u64(),
+            body["logprobs"].as_bool(),
+            body["top_logprobs"].as_u64()
+        ),
+        (Some(1), Some(true), Some(20)),
+        "{body}"
+    );
+    // K over 20 cannot be read from an OpenAI-compatible server's 20 alternatives.
+    let mut args: Vec<&str> = base.to_vec();
+    args.extend(["--rerank", "first", "--first-k", "21"]);
+    args.extend(mllm);
+    let o = squire(&home, &args);
+    assert!(
+        !o.status.success() && text(&o).contains("--first-k 21") && text(&o).contains("at most 20"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(server.seen().len(), 1, "nothing sent for a refused K");
+}

@@ -212,6 +212,12 @@ pub trait Mllm: Send + Sync {
 
     /// Answers `request`.
     fn chat(&self, request: &ChatRequest) -> Result<ChatResponse, MllmError>;
+
+    /// The most first-token alternatives (`top_logprobs`) the backend can
+    /// return, when it is limited (OpenAI-compatible servers: 20).
+    fn max_top_logprobs(&self) -> Option<u32> {
+        None
+    }
 }
 
 impl<T: Mllm + ?Sized> Mllm for Arc<T> {
@@ -222,6 +228,10 @@ impl<T: Mllm + ?Sized> Mllm for Arc<T> {
     fn chat(&self, request: &ChatRequest) -> Result<ChatResponse, MllmError> {
         (**self).chat(request)
     }
+
+    fn max_top_logprobs(&self) -> Option<u32> {
+        (**self).max_top_logprobs()
+    }
 }
 
 impl<T: Mllm + ?Sized> Mllm for Box<T> {
@@ -231,6 +241,10 @@ impl<T: Mllm + ?Sized> Mllm for Box<T> {
 
     fn chat(&self, request: &ChatRequest) -> Result<ChatResponse, MllmError> {
         (**self).chat(request)
+    }
+
+    fn max_top_logprobs(&self) -> Option<u32> {
+        (**self).max_top_logprobs()
     }
 }
 

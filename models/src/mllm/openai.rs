@@ -293,6 +293,11 @@ impl Mllm for OpenAiChat {
         self.options.model.clone()
     }
 
+    /// OpenAI's API (and vLLM, llama.cpp and Ollama with it) caps `top_logprobs` at 20.
+    fn max_top_logprobs(&self) -> Option<u32> {
+        Some(20)
+    }
+
     fn chat(&self, request: &ChatRequest) -> Result<ChatResponse, MllmError> {
         let body = self.body(request)?;
         let start = Instant::now();
