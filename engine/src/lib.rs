@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod plot;
 pub mod pointwise;
+pub mod prp;
 pub mod ranking;
 pub mod rerank;
 pub mod simulate;

@@ -61,16 +61,19 @@ pub enum Stage {
     Pointwise,
     /// FIRST: the ranking read from the first token's log-probabilities.
     First,
+    /// PRP: pairwise preferences, both orders.
+    Prp,
 }
 
 impl Stage {
     /// Every stage, in the order a page lists them.
-    pub const ALL: [Stage; 5] = [
+    pub const ALL: [Stage; 6] = [
         Stage::SuperGlobal,
         Stage::Ebr,
         Stage::Cotrr,
         Stage::Pointwise,
         Stage::First,
+        Stage::Prp,
     ];
 
     /// The stage's name in options and reports.
@@ -81,6 +84,7 @@ impl Stage {
             Stage::Cotrr => "cotrr",
             Stage::Pointwise => "pointwise",
             Stage::First => "first",
+            Stage::Prp => "prp",
         }
     }
 
@@ -109,7 +113,7 @@ impl std::str::FromStr for Stage {
             .find(|st| st.name() == s)
             .ok_or_else(|| {
                 PipelineError::Request(format!(
-                    "reranker `{s}`: expected none, superglobal, ebr, cotrr, pointwise or first"
+                    "reranker `{s}`: expected none, superglobal, ebr, cotrr, pointwise, first or prp"
                 ))
             })
     }
@@ -144,6 +148,8 @@ pub struct PipelineOptions {
     pub pointwise: PointwiseOptions,
     /// FIRST.
     pub first: crate::first::FirstOptions,
+    /// PRP.
+    pub prp: crate::prp::PrpOptions,
 }
 
 /// One query.

@@ -61,6 +61,7 @@ pub struct Rerankers {
     cotrr: CotrrReranker,
     pointwise: PointwiseReranker,
     first: FirstReranker,
+    prp: crate::prp::PairwiseReranker,
 }
 
 impl Rerankers {
@@ -81,6 +82,12 @@ impl Rerankers {
             options: options.pointwise.clone(),
         };
         let first = FirstReranker::new(options.first.clone()).map_err(PipelineError::Request)?;
+        if options.prp.k == 0 {
+            return Err(PipelineError::Request("--prp-k must be at least 1".into()));
+        }
+        let prp = crate::prp::PairwiseReranker {
+            options: options.prp.clone(),
+        };
         if let Some(m) = &mllm {
             first
                 .check_backend(m.model.as_ref())
@@ -94,6 +101,7 @@ impl Rerankers {
             cotrr,
             pointwise,
             first,
+            prp,
         })
     }
 
@@ -123,6 +131,7 @@ impl Rerankers {
             Stage::Cotrr => self.options.cotrr.k,
             Stage::Pointwise => self.options.pointwise.k,
             Stage::First => self.options.first.k,
+            Stage::Prp => self.options.prp.k,
         }
     }
 
@@ -133,6 +142,7 @@ impl Rerankers {
             Stage::Cotrr => Some(&self.cotrr),
             Stage::Pointwise => Some(&self.pointwise),
             Stage::First => Some(&self.first),
+            Stage::Prp => Some(&self.prp),
         }
     }
 

@@ -355,6 +355,22 @@ pub struct FirstArgs {
     pub first_k: usize,
 }
 
+/// PRP's options.
+#[derive(Args, Debug, Clone)]
+pub struct PrpArgs {
+    /// PRP: candidates reranked (the top K), compared in pairs, both orders.
+    #[arg(long, default_value_t = 10)]
+    pub prp_k: usize,
+    /// PRP: allpairs (K(K−1) calls, run concurrently), sorting (a merge
+    /// sort, at most 2(K⌈log₂K⌉ − 2^⌈log₂K⌉ + 1) calls) or sliding
+    /// (--prp-passes bubble passes, 2·Σ(K−1−p) calls).
+    #[arg(long, default_value = "sorting")]
+    pub prp_mode: String,
+    /// PRP sliding: bubble passes from the bottom, each fixing one more top place (K − 1 sorts all).
+    #[arg(long, default_value_t = 3)]
+    pub prp_passes: usize,
+}
+
 /// Every stage's options, shared by `search` and `serve`.
 #[derive(Args, Debug, Clone)]
 pub struct StageArgs {
@@ -375,6 +391,8 @@ pub struct StageArgs {
     pub pointwise: PointwiseArgs,
     #[command(flatten)]
     pub first: FirstArgs,
+    #[command(flatten)]
+    pub prp: PrpArgs,
     #[command(flatten)]
     pub mllm: MllmArgs,
 }
@@ -405,6 +423,13 @@ impl StageArgs {
             first: squire_engine::first::FirstOptions {
                 k: self.first.first_k,
                 grid: self.ebr.options()?.grid,
+            },
+            prp: squire_engine::prp::PrpOptions {
+                k: self.prp.prp_k,
+                mode: self.prp.prp_mode.parse().map_err(anyhow::Error::msg)?,
+                passes: self.prp.prp_passes,
+                parallel: self.mllm.mllm_concurrency.max(1),
+                ..Default::default()
             },
         })
     }

@@ -89,8 +89,10 @@ pub struct SearchArgs {
     /// pointwise (INQUIRE's Yes/No question per candidate, scored from
     /// first-token log-probabilities; needs --mllm); first (FIRST: the top
     /// --first-k as EBR's grid, ranked from one call's first-token
-    /// log-probabilities, max_tokens 1; needs --mllm). E.g. --rerank superglobal,ebr.
-    #[arg(long, default_value = "none", value_delimiter = ',', value_parser = ["none", "superglobal", "ebr", "cotrr", "pointwise", "first"])]
+    /// log-probabilities, max_tokens 1; needs --mllm); prp (pairwise "A or
+    /// B?" in both orders over the top --prp-k, --prp-mode allpairs|sorting|sliding;
+    /// needs --mllm). E.g. --rerank superglobal,ebr.
+    #[arg(long, default_value = "none", value_delimiter = ',', value_parser = ["none", "superglobal", "ebr", "cotrr", "pointwise", "first", "prp"])]
     rerank: Vec<String>,
     #[command(flatten)]
     stages: super::mllm::StageArgs,

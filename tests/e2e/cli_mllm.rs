@@ -482,3 +482,172 @@ fn scripted_server_first_orders_marks_by_first_token_logprobs_in_one_single_toke
     );
     assert_eq!(server.seen().len(), 1, "nothing sent for a refused K");
 }
+
+/// The mean red value of a data-URL image in a request.
+fn level_of(url: &str) -> f64 {
+    use base64::Engine as _;
+    let b64 = url.split_once(",").map(|(_, b)| b).unwrap_or("");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .expect("base64");
+    let img = image::load_from_memory(&bytes).expect("image").to_rgb8();
+    img.pixels().map(|p| p[0] as f64).sum::<f64>() / (img.width() * img.height()) as f64
+}
+
+#[test]
+fn scripted_server_preferring_the_darker_image_prp_sorts_by_it_in_every_mode_with_the_formula_calls(
+) {
+    let root = crate::common::scratch("mllm-prp");
+    let (home, lib) = (root.join("home"), root.join("lib"));
+    std::fs::create_dir_all(&lib).expect("mkdir");
+    let levels = [130u8, 30, 210, 90, 170, 50, 250, 10, 110, 190];
+    for (i, l) in levels.iter().enumerate() {
+        image::RgbImage::from_pixel(40, 40, image::Rgb([*l, 100, 100]))
+            .save(lib.join(format!("img{i}.png")))
+            .expect("png");
+    }
+    let idx = root.join("index").display().to_string();
+    let model = crate::common::fixtures()
+        .join("tiny-clip")
+        .display()
+        .to_string();
+    let o = squire(
+        &home,
+        &[
+            "index",
+            &lib.display().to_string(),
+            "--index",
+            &idx,
+            "--model",
+            &model,
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    // The rule: the darker (smaller red) of A and B wins, said with log-probabilities.
+    let server = ScriptedServer::respond(|body| {
+        let urls: Vec<String> = body["messages"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|m| m["content"].as_array().cloned().unwrap_or_default())
+            .filter_map(|p| p["image_url"]["url"].as_str().map(str::to_string))
+            .collect();
+        let (a, b) = (
+            level_of(&urls[urls.len() - 2]),
+            level_of(&urls[urls.len() - 1]),
+        );
+        let (win, lose) = if a < b { ("A", "B") } else { ("B", "A") };
+        Reply::answer_with_logprobs(win, &[(win, 0.9f64.ln()), (lose, 0.1f64.ln())])
+    });
+    let mut want: Vec<usize> = (0..10).collect();
+    want.sort_by_key(|&i| levels[i]);
+    let want: Vec<String> = want.iter().map(|i| format!("img{i}.png")).collect();
+    for (mode, passes, calls) in [
+        ("allpairs", "3", Some(90)),
+        ("sliding", "9", Some(90)),
+        ("sorting", "3", None),
+    ] {
+        let before = server.seen().len();
+        let v = json(&squire(
+            &home,
+            &[
+                "search",
+                "--index",
+                &idx,
+                "--text",
+                "a red square",
+                "--exact",
+                "--json",
+                "-k",
+                "10",
+                "--rerank",
+                "prp",
+                "--prp-k",
+                "10",
+                "--prp-mode",
+                mode,
+                "--prp-passes",
+                passes,
+                "--mllm",
+                "openai",
+                "--mllm-url",
+                &server.url,
+                "--mllm-model",
+                "scripted",
+                "--mllm-cache",
+                "none",
+            ],
+        ));
+        assert_eq!(paths(&v), want, "{mode}");
+        assert_eq!(v["prp"]["read"], "logprobs", "{mode}: {v}");
+        let made = v["cost"]["prp"]["calls"].as_u64().expect("calls") as usize;
+        assert_eq!(server.seen().len() - before, made, "{mode}");
+        match calls {
+            Some(c) => assert_eq!(made, c, "{mode}"),
+            // A merge sort of 10 makes at most 25 comparisons, 2 calls each.
+            None => assert!(
+                made % 2 == 0 && made <= 50 && made >= 2 * 9,
+                "{mode}: {made}"
+            ),
+        }
+        eprintln!("prp {mode}: {made} calls");
+    }
+    // Sliding with 2 passes fixes the top two only: 2·(9 + 8) calls.
+    let v = json(&squire(
+        &home,
+        &[
+            "search",
+            "--index",
+            &idx,
+            "--text",
+            "a red square",
+            "--exact",
+            "--json",
+            "-k",
+            "10",
+            "--rerank",
+            "prp",
+            "--prp-mode",
+            "sliding",
+            "--prp-passes",
+            "2",
+            "--mllm",
+            "openai",
+            "--mllm-url",
+            &server.url,
+            "--mllm-model",
+            "scripted",
+            "--mllm-cache",
+            "none",
+        ],
+    ));
+    assert_eq!(&paths(&v)[..2], &want[..2]);
+    assert_eq!(v["cost"]["prp"]["calls"], 34);
+    let o = squire(
+        &home,
+        &[
+            "search",
+            "--index",
+            &idx,
+            "--text",
+            "x",
+            "--rerank",
+            "prp",
+            "--prp-mode",
+            "bubbles",
+            "--mllm",
+            "openai",
+            "--mllm-url",
+            &server.url,
+            "--mllm-model",
+            "scripted",
+        ],
+    );
+    assert!(
+        !o.status.success()
+            && text(&o).contains("--prp-mode bubbles: expected allpairs, sorting or sliding"),
+        "{}",
+        text(&o)
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}

@@ -98,6 +98,9 @@ impl Seen {
     }
 }
 
+/// Answers a request body (for [`ScriptedServer::respond`]).
+pub type Responder = Arc<dyn Fn(&Value) -> Reply + Send + Sync>;
+
 pub struct ScriptedServer {
     /// Base URL, `http://127.0.0.1:PORT/v1`.
     pub url: String,
@@ -110,6 +113,16 @@ impl ScriptedServer {
     /// Starts a server answering with `script` in order; once the script is
     /// used up, every further request gets a 500 "script exhausted".
     pub fn start(script: Vec<Reply>) -> ScriptedServer {
+        Self::start_with(script, None)
+    }
+
+    /// Starts a server whose every reply is `f(request body)`: still a
+    /// script (the test's rule), not a model.
+    pub fn respond(f: impl Fn(&Value) -> Reply + Send + Sync + 'static) -> ScriptedServer {
+        Self::start_with(Vec::new(), Some(Arc::new(f)))
+    }
+
+    fn start_with(script: Vec<Reply>, responder: Option<Responder>) -> ScriptedServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr");
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -126,8 +139,8 @@ impl ScriptedServer {
                     break;
                 }
                 let Ok(conn) = conn else { continue };
-                let (seen, script) = (seen2.clone(), script.clone());
-                std::thread::spawn(move || serve(conn, &seen, &script));
+                let (seen, script, responder) = (seen2.clone(), script.clone(), responder.clone());
+                std::thread::spawn(move || serve(conn, &seen, &script, responder.as_ref()));
             }
         });
         ScriptedServer {
@@ -155,6 +168,7 @@ fn serve(
     conn: TcpStream,
     seen: &Mutex<Vec<Seen>>,
     script: &Mutex<std::collections::VecDeque<Reply>>,
+    responder: Option<&Responder>,
 ) {
     let mut reader = BufReader::new(conn.try_clone().expect("clone"));
     let mut line = String::new();
@@ -182,17 +196,20 @@ fn serve(
         return;
     }
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let scripted = responder.map(|f| f(&body));
     seen.lock().unwrap().push(Seen {
         path,
         headers,
         body,
     });
-    let reply = script.lock().unwrap().pop_front().unwrap_or_else(|| Reply {
-        status: 500,
-        body: "{\"error\": {\"message\": \"script exhausted\"}}".into(),
-        delay: Duration::ZERO,
-        headers: Vec::new(),
-    });
+    let reply = scripted
+        .or_else(|| script.lock().unwrap().pop_front())
+        .unwrap_or_else(|| Reply {
+            status: 500,
+            body: "{\"error\": {\"message\": \"script exhausted\"}}".into(),
+            delay: Duration::ZERO,
+            headers: Vec::new(),
+        });
     std::thread::sleep(reply.delay);
     let mut conn = conn;
     let mut out = format!(
