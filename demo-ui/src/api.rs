@@ -25,14 +25,19 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         ApiError {
             status,
             message: message.into(),
         }
     }
 
-    fn bad(message: impl Into<String>) -> Self {
+    /// The message sent.
+    pub(crate) fn message(&self) -> &str {
+        &self.message
+    }
+
+    pub(crate) fn bad(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, message)
     }
 }
@@ -261,7 +266,7 @@ fn parse_id(id: &str) -> Result<u64, ApiError> {
 
 impl AppState {
     /// The file of the indexed image `id`, inside the collection's image folder.
-    fn image_file(&self, id: &str) -> Result<(u64, PathBuf), ApiError> {
+    pub(crate) fn image_file(&self, id: &str) -> Result<(u64, PathBuf), ApiError> {
         let key = parse_id(id)?;
         let row = self.pipeline.collection().row_of(key).ok_or_else(|| {
             ApiError::new(

@@ -24,6 +24,7 @@ mod api;
 mod assets;
 mod gate;
 mod metrics;
+mod rerank_api;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -136,6 +137,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/app.js", get(assets::script))
         .route("/style.css", get(assets::style))
         .route("/api/search", post(api::search).options(api::preflight))
+        .route(
+            "/v1/rerank",
+            post(rerank_api::rerank).options(api::preflight),
+        )
         .route("/api/images/{id}", get(api::image))
         .route("/api/thumbs/{id}", get(api::thumbnail))
         .route("/api/health", get(api::health))

@@ -146,6 +146,8 @@ fn scripted_mllm_server_demo_page_in_headless_chromium() {
             "ebr",
             "cotrr",
             "pointwise",
+            "first",
+            "prp",
             "superglobal,ebr"
         ]),
         "{report}"

@@ -444,3 +444,97 @@ fn scripted_mllm_server_ebr_grid_and_saturation_503() {
     assert_eq!(busy[0].1.as_deref(), Some("1"), "Retry-After");
     assert!(String::from_utf8_lossy(&busy[0].2).contains("busy"));
 }
+
+#[test]
+fn scripted_mllm_server_v1_rerank_orders_five_data_url_images_and_names_bad_documents() {
+    // FIRST's one call: marks 4 > 1 > 5 among the first token's alternatives.
+    let server = ScriptedServer::start(vec![Reply::answer_with_logprobs(
+        "4",
+        &[("4", -0.2), ("1", -1.0), ("5", -2.0)],
+    )]);
+    let (_home, idx, images) = tiny_collection("serve-rerank");
+    let srv = serve_collection(
+        &idx,
+        images.into(),
+        ServerConfig::default(),
+        Some(&server.url),
+    );
+    use base64::Engine as _;
+    let url = |f: &str| {
+        format!(
+            "data:image/jpeg;base64,{}",
+            base64::engine::general_purpose::STANDARD
+                .encode(std::fs::read(srv.images.join(f)).unwrap())
+        )
+    };
+    // One document by collection id.
+    let (_, found) = post_json(&srv.base, &json!({"text": "x", "k": 10}));
+    let grey = found["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["path"] == "grey.jpg")
+        .unwrap()["id"]
+        .clone();
+    let docs = json!([url("astronaut.jpg"), {"id": grey}, {"image": url("rocket-444.jpg")}, url("chelsea-420.jpg"), url("cmyk.jpg")]);
+    let call = |body: Value| match ureq::post(&format!("{}/v1/rerank", srv.base)).send_json(body) {
+        Ok(r) => (r.status(), r.into_json::<Value>().unwrap()),
+        Err(ureq::Error::Status(s, r)) => (s, r.into_json::<Value>().unwrap_or(Value::Null)),
+        Err(e) => panic!("{e}"),
+    };
+    let (s, v) = call(
+        json!({"model": "first", "query": "a cat", "documents": docs, "top_n": 4, "return_documents": true}),
+    );
+    assert_eq!(s, 200, "{v}");
+    let idx_scores: Vec<(u64, f64)> = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["index"].as_u64().unwrap(),
+                r["relevance_score"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(idx_scores, [(3, 1.0), (0, 0.8), (4, 0.6), (1, 0.4)], "{v}");
+    assert_eq!(v["results"][3]["document"], json!({"id": grey}));
+    assert_eq!(
+        (v["meta"]["model"].as_str(), v["meta"]["read"].as_str()),
+        (Some("first"), Some("logprobs")),
+        "{v}"
+    );
+    assert_eq!(v["meta"]["cost"]["calls"], 1);
+    assert_eq!(server.seen().len(), 1);
+    // Bad documents and models: 400, naming the index or the choices; nothing sent.
+    let (s, v) = call(
+        json!({"model": "first", "query": "a cat", "documents": [url("grey.jpg"), url("cmyk.jpg"), "http://example.com/x.jpg"]}),
+    );
+    assert_eq!(s, 400);
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("documents[2]: not a base64 data URL"),
+        "{v}"
+    );
+    let (s, v) = call(
+        json!({"model": "first", "query": "a cat", "documents": [url("grey.jpg"), "data:image/png;base64,AAAA"]}),
+    );
+    assert_eq!(s, 400);
+    assert!(
+        v["error"].as_str().unwrap().starts_with("documents[1]:"),
+        "{v}"
+    );
+    let (s, v) =
+        call(json!({"model": "superglobal", "query": "a cat", "documents": [url("grey.jpg")]}));
+    assert_eq!(s, 400);
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("expected one of ebr, cotrr, pointwise, first, prp"),
+        "{v}"
+    );
+    assert_eq!(server.seen().len(), 1);
+}
