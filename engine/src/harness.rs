@@ -688,6 +688,9 @@ pub struct RunOptions {
     pub out: PathBuf,
     /// Keep logged outcomes whose MLLM stage fell back instead of running those queries again.
     pub accept_fallbacks: bool,
+    /// Search only images whose record passes this filter (relevant images
+    /// outside it stay in the relevance judgements, so they count as misses).
+    pub filter: Option<squire_indexer::Filter>,
 }
 
 /// What a run produced.
@@ -721,6 +724,7 @@ pub fn run_benchmark(
         "schema": "squire.eval-run/1", "benchmark": bench.name, "collection": col.dir().display().to_string(),
         "generation": col.manifest().generation, "model": col.manifest().model, "stages": stage_names,
         "ef": opts.ef, "whiten": opts.whiten, "keep": opts.keep, "depth": bench.depth, "sqaf": opts.sqaf, "data": bench.describe,
+        "filter": opts.filter.as_ref().map(|f| f.source().to_string()),
         "options": format!("{:?}", pipeline.options()),
     });
     let (mut log, done) = RunLog::open(&opts.out, &describe)?;
@@ -759,7 +763,7 @@ pub fn run_benchmark(
             },
             stages: opts.stages.clone(),
             sqaf: opts.sqaf && q.text.is_some() && q.image_row.is_some(),
-            filter: None,
+            filter: opts.filter.clone(),
             vector: None,
             vector_name: None,
         };

@@ -234,6 +234,7 @@ fn copies(a: CopiesArgs) -> anyhow::Result<()> {
         sqaf: false,
         out: out.clone(),
         accept_fallbacks: false,
+        filter: None,
     };
     bar.set_message("queries");
     let run = run_benchmark(&pipeline, &bench, &opts, &mut |done, total| {

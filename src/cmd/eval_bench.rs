@@ -57,6 +57,11 @@ pub struct BenchmarkArgs {
     /// instead of running them again on resume.
     #[arg(long)]
     pub accept_fallbacks: bool,
+    /// Search only the images whose record passes EXPR (the grammar of
+    /// `squire search --filter`); relevant images outside it count as
+    /// misses. Not for inquire-rerank (its candidates are given).
+    #[arg(long, value_name = "EXPR")]
+    pub filter: Option<String>,
     /// Exit non-zero (after writing every output) when an MLLM stage fell
     /// back on more than this share of the queries (0.0: a run that kept
     /// the prior order anywhere is reported as incomplete and fails).
@@ -155,6 +160,12 @@ pub fn run(
         sqaf: a.stages.sqaf.sqaf,
         out: out.clone(),
         accept_fallbacks: a.accept_fallbacks,
+        filter: match a.filter.as_deref() {
+            Some(f) => Some(
+                squire_indexer::Filter::parse(f).map_err(|e| anyhow::anyhow!("--filter: {e}"))?,
+            ),
+            None => None,
+        },
     };
     let bar = super::progress_bar(a.json);
     bar.set_message(bench.name.clone());
@@ -399,6 +410,10 @@ pub struct InquireRerankArgs {
 pub fn inquire_rerank(a: InquireRerankArgs) -> anyhow::Result<()> {
     use squire_engine::datasets::inquire_rerank;
     let stages = Stage::parse_list(&a.common.rerank)?;
+    anyhow::ensure!(
+        a.common.filter.is_none(),
+        "--filter: inquire-rerank reranks the published candidate lists, it searches no collection"
+    );
     let shards = inquire_rerank::shards(&a.data)?;
     let mut queries = inquire_rerank::load(&shards)?;
     if let Some(n) = a.common.limit {
@@ -442,6 +457,7 @@ pub fn inquire_rerank(a: InquireRerankArgs) -> anyhow::Result<()> {
         sqaf: false,
         out: out.clone(),
         accept_fallbacks: a.common.accept_fallbacks,
+        filter: None,
     };
     let describe = json!({"shards": shards.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(), "queries": queries.len()});
     let bar = super::progress_bar(a.common.json);

@@ -388,6 +388,86 @@ fn filters_on_every_field_match_the_exact_filtered_ranking_and_bad_ones_name_the
     eprintln!("ANN filtered recall@10 {recall:.3}");
     assert!(recall >= 0.9, "ANN filtered recall@10 {recall}");
 
+    // `eval t2i --filter`: only matches are ranked; a relevant image outside counts as a miss.
+    let tsv = root.join("queries.tsv");
+    std::fs::write(&tsv, "query_id\tcaption\trelevant_image\n0\ta photo\trare/r0.jpg\n1\ta photo\trare/r2.jpg\n2\ta photo\tf1/img0001.jpg\n").expect("tsv");
+    let out = root.join("eval");
+    let o = squire(
+        &home,
+        &[
+            "eval",
+            "t2i",
+            "--index",
+            &idx,
+            "--queries",
+            &tsv.display().to_string(),
+            "--filter",
+            r#"folder = "rare""#,
+            "--out",
+            &out.display().to_string(),
+            "--json",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let run: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).expect("run.json"))
+            .expect("json");
+    assert_eq!(run["filter"], r#"folder = "rare""#, "{run}");
+    let log = std::fs::read_to_string(out.join("queries.jsonl")).expect("log");
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("line"))
+        .collect();
+    assert_eq!(lines.len(), 3);
+    for q in &lines {
+        let docs = q["stages"][0]["docs"].as_array().expect("docs");
+        assert_eq!(docs.len(), 3, "{q}");
+        let mut names: Vec<String> = docs
+            .iter()
+            .map(|d| {
+                d.as_str()
+                    .unwrap_or("")
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .collect();
+        names.sort();
+        assert_eq!(names, ["r0.jpg", "r1.jpg", "r2.jpg"], "{q}");
+    }
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).expect("summary"))
+            .expect("json");
+    // Two of three queries have their image among the 3 matches; the third's is filtered out.
+    let r10 = summary["per_stage"]["first"]["R@10"]
+        .as_f64()
+        .expect("R@10");
+    assert!(
+        (r10 - 2.0 / 3.0).abs() < 1e-9 || (r10 - 200.0 / 3.0).abs() < 1e-6,
+        "{summary}"
+    );
+    let o = squire(
+        &home,
+        &[
+            "eval",
+            "t2i",
+            "--index",
+            &idx,
+            "--queries",
+            &tsv.display().to_string(),
+            "--filter",
+            "width >",
+            "--out",
+            &out.display().to_string(),
+        ],
+    );
+    assert!(
+        !o.status.success() && text(&o).contains("--filter: invalid filter at column 8"),
+        "{}",
+        text(&o)
+    );
+
     // A bad expression: one error with the column and what was expected; nothing searched.
     let o = squire(
         &home,

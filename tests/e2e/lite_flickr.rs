@@ -225,6 +225,7 @@ fn flickr_index_self_retrieval_and_text_queries() {
         sqaf: false,
         out: dir.join("eval"),
         accept_fallbacks: false,
+        filter: None,
     };
     let run = squire_engine::harness::run_benchmark(&pipeline, &bench, &opts, &mut |_, _| {})
         .expect("eval");
