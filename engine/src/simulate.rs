@@ -3,7 +3,9 @@
 //! and answers correctly with probability `p`, else with a random
 //! permutation or a near miss (the right answer with the first relevant
 //! candidate moved to second place); pointwise questions get a confident
-//! right or wrong Yes/No. It reads the requests the rerankers really build:
+//! right or wrong Yes/No, PRP's pairs a confident A or B (the relevant one
+//! when right), FIRST's mark question first-token log-probabilities that
+//! put the relevant marks first when right. It reads the requests the rerankers really build:
 //! candidate images sent one by one are recognised by their pixels, grid
 //! cells by matching each cell against the candidates letterboxed the same
 //! way. With p = 1 a correct reranker reaches the recall ceiling of its
@@ -181,6 +183,93 @@ impl Mllm for SimulatedMllm {
         let right = rng.uniform(0.0, 1.0) < self.p;
         let text;
         let mut logprobs = Vec::new();
+        let prompt: String = request
+            .messages
+            .iter()
+            .flat_map(|m| &m.content)
+            .filter_map(|p| match p {
+                Part::Text(t) => Some(t.as_str()),
+                Part::Image(_) => None,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let relevant_image = |i: &RgbImage| {
+            self.known
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&pixel_hash(i))
+                .map(|k| k.relevant)
+                .unwrap_or(false)
+        };
+        let confidence = 0.85 + 0.1 * rng.uniform(0.0, 1.0);
+        if prompt.contains("Answer A or B") {
+            // PRP: the last two images are A and B; the relevant one is
+            // preferred when the answer is right (a coin toss between equals).
+            let images: Vec<&RgbImage> = request
+                .messages
+                .iter()
+                .flat_map(|m| &m.content)
+                .filter_map(|p| match p {
+                    Part::Image(i) => Some(i.as_ref()),
+                    Part::Text(_) => None,
+                })
+                .collect();
+            let (a, b) = match images.as_slice() {
+                [.., a, b] => (relevant_image(a), relevant_image(b)),
+                _ => (false, false),
+            };
+            let a_wins = if a == b {
+                rng.uniform(0.0, 1.0) < 0.5
+            } else {
+                a == right
+            };
+            let pa = if a_wins { confidence } else { 1.0 - confidence };
+            let logprobs = vec![
+                ("A".to_string(), (pa as f32).ln()),
+                ("B".to_string(), ((1.0 - pa) as f32).ln()),
+            ];
+            return Ok(ChatResponse {
+                text: if a_wins { "A".into() } else { "B".into() },
+                usage: Usage::default(),
+                first_token_logprobs: logprobs,
+                cached: false,
+                requests: 1,
+                wall: Duration::ZERO,
+            });
+        }
+        if prompt.contains("Answer with its mark only") {
+            // FIRST: a right answer puts the probability mass on the relevant
+            // marks (in a random order among them), a wrong one on random marks.
+            let n = marks_in_prompt(request).ok_or_else(|| {
+                MllmError::Config("simulated MLLM: no \"marks 1 to N\" in the prompt".into())
+            })?;
+            let rel = self.marks(request, n);
+            let mut order: Vec<usize> = (0..n).collect();
+            rng.shuffle(&mut order);
+            if right {
+                order.sort_by_key(|&i| !rel[i]);
+            }
+            let top = request.first_token_logprobs.unwrap_or(20) as usize;
+            let logprobs: Vec<(String, f32)> = order
+                .iter()
+                .take(top)
+                .enumerate()
+                .map(|(r, &i)| {
+                    (
+                        (i + 1).to_string(),
+                        (-(r as f32) - (1.0 - confidence as f32)),
+                    )
+                })
+                .collect();
+            return Ok(ChatResponse {
+                text: logprobs.first().map(|l| l.0.clone()).unwrap_or_default(),
+                usage: Usage::default(),
+                first_token_logprobs: logprobs,
+                cached: false,
+                requests: 1,
+                wall: Duration::ZERO,
+            });
+        }
         if request.first_token_logprobs.is_some() {
             // Pointwise: the candidate is the last image.
             let last = request
@@ -202,7 +291,6 @@ impl Mllm for SimulatedMllm {
                 })
                 .unwrap_or(false);
             let yes = relevant == right;
-            let confidence = 0.85 + 0.1 * rng.uniform(0.0, 1.0);
             let (py, pn) = if yes {
                 (confidence, 1.0 - confidence)
             } else {

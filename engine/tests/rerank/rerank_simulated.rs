@@ -157,3 +157,51 @@ fn simulated_mllm_with_p_0_is_wrong() {
         "a wrong pointwise judge demotes the relevant image"
     );
 }
+
+#[test]
+fn simulated_mllm_with_p_1_first_and_prp_bring_the_relevant_candidate_to_the_top() {
+    use squire_engine::first::{FirstOptions, FirstReranker};
+    use squire_engine::prp::{PairwiseReranker, PrpMode, PrpOptions};
+    let grid = GridOptions {
+        cell: 96,
+        ..GridOptions::default()
+    };
+    let cands = candidates(12);
+    let sim = SimulatedMllm::new(1.0, 5, grid.clone());
+    let first = FirstReranker::new(FirstOptions {
+        k: 9,
+        grid: grid.clone(),
+    })
+    .expect("first");
+    let prp = |mode| PairwiseReranker {
+        options: PrpOptions {
+            k: 9,
+            mode,
+            passes: 1,
+            ..PrpOptions::default()
+        },
+    };
+    let all: Vec<Box<dyn ListReranker>> = vec![
+        Box::new(first),
+        Box::new(prp(PrpMode::AllPairs)),
+        Box::new(prp(PrpMode::Sorting)),
+        Box::new(prp(PrpMode::Sliding)),
+    ];
+    for r in &all {
+        for target in [0usize, 4, 8] {
+            let relevant: Vec<bool> = (0..cands.len()).map(|i| i == target).collect();
+            sim.set_query(&cands, &relevant);
+            let out = r.rerank(&sim, &RerankQuery::Text("query".into()), &cands);
+            assert_eq!(
+                out.order[0],
+                target,
+                "{} with the relevant candidate at {target}: {:?} ({:?})",
+                r.name(),
+                out.order,
+                out.fallback
+            );
+            assert!(out.fallback.is_none(), "{}: {:?}", r.name(), out.fallback);
+            assert_eq!(&out.order[9..], &[9, 10, 11], "{}", r.name());
+        }
+    }
+}
