@@ -192,6 +192,26 @@ pub fn run(a: RerankSimArgs) -> anyhow::Result<()> {
                 },
             }),
         ),
+        (
+            "first",
+            Box::new(
+                squire_engine::first::FirstReranker::new(squire_engine::first::FirstOptions {
+                    k: a.depth,
+                    grid: grid.clone(),
+                })
+                .map_err(anyhow::Error::msg)?,
+            ),
+        ),
+        (
+            "prp (sorting)",
+            Box::new(squire_engine::prp::PairwiseReranker {
+                options: squire_engine::prp::PrpOptions {
+                    k: a.depth,
+                    parallel: 1,
+                    ..Default::default()
+                },
+            }),
+        ),
     ];
     let mut first = Tally::default();
     let mut ceiling = 0.0;
