@@ -413,12 +413,32 @@ pub async fn search(
         ));
     }
     let query = parse_request(req).await?;
+    gated(&st, "search", move |st| {
+        let t = Instant::now();
+        let out = st.run_query(query);
+        if out.is_ok() {
+            st.metrics.search(t.elapsed().as_secs_f64());
+        }
+        out
+    })
+    .await
+    .map(axum::Json)
+}
+
+/// Runs `job` on a blocking worker behind the server's gate (at most
+/// `workers` at once, `queue` waiting; 503 beyond) and its request timeout
+/// (504); `what` names the work in those errors.
+pub(crate) async fn gated<T: Send + 'static>(
+    st: &Arc<AppState>,
+    what: &'static str,
+    job: impl FnOnce(&AppState) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
     let Some(ticket) = st.gate.enter() else {
         st.metrics.rejected();
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
-                "busy: {} searches are running or waiting (the limit); retry shortly",
+                "busy: {} requests are running or waiting (the limit); retry shortly",
                 st.gate.capacity()
             ),
         ));
@@ -430,27 +450,22 @@ pub async fn search(
             let permit = st.gate.worker().await;
             tokio::task::spawn_blocking(move || {
                 let _held = (permit, ticket);
-                let t = Instant::now();
-                let out = st.run_query(query);
-                if out.is_ok() {
-                    st.metrics.search(t.elapsed().as_secs_f64());
-                }
-                out
+                job(&st)
             })
             .await
         }
     };
     match tokio::time::timeout(timeout, work).await {
-        Ok(Ok(result)) => result.map(axum::Json),
+        Ok(Ok(result)) => result,
         Ok(Err(join)) => Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("the search failed: {join}"),
+            format!("the {what} failed: {join}"),
         )),
         Err(_) => {
             st.metrics.timed_out();
             Err(ApiError::new(
                 StatusCode::GATEWAY_TIMEOUT,
-                format!("the search took longer than {:.0} s", timeout.as_secs_f64()),
+                format!("the {what} took longer than {:.0} s", timeout.as_secs_f64()),
             ))
         }
     }

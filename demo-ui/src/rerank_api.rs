@@ -207,36 +207,7 @@ pub async fn rerank(
     }
     let body: RerankBody =
         serde_json::from_slice(&bytes).map_err(|e| ApiError::bad(format!("the JSON body: {e}")))?;
-    let Some(ticket) = st.gate.enter() else {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "busy: {} requests are running or waiting (the limit); retry shortly",
-                st.gate.capacity()
-            ),
-        ));
-    };
-    let timeout = st.config.request_timeout;
-    let work = {
-        let st = st.clone();
-        async move {
-            let permit = st.gate.worker().await;
-            tokio::task::spawn_blocking(move || {
-                let _held = (permit, ticket);
-                st.run_rerank(body)
-            })
-            .await
-        }
-    };
-    match tokio::time::timeout(timeout, work).await {
-        Ok(Ok(result)) => result.map(axum::Json),
-        Ok(Err(join)) => Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("the rerank failed: {join}"),
-        )),
-        Err(_) => Err(ApiError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            format!("the rerank took longer than {:.0} s", timeout.as_secs_f64()),
-        )),
-    }
+    crate::api::gated(&st, "rerank", move |st| st.run_rerank(body))
+        .await
+        .map(axum::Json)
 }

@@ -86,32 +86,7 @@ pub(crate) fn query_and_candidates(
     grids: &[Arc<RgbImage>],
     n: usize,
 ) -> (Vec<Part>, &'static str) {
-    let mut parts = Vec::new();
-    let target = match query {
-        RerankQuery::Text(t) => {
-            parts.push(Part::Text(format!("Query: \"{}\"", t.trim())));
-            "the query"
-        }
-        RerankQuery::Image(img) => {
-            parts.push(Part::Text("Query image:".into()));
-            parts.push(Part::Image(img.clone()));
-            "the query image (the same object, place or scene)"
-        }
-        RerankQuery::Composed {
-            reference,
-            modification,
-            caption,
-        } => {
-            parts.push(Part::Text("Reference image:".into()));
-            parts.push(Part::Image(reference.clone()));
-            let mut t = format!("Requested change: \"{}\". The target is the reference image with this change applied.", modification.trim());
-            if let Some(c) = caption {
-                t.push_str(&format!(" A description of the target: \"{}\".", c.trim()));
-            }
-            parts.push(Part::Text(t));
-            "the target"
-        }
-    };
+    let (mut parts, target) = crate::rerank::query_parts(query);
     let grid_note = if grids.len() > 1 {
         format!(", over {} grid images", grids.len())
     } else {

@@ -8,12 +8,11 @@
 //! answered word decides (yes = 1, no = 0, anything else = 0.5) and the
 //! outcome says so.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use image::RgbImage;
-use squire_models::mllm::{ChatRequest, ChatResponse, Message, Mllm, MllmError, Part};
+use squire_models::mllm::{ChatRequest, ChatResponse, Message, Mllm, Part};
 
 use crate::cost::MllmCost;
 use crate::rerank::{AnswerRead, ListReranker, RerankOutcome, RerankQuery};
@@ -131,29 +130,14 @@ impl PointwiseReranker {
             .iter()
             .map(|c| self.request(query, c.clone()))
             .collect();
-        let results: Vec<Mutex<Option<Result<ChatResponse, MllmError>>>> =
-            (0..n).map(|_| Mutex::new(None)).collect();
-        let next = AtomicUsize::new(0);
-        std::thread::scope(|s| {
-            for _ in 0..self.options.parallel.clamp(1, n.max(1)) {
-                s.spawn(|| loop {
-                    let i = next.fetch_add(1, Ordering::SeqCst);
-                    if i >= n {
-                        break;
-                    }
-                    let r = mllm.chat(&requests[i]);
-                    *results[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
-                });
-            }
-        });
+        let results = crate::rerank::chat_all(mllm, &requests, self.options.parallel);
         let mut cost = MllmCost::default();
         let mut scores = Vec::with_capacity(n);
         let mut answers = Vec::with_capacity(n);
         let (mut no_logprobs, mut failed) = (0usize, Vec::new());
-        for (i, slot) in results.into_iter().enumerate() {
-            let r = slot.into_inner().unwrap_or_else(|p| p.into_inner());
+        for (i, r) in results.into_iter().enumerate() {
             let s = match r {
-                Some(Ok(resp)) => {
+                Ok(resp) => {
                     cost.record(&requests[i], &resp);
                     let s = match yes_probability(&resp.first_token_logprobs) {
                         Some(p) => Scored::Logprobs(p),
@@ -175,13 +159,12 @@ impl PointwiseReranker {
                     answers.push(resp.text);
                     s
                 }
-                Some(Err(e)) => {
+                Err(e) => {
                     cost.record_failure(&requests[i], e.attempts());
                     failed.push(format!("candidate {}: {e}", i + 1));
                     answers.push(String::new());
                     Scored::Failed
                 }
-                None => Scored::Failed,
             };
             scores.push(s);
         }

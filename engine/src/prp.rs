@@ -18,12 +18,11 @@
 //!
 //! Ties keep the prior order.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use image::RgbImage;
-use squire_models::mllm::{ChatRequest, Message, Mllm, MllmError, Part};
+use squire_models::mllm::{ChatRequest, Message, Mllm, Part};
 
 use crate::cost::MllmCost;
 use crate::rerank::{AnswerRead, ListReranker, RerankOutcome, RerankQuery};
@@ -144,28 +143,7 @@ struct Tally {
 impl PairwiseReranker {
     /// The question for one ordered pair.
     pub fn request(&self, query: &RerankQuery, a: Arc<RgbImage>, b: Arc<RgbImage>) -> ChatRequest {
-        let mut parts = Vec::new();
-        let target = match query {
-            RerankQuery::Text(t) => {
-                parts.push(Part::Text(format!("Query: \"{}\"", t.trim())));
-                "the query"
-            }
-            RerankQuery::Image(img) => {
-                parts.push(Part::Text("Query image:".into()));
-                parts.push(Part::Image(img.clone()));
-                "the query image (the same object, place or scene)"
-            }
-            RerankQuery::Composed {
-                reference,
-                modification,
-                ..
-            } => {
-                parts.push(Part::Text("Reference image:".into()));
-                parts.push(Part::Image(reference.clone()));
-                parts.push(Part::Text(format!("Requested change: \"{}\". The target is the reference image with this change applied.", modification.trim())));
-                "the target"
-            }
-        };
+        let (mut parts, target) = crate::rerank::query_parts(query);
         parts.push(Part::Text("Candidate A:".into()));
         parts.push(Part::Image(a));
         parts.push(Part::Text("Candidate B:".into()));
@@ -192,58 +170,40 @@ impl PairwiseReranker {
             .iter()
             .map(|&(a, b)| self.request(query, candidates[a].clone(), candidates[b].clone()))
             .collect();
-        let results: Vec<Mutex<Option<Result<squire_models::mllm::ChatResponse, MllmError>>>> =
-            pairs.iter().map(|_| Mutex::new(None)).collect();
-        let next = AtomicUsize::new(0);
-        std::thread::scope(|s| {
-            for _ in 0..self.options.parallel.clamp(1, pairs.len().max(1)) {
-                s.spawn(|| loop {
-                    let i = next.fetch_add(1, Ordering::SeqCst);
-                    if i >= pairs.len() {
-                        break;
-                    }
-                    let r = mllm.chat(&requests[i]);
-                    *results[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
-                });
-            }
-        });
+        let results = crate::rerank::chat_all(mllm, &requests, self.options.parallel);
         let mut t = tally.lock().unwrap_or_else(|p| p.into_inner());
         results
             .into_iter()
             .enumerate()
-            .map(
-                |(i, slot)| match slot.into_inner().unwrap_or_else(|p| p.into_inner()) {
-                    Some(Ok(resp)) => {
-                        t.cost.record(&requests[i], &resp);
-                        let (s, from_logprobs) =
-                            a_probability(&resp.first_token_logprobs, &resp.text);
-                        if !from_logprobs {
-                            t.without_logprobs += 1;
-                        }
-                        if s.is_none() {
-                            let shown: String = resp.text.chars().take(40).collect();
-                            t.failed.push(format!(
-                                "pair ({}, {}): answered neither A nor B ({shown:?})",
-                                pairs[i].0 + 1,
-                                pairs[i].1 + 1
-                            ));
-                        }
-                        t.answers.push(resp.text);
-                        s
+            .map(|(i, result)| match result {
+                Ok(resp) => {
+                    t.cost.record(&requests[i], &resp);
+                    let (s, from_logprobs) = a_probability(&resp.first_token_logprobs, &resp.text);
+                    if !from_logprobs {
+                        t.without_logprobs += 1;
                     }
-                    Some(Err(e)) => {
-                        t.cost.record_failure(&requests[i], e.attempts());
+                    if s.is_none() {
+                        let shown: String = resp.text.chars().take(40).collect();
                         t.failed.push(format!(
-                            "pair ({}, {}): {e}",
+                            "pair ({}, {}): answered neither A nor B ({shown:?})",
                             pairs[i].0 + 1,
                             pairs[i].1 + 1
                         ));
-                        t.answers.push(String::new());
-                        None
                     }
-                    None => None,
-                },
-            )
+                    t.answers.push(resp.text);
+                    s
+                }
+                Err(e) => {
+                    t.cost.record_failure(&requests[i], e.attempts());
+                    t.failed.push(format!(
+                        "pair ({}, {}): {e}",
+                        pairs[i].0 + 1,
+                        pairs[i].1 + 1
+                    ));
+                    t.answers.push(String::new());
+                    None
+                }
+            })
             .collect()
     }
 

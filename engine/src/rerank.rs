@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use image::RgbImage;
-use squire_models::mllm::Mllm;
+use squire_models::mllm::{ChatRequest, ChatResponse, Mllm, MllmError, Part};
 
 use crate::cost::MllmCost;
 
@@ -135,4 +135,72 @@ pub fn reasoning_of(answer: &str) -> Option<String> {
     }
     let before = answer[..answer.find('{').unwrap_or(answer.len())].trim();
     (before.split_whitespace().count() >= 5).then(|| before.to_string())
+}
+
+/// The opening of a listwise or pairwise prompt for `query` (the query text,
+/// the query image, or the reference image with the change and any SQAF
+/// caption), and how the prompt names what the candidates are compared with.
+pub(crate) fn query_parts(query: &RerankQuery) -> (Vec<Part>, &'static str) {
+    let mut parts = Vec::new();
+    let target = match query {
+        RerankQuery::Text(t) => {
+            parts.push(Part::Text(format!("Query: \"{}\"", t.trim())));
+            "the query"
+        }
+        RerankQuery::Image(img) => {
+            parts.push(Part::Text("Query image:".into()));
+            parts.push(Part::Image(img.clone()));
+            "the query image (the same object, place or scene)"
+        }
+        RerankQuery::Composed {
+            reference,
+            modification,
+            caption,
+        } => {
+            parts.push(Part::Text("Reference image:".into()));
+            parts.push(Part::Image(reference.clone()));
+            let mut t = format!("Requested change: \"{}\". The target is the reference image with this change applied.", modification.trim());
+            if let Some(c) = caption {
+                t.push_str(&format!(" A description of the target: \"{}\".", c.trim()));
+            }
+            parts.push(Part::Text(t));
+            "the target"
+        }
+    };
+    (parts, target)
+}
+
+/// Sends `requests` with at most `parallel` in flight; the answers in the
+/// requests' order.
+pub(crate) fn chat_all(
+    mllm: &dyn Mllm,
+    requests: &[ChatRequest],
+    parallel: usize,
+) -> Vec<Result<ChatResponse, MllmError>> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    let n = requests.len();
+    let results: Vec<Mutex<Option<Result<ChatResponse, MllmError>>>> =
+        (0..n).map(|_| Mutex::new(None)).collect();
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..parallel.clamp(1, n.max(1)) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= n {
+                    break;
+                }
+                let r = mllm.chat(&requests[i]);
+                *results[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+            });
+        }
+    });
+    results
+        .into_iter()
+        .map(|slot| {
+            slot.into_inner()
+                .unwrap_or_else(|p| p.into_inner())
+                .unwrap_or_else(|| Err(MllmError::Config("the request was not sent".into())))
+        })
+        .collect()
 }

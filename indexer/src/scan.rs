@@ -120,6 +120,15 @@ pub fn relative_path(rel: &str, os_bytes_hex: Option<&str>) -> PathBuf {
     rel.split('/').collect()
 }
 
+/// A file's modification time in nanoseconds since the Unix epoch (0 when
+/// the platform gives none): what a record keeps to notice a changed file.
+pub fn mtime_ns(meta: &std::fs::Metadata) -> u128 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos())
+}
+
 /// Lower-case hex of `bytes`.
 pub fn to_hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -193,12 +202,7 @@ pub fn scan(root: &Path) -> Result<Scanned> {
                     continue;
                 }
             };
-            let mtime_ns = meta
-                .modified()
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map(|d| d.as_nanos())
-                .unwrap_or(0);
+            let mtime_ns = mtime_ns(&meta);
             let (rel, os_bytes) = relative_exact(root, &path);
             out.found.push(Found {
                 rel,

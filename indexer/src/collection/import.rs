@@ -318,11 +318,7 @@ impl Collection {
                     if let Ok(meta) = std::fs::metadata(&file) {
                         report.files_found += 1;
                         rec.size = meta.len();
-                        rec.mtime_ns = meta
-                            .modified()
-                            .ok()
-                            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                            .map_or(0, |d| d.as_nanos());
+                        rec.mtime_ns = crate::scan::mtime_ns(&meta);
                         if let Ok((w, h)) = image::image_dimensions(&file) {
                             (rec.width, rec.height) = (w, h);
                         }
